@@ -1,0 +1,217 @@
+"""Shared plumbing for every saliency method: model unwrapping, layer lookup, input and target checks,
+one-call activation recording and map normalisation.
+
+Conventions (see DESIGN.md): images ``x`` are float tensors (N,C,H,W) in the model's input space; maps
+are float32 tensors (N,H,W) in [0,1] on x's device.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+Preprocess = Callable[[torch.Tensor], torch.Tensor]
+Targets = int | Sequence[int] | np.ndarray | torch.Tensor | None
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+def unwrap_model(model: object) -> tuple[nn.Module, Preprocess]:
+    """Return ``(module, preprocess)`` for an ``nn.Module`` or an ART ``PyTorchClassifier``.
+
+    For an ART classifier the module is ``classifier.model`` and ``preprocess`` applies the classifier's
+    own (differentiable) preprocessing, so inputs stay in the classifier's input space.
+    """
+    if isinstance(model, nn.Module):
+        return model, _identity
+    try:
+        from art.estimators.classification import PyTorchClassifier
+    except ImportError:  # pragma: no cover - ART is a declared dependency
+        PyTorchClassifier = ()  # noqa: N806
+    if isinstance(model, PyTorchClassifier):
+        if not model.all_framework_preprocessing:
+            raise ValueError(
+                "model: the PyTorchClassifier's preprocessing must be PyTorch-native "
+                "(e.g. preprocessing=(mean, std)) so that gradients flow through it"
+            )
+
+        def preprocess(x: torch.Tensor) -> torch.Tensor:
+            x_pre, _ = model._apply_preprocessing(x, y=None, fit=False, no_grad=False)
+            return x_pre
+
+        return model.model, preprocess
+    raise TypeError(
+        f"model must be a torch.nn.Module or an ART PyTorchClassifier, got {type(model).__name__}"
+    )
+
+
+def resolve_layer(model: nn.Module, layer: str | nn.Module) -> tuple[str, nn.Module]:
+    """Find a layer by module path (``"layer4"``, ``"features.29"``) or by identity.
+
+    An unknown name raises ``ValueError`` listing the closest valid names.
+    """
+    modules = dict(model.named_modules())
+    if isinstance(layer, nn.Module):
+        for name, module in modules.items():
+            if module is layer:
+                return name, module
+        raise ValueError("target_layer: the given module is not a submodule of the model")
+    if not isinstance(layer, str):
+        raise TypeError(f"target_layer must be a module path string or an nn.Module, got {type(layer).__name__}")
+    if layer not in modules or layer == "":
+        names = [n for n in modules if n]
+        close = difflib.get_close_matches(layer, names, n=8, cutoff=0.3) or names[:8]
+        raise ValueError(f"target_layer: unknown layer {layer!r}; close valid names: {', '.join(close)}")
+    return layer, modules[layer]
+
+
+def check_images(x: torch.Tensor | np.ndarray, name: str = "x") -> torch.Tensor:
+    """Validate a batch of images (N,C,H,W) of a floating dtype with finite values; numpy is converted."""
+    if isinstance(x, np.ndarray):
+        x = torch.from_numpy(x)
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor or numpy array (N,C,H,W), got {type(x).__name__}")
+    if x.ndim != 4:
+        raise ValueError(f"{name} must have shape (N,C,H,W), got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must have a floating dtype, got {x.dtype}")
+    if x.shape[0] == 0:
+        raise ValueError(f"{name} is an empty batch")
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return x
+
+
+def resolve_targets(targets: Targets, logits: torch.Tensor) -> torch.Tensor:
+    """Turn ``targets`` (None = predicted class, an int, or N ints) into a long tensor (N,) on logits' device."""
+    n, n_classes = logits.shape
+    if targets is None:
+        return logits.argmax(dim=1)
+    if isinstance(targets, (int, np.integer)) and not isinstance(targets, bool):
+        t = torch.full((n,), int(targets), dtype=torch.long)
+    else:
+        t = torch.as_tensor(np.asarray(targets.cpu() if isinstance(targets, torch.Tensor) else targets))
+        if t.is_floating_point() or t.dtype == torch.bool:
+            raise TypeError(f"targets must be integers, got dtype {t.dtype}")
+        t = t.reshape(-1).long()
+        if t.numel() != n:
+            raise ValueError(f"targets: expected {n} class indices (one per image), got {t.numel()}")
+    if (t < 0).any() or (t >= n_classes).any():
+        raise ValueError(f"targets must lie in [0, {n_classes}), got {t.tolist()}")
+    return t.to(logits.device)
+
+
+def class_scores(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Sum over the batch of each image's target logit (per-image gradients stay independent)."""
+    return logits.gather(1, targets[:, None]).sum()
+
+
+def normalize_maps(maps: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """Min-max normalise each map (N,H,W) to [0,1]; a constant map becomes all zeros, never NaN."""
+    flat = maps.reshape(maps.shape[0], -1)
+    low = flat.min(dim=1, keepdim=True).values
+    span = flat.max(dim=1, keepdim=True).values - low
+    safe = torch.where(span > eps, span, torch.ones_like(span))
+    out = torch.where(span > eps, (flat - low) / safe, torch.zeros_like(flat))
+    return out.reshape(maps.shape).float()
+
+
+def resize(t: torch.Tensor, size: tuple[int, int], mode: str = "bilinear") -> torch.Tensor:
+    """Resize (N,C,h,w) to ``size`` with align_corners=False (no-op when the size already matches)."""
+    if tuple(t.shape[-2:]) == tuple(size):
+        return t
+    return F.interpolate(t, size=size, mode=mode, align_corners=False)
+
+
+@contextmanager
+def model_in_eval(model: nn.Module) -> Iterator[None]:
+    """Run ``model`` in eval mode for one call and restore every submodule's train/eval flag."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+class ActivationRecorder:
+    """Records the outputs of some layers during one forward pass.
+
+    The forward hook returns a clone of the layer output, so a following in-place op (``ReLU(inplace=True)``)
+    changes the clone and the recorded tensor keeps the layer's own output and its place in the graph.
+    Use as a context manager: the hooks are removed on exit, also when the call raises.
+    """
+
+    def __init__(self, layers: Sequence[nn.Module]):
+        self.layers = list(layers)
+        self.outputs: list[torch.Tensor | None] = [None] * len(self.layers)
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+
+    def _hook(self, index: int) -> Callable:
+        def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+            if not isinstance(output, torch.Tensor):
+                raise TypeError(f"target layer {type(module).__name__} must return a tensor")
+            self.outputs[index] = output
+            return output.clone()
+
+        return hook
+
+    def __enter__(self) -> ActivationRecorder:
+        self._handles = [layer.register_forward_hook(self._hook(i)) for i, layer in enumerate(self.layers)]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+
+class SaliencyMethod:
+    """Base class: ``maps = method(x, targets=None)`` -> float32 (N,H,W) in [0,1] on x's device."""
+
+    def __init__(self, model: object):
+        self.model, self.preprocess = unwrap_model(model)
+
+    def __call__(self, x: torch.Tensor, targets: Targets = None) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class GradientCAM(SaliencyMethod):
+    """A CAM computed from one layer's activations A (N,K,h,w) and the gradients G = dy_c/dA.
+
+    Subclasses implement :meth:`combine` (A, G -> raw map (N,h,w)); the map is up-sampled bilinearly to
+    the input size and min-max normalised.
+    """
+
+    def __init__(self, model: object, target_layer: str | nn.Module):
+        super().__init__(model)
+        self.target_layer_name, self.target_layer = resolve_layer(self.model, target_layer)
+
+    def activations_and_gradients(
+        self, x: torch.Tensor, targets: Targets
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One forward/backward pass: (activations, gradients, logits), all detached."""
+        x = check_images(x)
+        with torch.enable_grad(), model_in_eval(self.model), ActivationRecorder([self.target_layer]) as rec:
+            logits = self.model(self.preprocess(x.detach().requires_grad_(True)))
+            t = resolve_targets(targets, logits)
+            (grads,) = torch.autograd.grad(class_scores(logits, t), rec.outputs)
+        return rec.outputs[0].detach(), grads.detach(), logits.detach()
+
+    def combine(self, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __call__(self, x: torch.Tensor, targets: Targets = None) -> torch.Tensor:
+        x = check_images(x)
+        activations, gradients, _ = self.activations_and_gradients(x, targets)
+        cam = self.combine(activations, gradients)
+        return normalize_maps(resize(cam[:, None], tuple(x.shape[-2:]))[:, 0])

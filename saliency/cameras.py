@@ -1,0 +1,110 @@
+"""CAMERAS (Jalwana, Akhtar, Bennamoun, Mian, CVPR 2021): multi-scale accumulation of activations and
+per-pixel gradients, fused at the input resolution.
+
+Follows the official PyTorch code where paper and code differ (reference/cameras_eval.md, 1.4):
+bicubic up-sampling of the input, bilinear resize of activations and gradients to the input size,
+gradients of the class *logit*. Ours: the prediction-consistency gate (``same_label``) applies whether
+or not a class is given (the paper's rule), and the min-max division is guarded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from saliency.base import (
+    ActivationRecorder,
+    SaliencyMethod,
+    Targets,
+    check_images,
+    class_scores,
+    model_in_eval,
+    normalize_maps,
+    resize,
+    resolve_layer,
+    resolve_targets,
+)
+
+#: The official default schedule for a 224 input: 224, 324, ..., 924 (1x to ~4.1x).
+REFERENCE_SIZE = 224
+REFERENCE_RESOLUTIONS = tuple(range(224, 1000, 100))
+
+
+def default_resolutions(short_side: int) -> list[int]:
+    """The official schedule scaled to an input whose short side is ``short_side`` pixels."""
+    return [round(short_side * r / REFERENCE_SIZE) for r in REFERENCE_RESOLUTIONS]
+
+
+class CAMERAS(SaliencyMethod):
+    """High-resolution CAM from several up-sampled copies of the input.
+
+    :param model: ``nn.Module`` returning logits, or an ART ``PyTorchClassifier``.
+    :param target_layer: module path (``"layer4"``) or module.
+    :param resolutions: short-side sizes in pixels to up-sample the input to (aspect ratio kept);
+        ``None`` scales the official 224..924 schedule to the input (1x .. ~4.1x).
+    :param same_label: keep only resolutions whose top-1 prediction equals the target class; the input
+        resolution always counts.
+
+    ``maps = CAMERAS(model, "layer4")(x, targets)``: x (N,C,H,W) float, maps (N,H,W) float32 in [0,1].
+    Activations and gradients are kept as running sums at the input size (never one tensor per
+    resolution); all N images go through each resolution together.
+    """
+
+    def __init__(
+        self,
+        model: object,
+        target_layer: str | nn.Module,
+        resolutions: Sequence[int] | None = None,
+        same_label: bool = True,
+    ):
+        super().__init__(model)
+        self.target_layer_name, self.target_layer = resolve_layer(self.model, target_layer)
+        if resolutions is not None:
+            resolutions = list(resolutions)
+            if not resolutions:
+                raise ValueError("resolutions must be a non-empty list of sizes in pixels, got []")
+            if any(not isinstance(r, int) or isinstance(r, bool) or r < 1 for r in resolutions):
+                raise ValueError(f"resolutions must be positive ints (pixels), got {resolutions}")
+        self.resolutions = resolutions
+        self.same_label = bool(same_label)
+
+    def sizes(self, height: int, width: int) -> list[tuple[int, int]]:
+        """(H, W) of every resolution for an input of ``height`` x ``width`` pixels."""
+        short = min(height, width)
+        resolutions = self.resolutions if self.resolutions is not None else default_resolutions(short)
+        return [(round(height * r / short), round(width * r / short)) for r in resolutions]
+
+    def _predict(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.model(self.preprocess(x)).argmax(dim=1)
+
+    def __call__(self, x: torch.Tensor, targets: Targets = None) -> torch.Tensor:
+        x = check_images(x).detach().clone()
+        size = (x.shape[2], x.shape[3])
+        act_sum = grad_sum = None
+        counts = torch.zeros(x.shape[0], device=x.device)
+        t = None
+        with torch.enable_grad(), model_in_eval(self.model):
+            for resolution in self.sizes(*size):
+                is_input = resolution == size
+                x_scaled = (x if is_input else resize(x, resolution, mode="bicubic")).requires_grad_(True)
+                with ActivationRecorder([self.target_layer]) as rec:
+                    logits = self.model(self.preprocess(x_scaled))
+                    if t is None:  # the class: given, else predicted on the input resolution
+                        t = resolve_targets(targets if targets is not None or is_input else self._predict(x), logits)
+                    (grads,) = torch.autograd.grad(class_scores(logits, t), rec.outputs)
+                activations = rec.outputs[0].detach()
+                keep = torch.ones_like(counts)
+                if self.same_label and not is_input:
+                    keep = (logits.argmax(dim=1) == t).float()
+                activations = resize(activations, size) * keep[:, None, None, None]
+                gradients = resize(grads.detach(), size) * keep[:, None, None, None]
+                act_sum = activations if act_sum is None else act_sum + activations
+                grad_sum = gradients if grad_sum is None else grad_sum + gradients
+                counts += keep
+                del activations, gradients, grads, rec, logits
+        denominator = counts.clamp(min=1)[:, None, None, None]
+        cam = torch.relu(((act_sum / denominator) * (grad_sum / denominator)).sum(dim=1))
+        return normalize_maps(cam)
