@@ -65,7 +65,9 @@ def resolve_layer(model: nn.Module, layer: str | nn.Module) -> tuple[str, nn.Mod
                 return name, module
         raise ValueError("target_layer: the given module is not a submodule of the model")
     if not isinstance(layer, str):
-        raise TypeError(f"target_layer must be a module path string or an nn.Module, got {type(layer).__name__}")
+        raise TypeError(
+            f"target_layer must be a module path string or an nn.Module, got {type(layer).__name__}"
+        )
     if layer not in modules or layer == "":
         names = [n for n in modules if n]
         close = difflib.get_close_matches(layer, names, n=8, cutoff=0.3) or names[:8]
@@ -91,7 +93,7 @@ def check_images(x: torch.Tensor | np.ndarray, name: str = "x") -> torch.Tensor:
 
 
 def resolve_targets(targets: Targets, logits: torch.Tensor) -> torch.Tensor:
-    """Turn ``targets`` (None = predicted class, an int, or N ints) into a long tensor (N,) on logits' device."""
+    """``targets`` (None = predicted class, an int, or N ints) -> long tensor (N,) on logits' device."""
     n, n_classes = logits.shape
     if targets is None:
         return logits.argmax(dim=1)

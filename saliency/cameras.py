@@ -30,6 +30,8 @@ from saliency.base import (
 #: The official default schedule for a 224 input: 224, 324, ..., 924 (1x to ~4.1x).
 REFERENCE_SIZE = 224
 REFERENCE_RESOLUTIONS = tuple(range(224, 1000, 100))
+#: Floats per (N, chunk, H, W) tensor when fusing at the input size (64 MiB in float32).
+_FUSE_BUDGET = 1 << 24
 
 
 def default_resolutions(short_side: int) -> list[int]:
@@ -48,8 +50,10 @@ class CAMERAS(SaliencyMethod):
         resolution always counts.
 
     ``maps = CAMERAS(model, "layer4")(x, targets)``: x (N,C,H,W) float, maps (N,H,W) float32 in [0,1].
-    Activations and gradients are kept as running sums at the input size (never one tensor per
-    resolution); all N images go through each resolution together.
+    All N images go through each resolution together. Memory: each resolution's activations and
+    gradients are kept at the smaller of the layer's and the input's resolution (for a late layer, tens
+    of times smaller than a running sum at input size, which for ResNet ``layer4`` is 2 x 512 x H x W floats
+    per image); they are fused at the input size a chunk of channels at a time.
     """
 
     def __init__(
@@ -83,7 +87,7 @@ class CAMERAS(SaliencyMethod):
     def __call__(self, x: torch.Tensor, targets: Targets = None) -> torch.Tensor:
         x = check_images(x).detach().clone()
         size = (x.shape[2], x.shape[3])
-        act_sum = grad_sum = None
+        stored: list[tuple[torch.Tensor, torch.Tensor]] = []  # (A, G) per resolution, masked by `keep`
         counts = torch.zeros(x.shape[0], device=x.device)
         t = None
         with torch.enable_grad(), model_in_eval(self.model):
@@ -93,18 +97,36 @@ class CAMERAS(SaliencyMethod):
                 with ActivationRecorder([self.target_layer]) as rec:
                     logits = self.model(self.preprocess(x_scaled))
                     if t is None:  # the class: given, else predicted on the input resolution
-                        t = resolve_targets(targets if targets is not None or is_input else self._predict(x), logits)
+                        t = resolve_targets(
+                            targets if targets is not None or is_input else self._predict(x), logits
+                        )
                     (grads,) = torch.autograd.grad(class_scores(logits, t), rec.outputs)
-                activations = rec.outputs[0].detach()
                 keep = torch.ones_like(counts)
                 if self.same_label and not is_input:
                     keep = (logits.argmax(dim=1) == t).float()
-                activations = resize(activations, size) * keep[:, None, None, None]
-                gradients = resize(grads.detach(), size) * keep[:, None, None, None]
-                act_sum = activations if act_sum is None else act_sum + activations
-                grad_sum = gradients if grad_sum is None else grad_sum + gradients
                 counts += keep
-                del activations, gradients, grads, rec, logits
-        denominator = counts.clamp(min=1)[:, None, None, None]
-        cam = torch.relu(((act_sum / denominator) * (grad_sum / denominator)).sum(dim=1))
-        return normalize_maps(cam)
+                stored.append(
+                    (self._compact(rec.outputs[0].detach(), keep, size), self._compact(grads, keep, size))
+                )
+                del rec, logits, grads
+        return normalize_maps(self._fuse(stored, counts, size))
+
+    @staticmethod
+    def _compact(t: torch.Tensor, keep: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """Zero the rejected images and store at the smaller of the layer's and the input's resolution."""
+        t = t * keep[:, None, None, None]
+        return resize(t, size) if t.shape[2] * t.shape[3] > size[0] * size[1] else t
+
+    @staticmethod
+    def _fuse(stored: list[tuple[torch.Tensor, torch.Tensor]], counts: torch.Tensor, size: tuple[int, int]):
+        """ReLU(sum_k mean_r(up(A_r,k)) * mean_r(up(G_r,k))), computed a chunk of channels at a time so that
+        only (N, chunk, H, W) tensors are ever materialised at the input size."""
+        n, channels = stored[0][0].shape[:2]
+        chunk = max(1, _FUSE_BUDGET // (n * size[0] * size[1]))
+        cam = torch.zeros(n, *size, device=counts.device)
+        for k in range(0, channels, chunk):
+            mean_a = sum(resize(a[:, k : k + chunk], size) for a, _ in stored)
+            mean_g = sum(resize(g[:, k : k + chunk], size) for _, g in stored)
+            cam += (mean_a * mean_g).sum(dim=1)
+            del mean_a, mean_g
+        return torch.relu(cam / counts.clamp(min=1)[:, None, None] ** 2)

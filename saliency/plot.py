@@ -30,7 +30,10 @@ def _image_hwc(image: np.ndarray | torch.Tensor) -> np.ndarray:
 
 
 def overlay(
-    image: np.ndarray | torch.Tensor, saliency_map: np.ndarray | torch.Tensor, alpha: float = 0.5, cmap: str = "jet"
+    image: np.ndarray | torch.Tensor,
+    saliency_map: np.ndarray | torch.Tensor,
+    alpha: float = 0.5,
+    cmap: str = "jet",
 ) -> np.ndarray:
     """Blend ``cmap(saliency_map)`` over ``image``; returns RGB uint8 (H,W,3).
 

@@ -1,0 +1,143 @@
+"""Contract of every saliency method: shapes, ranges, hooks removed, model untouched, clear errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from saliency import CAMERAS, METHODS, GradCAM
+from saliency.base import normalize_maps, resolve_layer
+
+SINGLE_LAYER = list(METHODS.values())
+
+
+def make(cls, model, layer="features.5"):
+    return cls(model, layer, resolutions=[32, 48]) if cls is CAMERAS else cls(model, layer)
+
+
+def hook_count(model: torch.nn.Module) -> int:
+    return sum(
+        len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) for m in model.modules()
+    )
+
+
+@pytest.mark.parametrize("cls", SINGLE_LAYER)
+def test_maps_shape_range_device_dtype(cls, small_cnn, images):
+    maps = make(cls, small_cnn)(images)
+    assert maps.shape == (5, 32, 32) and maps.dtype == torch.float32 and maps.device == images.device
+    assert torch.isfinite(maps).all() and maps.min() >= 0 and maps.max() <= 1
+    assert torch.allclose(maps.flatten(1).max(1).values, torch.ones(5))
+
+
+@pytest.mark.parametrize("cls", SINGLE_LAYER)
+def test_hooks_removed_and_model_untouched(cls, small_cnn, images):
+    small_cnn.train()
+    small_cnn.fc.requires_grad_(False)
+    method = make(cls, small_cnn)
+    before = {k: v.clone() for k, v in small_cnn.state_dict().items()}
+    method(images)
+    with pytest.raises(ValueError, match="targets"):
+        method(images, targets=99)  # fails after the forward pass, inside the hooks' lifetime
+    assert hook_count(small_cnn) == 0
+    assert all(m.training for m in small_cnn.modules())
+    assert not small_cnn.fc.weight.requires_grad and small_cnn.features[0].weight.requires_grad
+    assert all(p.grad is None for p in small_cnn.parameters())
+    assert all(torch.equal(before[k], v) for k, v in small_cnn.state_dict().items())
+
+
+@pytest.mark.parametrize("cls", SINGLE_LAYER)
+def test_inplace_relu_model_equals_out_of_place_model(cls, small_cnn, images):
+    import copy
+
+    plain = copy.deepcopy(small_cnn)
+    for module in plain.modules():
+        if isinstance(module, torch.nn.ReLU):
+            module.inplace = False
+    torch.testing.assert_close(
+        make(cls, small_cnn)(images, 2), make(cls, plain)(images, 2), atol=1e-6, rtol=0
+    )
+
+
+@pytest.mark.parametrize("cls", SINGLE_LAYER)
+def test_targets_forms_agree(cls, small_cnn, images):
+    method = make(cls, small_cnn)
+    with torch.no_grad():
+        predicted = small_cnn(images).argmax(1)
+    by_none = method(images)
+    for form in (predicted, predicted.tolist(), predicted.numpy()):
+        torch.testing.assert_close(method(images, form), by_none)
+    torch.testing.assert_close(method(images, 3), method(images, [3] * 5))
+
+
+def test_numpy_input_is_accepted(small_cnn, images):
+    torch.testing.assert_close(
+        GradCAM(small_cnn, "features.5")(images.numpy()), GradCAM(small_cnn, "features.5")(images)
+    )
+
+
+def test_layer_given_as_module(small_cnn, images):
+    torch.testing.assert_close(
+        GradCAM(small_cnn, small_cnn.features[5])(images), GradCAM(small_cnn, "features.5")(images)
+    )
+
+
+@pytest.mark.parametrize(
+    ("x", "targets", "error", "match"),
+    [
+        (torch.rand(3, 32, 32), None, ValueError, "shape"),
+        (torch.randint(0, 255, (2, 3, 32, 32)), None, TypeError, "floating"),
+        (torch.full((2, 3, 32, 32), float("nan")), None, ValueError, "NaN"),
+        (torch.rand(2, 3, 32, 32), 10, ValueError, r"\[0, 10\)"),
+        (torch.rand(2, 3, 32, 32), -1, ValueError, r"\[0, 10\)"),
+        (torch.rand(2, 3, 32, 32), [1, 2, 3], ValueError, "expected 2"),
+        (torch.rand(2, 3, 32, 32), [1.0, 2.0], TypeError, "integers"),
+        ([[1.0]], None, TypeError, "x must be"),
+    ],
+)
+@pytest.mark.parametrize("cls", SINGLE_LAYER)
+def test_bad_input_is_rejected(cls, small_cnn, x, targets, error, match):
+    with pytest.raises(error, match=match):
+        make(cls, small_cnn)(x, targets)
+    assert hook_count(small_cnn) == 0
+
+
+def test_unknown_layer_lists_close_names(small_cnn):
+    with pytest.raises(ValueError, match=r"unknown layer 'feature.5'.*features\.5"):
+        GradCAM(small_cnn, "feature.5")
+    with pytest.raises(ValueError, match="not a submodule"):
+        resolve_layer(small_cnn, torch.nn.Conv2d(1, 1, 1))
+    with pytest.raises(TypeError, match="target_layer"):
+        resolve_layer(small_cnn, 5)
+
+
+def test_bad_model_and_resolutions(small_cnn):
+    with pytest.raises(TypeError, match="model must be"):
+        GradCAM("resnet", "layer4")
+    with pytest.raises(ValueError, match="non-empty"):
+        CAMERAS(small_cnn, "features.5", resolutions=[])
+    with pytest.raises(ValueError, match="positive ints"):
+        CAMERAS(small_cnn, "features.5", resolutions=[32, 0])
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.integers(1, 3),
+    st.integers(1, 6),
+    st.integers(1, 6),
+    st.floats(-1e3, 1e3),
+    st.floats(0, 1e3),
+    st.booleans(),
+)
+def test_normalize_maps_range_and_constant(n, h, w, offset, scale, constant):
+    raw = torch.full((n, h, w), offset) if constant else offset + scale * torch.rand(n, h, w)
+    maps = normalize_maps(raw)
+    assert torch.isfinite(maps).all() and maps.min() >= 0 and maps.max() <= 1
+    flat = raw.flatten(1)
+    for i in range(n):
+        if flat[i].max() - flat[i].min() <= 1e-12:
+            assert (maps[i] == 0).all()
+        else:
+            assert np.isclose(float(maps[i].max()), 1.0) and float(maps[i].min()) == 0.0

@@ -1,0 +1,217 @@
+"""CAMERAS and the Grad-CAM family against direct computations from hooks and autograd."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+from benchmarks.reference_cameras import reference_cameras
+from saliency import CAMERAS, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM
+from saliency.base import normalize_maps
+from saliency.cameras import default_resolutions
+
+
+def without_inplace(model: nn.Module) -> nn.Module:
+    """A frozen copy of ``model`` whose ReLUs are not in-place (for hook-based reference computations;
+    frozen so that ``backward`` computes only the input-side gradients the references need)."""
+    model = copy.deepcopy(model).requires_grad_(False)
+    for module in model.modules():
+        if isinstance(module, nn.ReLU):
+            module.inplace = False
+    return model
+
+
+def direct_acts_grads(plain: nn.Module, layer_name: str, x: torch.Tensor, targets: list[int]):
+    """Activations and logit gradients at a layer, one image at a time, with a forward hook and a
+    tensor hook, using ``backward`` as a user would, on a model from :func:`without_inplace`."""
+    model = plain
+    layer = dict(model.named_modules())[layer_name]
+    acts, grads = [], []
+    for i, t in enumerate(targets):
+        store = {}
+
+        def hook(module, inputs, output, store=store):
+            store["a"] = output
+            output.register_hook(lambda g: store.__setitem__("g", g))
+
+        handle = layer.register_forward_hook(hook)
+        try:
+            logits = model(x[i : i + 1].clone().requires_grad_(True))
+            logits[0, t].backward()
+        finally:
+            handle.remove()
+        acts.append(store["a"].detach())
+        grads.append(store["g"].detach())
+    return torch.cat(acts), torch.cat(grads)
+
+
+def up(cam: torch.Tensor, size) -> torch.Tensor:
+    return F.interpolate(cam[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+
+
+def reference_map(name: str, a: torch.Tensor, g: torch.Tensor, size) -> torch.Tensor:
+    """Each method's formula, written out independently of the package."""
+    if name == "gradcam":
+        cam = F.relu((g.mean(dim=(2, 3), keepdim=True) * a).sum(1))
+    elif name == "hirescam":
+        cam = F.relu((g * a).sum(1))
+    elif name == "layercam":
+        cam = F.relu((g.clamp(min=0) * a).sum(1))
+    else:  # gradcam++
+        alpha = g**2 / (2 * g**2 + a.sum(dim=(2, 3), keepdim=True) * g**3)
+        alpha = torch.nan_to_num(torch.where(g != 0, alpha, 0.0), nan=0.0, posinf=0.0, neginf=0.0)
+        weights = (alpha * g.clamp(min=0)).sum(dim=(2, 3), keepdim=True)
+        cam = F.relu((weights * a).sum(1))
+    cam = up(cam, size)
+    low = cam.flatten(1).min(1).values[:, None, None]
+    span = cam.flatten(1).max(1).values[:, None, None] - low
+    return torch.where(span > 0, (cam - low) / span.clamp(min=1e-30), torch.zeros_like(cam))
+
+
+METHODS = {"gradcam": GradCAM, "hirescam": HiResCAM, "layercam": LayerCAM, "gradcam++": GradCAMPlusPlus}
+
+
+def torchvision_model(name: str) -> nn.Module:
+    torch.manual_seed(0)
+    return getattr(torchvision.models, name)(weights=None).eval()
+
+
+CASES = [("small", "features.5", 32), ("resnet18", "layer4", 64), ("vgg11", "features.15", 64)]
+
+
+@pytest.fixture(scope="module", params=CASES, ids=[c[0] for c in CASES])
+def case(request):
+    name, layer, size = request.param
+    if name == "small":
+        from conftest import SmallCNN
+
+        torch.manual_seed(0)
+        model = SmallCNN().eval()
+    else:
+        model = torchvision_model(name)
+    x = torch.rand(5, 3, size, size, generator=torch.Generator().manual_seed(3))
+    return model, without_inplace(model), layer, x
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize("batch", [1, 5])
+def test_cam_equals_direct_computation(case, method, batch):
+    model, plain, layer, x = case
+    x = x[:batch]
+    with torch.no_grad():
+        targets = model(x).argmax(1).tolist()
+    a, g = direct_acts_grads(plain, layer, x, targets)
+    expected = reference_map(method, a, g, x.shape[-2:])
+    maps = METHODS[method](model, layer)(x)
+    assert maps.shape == (batch, *x.shape[-2:]) and maps.dtype == torch.float32
+    torch.testing.assert_close(maps, expected, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("batch", [1, 5])
+def test_cameras_equals_official_algorithm(case, batch):
+    model, plain, layer, x = case
+    x = x[:batch]
+    targets = [1, 2, 3, 4, 5][:batch]
+    method = CAMERAS(model, layer, resolutions=default_resolutions(x.shape[-1])[:3])
+    expected = reference_cameras(
+        plain, dict(plain.named_modules())[layer], x, targets, method.sizes(*x.shape[-2:])
+    )
+    torch.testing.assert_close(method(x, targets), expected, atol=1e-4, rtol=0)
+
+
+def test_cameras_single_resolution_is_upsampled_product(case):
+    model, plain, layer, x = case
+    with torch.no_grad():
+        targets = model(x).argmax(1).tolist()
+    a, g = direct_acts_grads(plain, layer, x, targets)
+    size = x.shape[-2:]
+    up4 = lambda t: F.interpolate(t, size=size, mode="bilinear", align_corners=False)  # noqa: E731
+    expected = normalize_maps(F.relu((up4(a) * up4(g)).sum(1)))
+    maps = CAMERAS(model, layer, resolutions=[x.shape[-1]])(x)
+    torch.testing.assert_close(maps, expected, atol=1e-5, rtol=0)
+
+
+def test_cameras_at_input_resolution_layer_equals_hirescam(small_cnn, images):
+    cameras = CAMERAS(small_cnn, "features.2", resolutions=[32])(images)
+    hirescam = HiResCAM(small_cnn, "features.2")(images)
+    assert (cameras - hirescam).abs().max() < 1e-5
+
+
+def test_cameras_default_schedule_matches_official():
+    assert default_resolutions(224) == [224, 324, 424, 524, 624, 724, 824, 924]
+
+
+def test_cameras_keeps_aspect_ratio_and_handles_non_square(small_cnn):
+    method = CAMERAS(small_cnn, "features.5", resolutions=[32, 48, 64])
+    assert method.sizes(32, 48) == [(32, 48), (48, 72), (64, 96)]
+    maps = method(torch.rand(2, 3, 32, 48))
+    assert maps.shape == (2, 32, 48) and torch.isfinite(maps).all()
+
+
+def test_cameras_same_label_gate(small_cnn, images):
+    """With same_label, a resolution whose prediction differs from the target is ignored; forcing a class
+    no resolution predicts leaves only the input resolution, i.e. the single-resolution map."""
+    with torch.no_grad():
+        preds = small_cnn(images).argmax(1)
+    sizes = [32, 48, 64]
+    gated = CAMERAS(small_cnn, "features.5", resolutions=sizes)
+    with torch.no_grad():
+        preds_per_size = torch.stack(
+            [
+                small_cnn(F.interpolate(images, size=(s, s), mode="bicubic", align_corners=False)).argmax(1)
+                for s in sizes
+            ]
+        )
+    # A class predicted at no resolution: only the input resolution counts.
+    unused = [int(next(c for c in range(10) if not (preds_per_size[:, i] == c).any())) for i in range(5)]
+    torch.testing.assert_close(
+        gated(images, unused),
+        CAMERAS(small_cnn, "features.5", resolutions=[32])(images, unused),
+        atol=1e-6,
+        rtol=0,
+    )
+    ungated = CAMERAS(small_cnn, "features.5", resolutions=sizes, same_label=False)
+    assert not torch.allclose(gated(images, unused), ungated(images, unused))
+    assert preds.shape == (5,)
+
+
+def test_grad_cam_and_hirescam_agree_with_pytorch_grad_cam(small_cnn, images):
+    from pytorch_grad_cam import GradCAM as PGCGradCAM
+    from pytorch_grad_cam import HiResCAM as PGCHiResCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    targets = [0, 1, 2, 3, 4]
+    for ours, theirs in [(GradCAM, PGCGradCAM), (HiResCAM, PGCHiResCAM)]:
+        for layer_name, tolerance in [("features.2", 1e-5), ("features.5", 0.08)]:
+            model = without_inplace(small_cnn).requires_grad_(True)
+            layer = dict(model.named_modules())[layer_name]
+            with theirs(model=model, target_layers=[layer]) as cam:
+                expected = cam(images, targets=[ClassifierOutputTarget(t) for t in targets])
+            maps = ours(small_cnn, layer_name)(images, targets).numpy()
+            # pytorch-grad-cam normalises before its (cv2) resize and adds 1e-7 to the max: at a layer
+            # at the input resolution no resize happens; one octave down the resize differs.
+            assert np.abs(maps - expected).max() < tolerance, (ours.__name__, layer_name)
+
+
+def test_art_classifier_uses_its_preprocessing(small_cnn, images):
+    from art.estimators.classification import PyTorchClassifier
+
+    mean, std = np.array([0.4, 0.5, 0.6], np.float32), np.array([0.2, 0.25, 0.3], np.float32)
+    classifier = PyTorchClassifier(
+        small_cnn, nn.CrossEntropyLoss(), (3, 32, 32), 10, clip_values=(0.0, 1.0), preprocessing=(mean, std)
+    )
+    normalised = (images - torch.from_numpy(mean)[:, None, None]) / torch.from_numpy(std)[:, None, None]
+    for method in [
+        GradCAM(classifier, "features.5"),
+        CAMERAS(classifier, "features.5", resolutions=[32, 48]),
+    ]:
+        reference = type(method)(
+            small_cnn, "features.5", **({"resolutions": [32, 48]} if isinstance(method, CAMERAS) else {})
+        )
+        torch.testing.assert_close(method(images, 3), reference(normalised, 3), atol=1e-4, rtol=0)
