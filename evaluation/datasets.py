@@ -1,0 +1,336 @@
+"""Datasets for the evaluation: the embedded cluttered-digits benchmark, image folders and Pascal VOC boxes.
+
+``cluttered_digits`` needs no download: it composes scikit-learn's bundled 8x8 handwritten digits
+(1797 sources) into colour images with a known object box, so the pointing game and the attacks can be
+evaluated offline.
+"""
+
+from __future__ import annotations
+
+import functools
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+#: A pixel belongs to the digit's ink when the digit's opacity exceeds this value (opacity is in [0,1]).
+INK_THRESHOLD = 0.1
+#: Share of the 1797 source digits of each class that goes to the test split (fixed, seed 0).
+TEST_FRACTION = 0.3
+#: Side lengths (pixels) of the up-scaled digit patch (an 8x8 digit plus a 1-pixel blank border).
+DIGIT_SIZES = tuple(range(20, 29))
+#: Number of clutter fragments per image, inclusive range.
+N_FRAGMENTS = (3, 6)
+#: Side lengths of the square clutter fragments, inclusive range.
+FRAGMENT_SIZES = (6, 10)
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
+_SPLITS = ("train", "test")
+
+
+@functools.lru_cache(maxsize=1)
+def _sources() -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """sklearn digits as opacity in [0,1] (1797,8,8), labels, and the fixed stratified source split."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = (digits.images / 16.0).astype(np.float32)
+    labels = digits.target.astype(np.int64)
+    rng = np.random.default_rng(0)
+    test = []
+    for c in range(10):
+        members = rng.permutation(np.flatnonzero(labels == c))
+        test.append(members[: round(TEST_FRACTION * len(members))])
+    test_idx = np.sort(np.concatenate(test))
+    train_idx = np.setdiff1d(np.arange(len(labels)), test_idx)
+    return images, labels, {"train": train_idx, "test": test_idx}
+
+
+@functools.lru_cache(maxsize=len(DIGIT_SIZES))
+def _upscaled(side: int) -> np.ndarray:
+    """All sources padded to 10x10, resized (bicubic) to side x side, clipped to [0,1]: (1797,side,side)."""
+    images, _, _ = _sources()
+    padded = np.pad(images, ((0, 0), (1, 1), (1, 1)))
+    out = np.empty((len(images), side, side), dtype=np.float32)
+    for i, img in enumerate(padded):
+        out[i] = np.asarray(Image.fromarray(img).resize((side, side), Image.Resampling.BICUBIC))
+    return np.clip(out, 0.0, 1.0)
+
+
+def source_indices(split: str) -> np.ndarray:
+    """Indices into ``sklearn.datasets.load_digits()`` of the source digits used by ``split``."""
+    if split not in _SPLITS:
+        raise ValueError(f"split must be one of {_SPLITS}, got {split!r}")
+    return _sources()[2][split].copy()
+
+
+def _overlaps(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def _compose(
+    n: int, split: str, size: int, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Render the benchmark; also returns the digit's opacity (n,size,size) and the source index per image."""
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"n must be an integer >= 1, got {n!r}")
+    if split not in _SPLITS:
+        raise ValueError(f"split must be one of {_SPLITS}, got {split!r}")
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 32:
+        raise ValueError(f"size must be an integer >= 32, got {size!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    _, labels, splits = _sources()
+    pool = splits[split]
+    rng = np.random.default_rng([int(seed), _SPLITS.index(split)])
+
+    x = np.empty((n, 3, size, size), dtype=np.float32)
+    ink = np.zeros((n, size, size), dtype=np.float32)
+    boxes = np.empty((n, 4), dtype=np.int64)
+    sources = rng.choice(pool, size=n)
+    for i, src in enumerate(sources):
+        background = rng.uniform(0.0, 0.3, size=3).astype(np.float32)
+        canvas = np.broadcast_to(background[:, None, None], (3, size, size)).copy()
+
+        side = int(rng.choice(DIGIT_SIZES))
+        digit = _upscaled(side)[src]
+        top, left = (int(v) for v in rng.integers(0, size - side + 1, size=2))
+        ink[i, top : top + side, left : left + side] = digit
+        rows = np.flatnonzero((digit > INK_THRESHOLD).any(axis=1))
+        cols = np.flatnonzero((digit > INK_THRESHOLD).any(axis=0))
+        box = (top + rows[0], left + cols[0], top + rows[-1] + 1, left + cols[-1] + 1)
+        boxes[i] = box
+
+        # Clutter: square crops of other digits of the same split, kept outside the digit's box.
+        for _ in range(int(rng.integers(N_FRAGMENTS[0], N_FRAGMENTS[1] + 1))):
+            other = _upscaled(int(rng.choice(DIGIT_SIZES)))[rng.choice(pool)]
+            f = int(rng.integers(FRAGMENT_SIZES[0], FRAGMENT_SIZES[1] + 1))
+            cy, cx = (int(v) for v in rng.integers(0, other.shape[0] - f + 1, size=2))
+            fy, fx = (int(v) for v in rng.integers(0, size - f + 1, size=2))
+            colour = rng.uniform(0.6, 1.0, size=3).astype(np.float32)
+            if _overlaps((fy, fx, fy + f, fx + f), box):
+                continue
+            alpha = other[cy : cy + f, cx : cx + f]
+            region = canvas[:, fy : fy + f, fx : fx + f]
+            canvas[:, fy : fy + f, fx : fx + f] = region * (1 - alpha) + colour[:, None, None] * alpha
+
+        colour = rng.uniform(0.6, 1.0, size=3).astype(np.float32)
+        alpha = ink[i]
+        canvas = canvas * (1 - alpha) + colour[:, None, None] * alpha
+        noise = rng.normal(0.0, 0.02, size=canvas.shape).astype(np.float32)
+        x[i] = np.clip(canvas + noise, 0.0, 1.0)
+    return x, labels[sources].copy(), boxes, ink, sources
+
+
+def cluttered_digits(
+    n: int, split: str = "test", size: int = 64, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The embedded benchmark: one handwritten digit per image among fragments of other digits.
+
+    Each image has a random dark background colour, one sklearn digit up-scaled (bicubic) to 20..28 px in
+    a random bright colour at a random position, 3..6 square fragments (6..10 px crops) of other digits in
+    random bright colours that never overlap the digit's box, and Gaussian noise (sigma 0.02). Train and
+    test draw from disjoint sources (a fixed, class-stratified split of the 1797 digits, see
+    :func:`source_indices`). The same (n, split, size, seed) gives the same images.
+
+    Returns:
+        x: float32 (n,3,size,size) in [0,1].
+        y: int64 (n,) labels 0..9.
+        boxes: int64 (n,4) ``y0, x0, y1, x1`` (y1, x1 exclusive): the tight box of the digit's ink, i.e.
+            of the pixels where the digit's opacity exceeds :data:`INK_THRESHOLD`.
+    """
+    x, y, boxes, _, _ = _compose(n, split, size, seed)
+    return x, y, boxes
+
+
+class ImageFolder(NamedTuple):
+    """Images loaded by :func:`image_folder` (a named tuple, so ``x, paths = data[:2]`` also works).
+
+    Attributes:
+        x: float32 (N,3,size,size) in [0,1].
+        paths: the N image files, in order.
+        y: int64 (N,) class indices (sorted class-folder names) or None for a flat folder.
+        classes: sorted class-folder names (index = label) or None.
+    """
+
+    x: np.ndarray
+    paths: list[Path]
+    y: np.ndarray | None
+    classes: list[str] | None
+
+
+def _resize_crop(path: Path, size: int) -> tuple[np.ndarray, float, float, int, int]:
+    """RGB image -> shorter side resized to ``size`` (bilinear) -> centre crop.
+
+    Returns ((3,size,size) float32 in [0,1], y scale, x scale, crop top, crop left)."""
+    try:
+        with Image.open(path) as img:
+            img = img.convert("RGB")
+            w, h = img.size
+            scale = size / min(w, h)
+            new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
+            img = img.resize((new_w, new_h), Image.Resampling.BILINEAR)
+            left, top = (new_w - size) // 2, (new_h - size) // 2
+            img = img.crop((left, top, left + size, top + size))
+            array = np.asarray(img, dtype=np.float32).transpose(2, 0, 1) / 255.0
+            return array, new_h / h, new_w / w, top, left
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise ValueError(f"image file {path} could not be read: {err}") from err
+
+
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def image_folder(path: str | Path, size: int = 224) -> ImageFolder:
+    """Load an image folder: image files directly in ``path`` (labels None), or ImageNet-style class
+    subfolders ``path/<class>/<image>`` (labels = index of the sorted class names).
+
+    Each image is converted to RGB, its shorter side resized to ``size`` (bilinear) and centre-cropped to
+    ``size`` x ``size``. Files are taken in sorted order.
+
+    Raises:
+        FileNotFoundError: ``path`` is not a folder. ValueError: no images in it, or an unreadable image
+        (the message names the file).
+    """
+    folder = Path(path)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"image folder not found: {folder}")
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ValueError(f"size must be a positive integer, got {size!r}")
+    files = _image_files(folder)
+    classes = None
+    labels: list[int] = []
+    if not files:
+        subfolders = sorted(p for p in folder.iterdir() if p.is_dir())
+        classes = [p.name for p in subfolders if _image_files(p)]
+        for label, name in enumerate(classes):
+            class_files = _image_files(folder / name)
+            files.extend(class_files)
+            labels.extend([label] * len(class_files))
+    if not files:
+        raise ValueError(f"image folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    x = np.stack([_resize_crop(f, size)[0] for f in files])
+    y = np.asarray(labels, dtype=np.int64) if classes is not None else None
+    return ImageFolder(x=x, paths=files, y=y, classes=classes)
+
+
+class VOCObject(NamedTuple):
+    """One annotated object (a named tuple): class name, box ``y0, x0, y1, x1`` (0-based, y1/x1
+    exclusive), difficult flag."""
+
+    name: str
+    box: tuple[int, int, int, int]
+    difficult: bool
+
+
+def _parse_voc(path: Path) -> tuple[str, list[VOCObject]]:
+    try:
+        root = ET.parse(path).getroot()
+    except (ET.ParseError, OSError) as err:
+        raise ValueError(f"VOC annotation {path} could not be parsed: {err}") from err
+    filename = root.findtext("filename") or path.stem
+    objects = []
+    for i, obj in enumerate(root.iter("object")):
+        name = obj.findtext("name")
+        bndbox = obj.find("bndbox")
+        if name is None or bndbox is None:
+            raise ValueError(f"VOC annotation {path}: object {i} lacks <name> or <bndbox>")
+        try:
+            # VOC corners are 1-based and inclusive: pixels xmin..xmax -> 0-based [xmin-1, xmax).
+            xmin, ymin, xmax, ymax = (
+                round(float(bndbox.findtext(tag))) for tag in ("xmin", "ymin", "xmax", "ymax")
+            )
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"VOC annotation {path}: object {i} has a malformed <bndbox>") from err
+        difficult = (obj.findtext("difficult") or "0").strip() == "1"
+        objects.append(VOCObject(name.strip(), (ymin - 1, xmin - 1, ymax, xmax), difficult))
+    return filename, objects
+
+
+def voc_boxes(path: str | Path) -> dict[str, list[VOCObject]]:
+    """Parse Pascal VOC XML annotation(s): one ``.xml`` file or a folder of them (sorted).
+
+    Returns ``{image filename (from <filename>, else the XML stem): [VOCObject, ...]}``; boxes are
+    converted from VOC's 1-based inclusive corners to 0-based ``y0, x0, y1, x1`` with y1/x1 exclusive.
+
+    Raises:
+        FileNotFoundError: missing path. ValueError: a folder without XML files, or a malformed file
+        (the message names it).
+    """
+    path = Path(path)
+    if path.is_file():
+        files = [path]
+    elif path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() == ".xml")
+        if not files:
+            raise ValueError(f"annotation folder {path} holds no .xml files")
+    else:
+        raise FileNotFoundError(f"VOC annotation path not found: {path}")
+    return dict(_parse_voc(f) for f in files)
+
+
+#: Pascal VOC class names; the index is the class id used by :func:`voc_dataset`.
+VOC_CLASSES = (
+    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car",
+    "cat", "chair", "cow", "diningtable", "dog", "horse", "motorbike",
+    "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+)  # fmt: skip
+
+
+def voc_dataset(
+    path: str | Path, size: int = 224, n: int | None = None
+) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """Pointing-game items from a Pascal VOC folder: one item per (image, class present in it).
+
+    ``path`` holds ``Annotations/*.xml`` and ``JPEGImages/`` (VOCdevkit layout), or the XML files and
+    images side by side. Images are prepared like :func:`image_folder` (shorter side to ``size``, centre
+    crop) and the boxes mapped to the crop (outward rounding, clipped; boxes cropped away are dropped).
+    As in TorchRay, a class whose boxes are all "difficult" is skipped; the item keeps all boxes of
+    its class. Items follow the sorted annotation files, then the class id; ``n`` keeps the first n.
+
+    Returns:
+        x: float32 (M,3,size,size) in [0,1] (an image appears once per class in it), classes: int64 (M,)
+        indices into :data:`VOC_CLASSES`, boxes: M int64 (k,4) arrays ``y0, x0, y1, x1`` (exclusive).
+    """
+    root = Path(path)
+    if not root.is_dir():
+        raise FileNotFoundError(f"VOC folder not found: {root}")
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise ValueError(f"n must be None or an integer >= 1, got {n!r}")
+    annotations = root / "Annotations" if (root / "Annotations").is_dir() else root
+    images = root / "JPEGImages" if (root / "JPEGImages").is_dir() else root
+    xs: list[np.ndarray] = []
+    classes: list[int] = []
+    boxes: list[np.ndarray] = []
+    for filename, objects in voc_boxes(annotations).items():
+        if n is not None and len(classes) >= n:
+            break
+        unknown = sorted({o.name for o in objects} - set(VOC_CLASSES))
+        if unknown:
+            raise ValueError(f"VOC annotation for {filename}: unknown class names {unknown}")
+        by_class = {c: [o for o in objects if o.name == c] for c in sorted({o.name for o in objects})}
+        by_class = {c: objs for c, objs in by_class.items() if not all(o.difficult for o in objs)}
+        if not by_class:
+            continue
+        image, sy, sx, top, left = _resize_crop(images / filename, size)
+        for name in sorted(by_class, key=VOC_CLASSES.index):
+            kept = []
+            for y0, x0, y1, x1 in (o.box for o in by_class[name]):
+                box = (
+                    max(int(np.floor(y0 * sy - top)), 0),
+                    max(int(np.floor(x0 * sx - left)), 0),
+                    min(int(np.ceil(y1 * sy - top)), size),
+                    min(int(np.ceil(x1 * sx - left)), size),
+                )
+                if box[2] > box[0] and box[3] > box[1]:
+                    kept.append(box)
+            if kept and (n is None or len(classes) < n):
+                xs.append(image)
+                classes.append(VOC_CLASSES.index(name))
+                boxes.append(np.asarray(kept, dtype=np.int64))
+    if not xs:
+        raise ValueError(f"VOC folder {root} gave no (image, class) items with a box")
+    return np.stack(xs), np.asarray(classes, dtype=np.int64), boxes

@@ -1,0 +1,314 @@
+"""Saliency-map metrics: pointing game (TorchRay's rule), energy pointing game (Score-CAM), insertion and
+deletion (RISE) and the cascading model-parameter randomisation sanity check (Adebayo et al. 2018).
+
+Maps are (N,H,W) arrays or tensors (numpy or torch); boxes are ``y0, x0, y1, x1`` in map pixels with
+``y1, x1`` exclusive, either an (N,4) array (one box per image) or a list of N arrays (k_i,4).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.stats import rankdata
+from torch import nn
+from tqdm.auto import tqdm
+
+from saliency.base import (
+    Targets,
+    check_images,
+    model_in_eval,
+    resolve_layer,
+    resolve_targets,
+    unwrap_model,
+)
+
+Boxes = np.ndarray | Sequence[np.ndarray | Sequence[Sequence[int]]]
+
+
+def _maps_numpy(maps: np.ndarray | torch.Tensor) -> np.ndarray:
+    if isinstance(maps, torch.Tensor):
+        maps = maps.detach().cpu().numpy()
+    if not isinstance(maps, np.ndarray):
+        raise TypeError(f"maps must be a numpy array or torch tensor (N,H,W), got {type(maps).__name__}")
+    if maps.ndim != 3 or maps.shape[0] == 0:
+        raise ValueError(f"maps must have shape (N,H,W) with N >= 1, got {maps.shape}")
+    if not np.isfinite(maps).all():
+        raise ValueError("maps contain NaN or infinite values")
+    return maps
+
+
+def _boxes_list(boxes: Boxes, n: int) -> list[np.ndarray]:
+    """Per image an int64 (k,4) array of boxes; validates count, shape and non-empty extents."""
+    if isinstance(boxes, torch.Tensor):
+        boxes = boxes.detach().cpu().numpy()
+    if isinstance(boxes, np.ndarray) and boxes.ndim == 2:
+        per_image = [boxes[i : i + 1] for i in range(len(boxes))]
+    else:
+        per_image = [np.asarray(b).reshape(-1, 4) if np.asarray(b).size else np.zeros((0, 4)) for b in boxes]
+    if len(per_image) != n:
+        raise ValueError(f"boxes: expected boxes for {n} images, got {len(per_image)}")
+    out = []
+    for i, b in enumerate(per_image):
+        b = np.asarray(b)
+        if b.ndim != 2 or b.shape[1] != 4:
+            raise ValueError(f"boxes[{i}] must have shape (k,4) as y0,x0,y1,x1, got {b.shape}")
+        if b.size and ((b[:, 2] <= b[:, 0]).any() or (b[:, 3] <= b[:, 1]).any()):
+            raise ValueError(f"boxes[{i}] has an empty box (need y1 > y0 and x1 > x0): {b.tolist()}")
+        out.append(b.astype(np.int64))
+    return out
+
+
+def centre_maps(n: int, h: int, w: int) -> np.ndarray:
+    """The "centre" baseline: maps (n,h,w) float32 in [0,1] that fall off linearly with the distance from
+    the image centre ((h-1)/2, (w-1)/2). With an even side the central pixels tie and the pointing game
+    takes the first of them in row-major order."""
+    if min(n, h, w) < 1:
+        raise ValueError(f"n, h and w must be >= 1, got {(n, h, w)}")
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    dist = np.hypot(yy - (h - 1) / 2, xx - (w - 1) / 2)
+    cone = 1.0 - dist / dist.max() if dist.max() > 0 else np.ones((h, w))
+    return np.broadcast_to(cone.astype(np.float32), (n, h, w)).copy()
+
+
+def pointing_game(
+    maps: np.ndarray | torch.Tensor,
+    boxes: Boxes,
+    tolerance: float = 15,
+    classes: Sequence[int] | np.ndarray | None = None,
+) -> dict[str, object]:
+    """TorchRay's pointing game: the point is each map's flat argmax (the first index on ties); it is a hit
+    when some pixel (y, x) of some box of the image lies at Euclidean distance strictly below
+    ``tolerance`` from it, i.e. (y - py)^2 + (x - px)^2 < tolerance^2.
+
+    Args:
+        maps: (N,H,W) saliency maps. boxes: (N,4) or a list of N (k_i,4) arrays, ``y0,x0,y1,x1``
+            exclusive, in map pixels; an image with no boxes is a miss.
+        classes: optional (N,) class of each (image, class) item; then the per-class accuracies and their
+            mean (TorchRay's headline number) are returned too.
+
+    Returns:
+        ``{"accuracy": hits / N, "hits": bool (N,), "points": int64 (N,2) (y, x)}`` and, with classes,
+        ``"class_accuracy": {class: accuracy}``, ``"mean_class_accuracy"``.
+    """
+    maps = _maps_numpy(maps)
+    n, h, w = maps.shape
+    if not np.isscalar(tolerance) or not tolerance >= 0:
+        raise ValueError(f"tolerance must be a non-negative number, got {tolerance!r}")
+    per_image = _boxes_list(boxes, n)
+    flat_argmax = maps.reshape(n, -1).argmax(axis=1)
+    points = np.stack([flat_argmax // w, flat_argmax % w], axis=1).astype(np.int64)
+    hits = np.zeros(n, dtype=bool)
+    for i, (b, (py, px)) in enumerate(zip(per_image, points)):
+        if not len(b):
+            continue
+        # Distance from the point to the nearest pixel of each box (pixels y0..y1-1, x0..x1-1).
+        dy = np.maximum(np.maximum(b[:, 0] - py, py - (b[:, 2] - 1)), 0)
+        dx = np.maximum(np.maximum(b[:, 1] - px, px - (b[:, 3] - 1)), 0)
+        hits[i] = bool((dy**2 + dx**2 < tolerance**2).any())
+    result: dict[str, object] = {"accuracy": float(hits.mean()), "hits": hits, "points": points}
+    if classes is not None:
+        classes = np.asarray(classes).reshape(-1)
+        if len(classes) != n:
+            raise ValueError(f"classes: expected {n} values (one per map), got {len(classes)}")
+        per_class = {c.item(): float(hits[classes == c].mean()) for c in np.unique(classes)}
+        result["class_accuracy"] = per_class
+        result["mean_class_accuracy"] = float(np.mean(list(per_class.values())))
+    return result
+
+
+def energy_pointing_game(maps: np.ndarray | torch.Tensor, boxes: Boxes) -> dict[str, object]:
+    """Score-CAM's energy pointing game: per image, the share of the (non-negative) map's total inside the
+    union of its boxes, sum_{(y,x) in boxes} L_yx / sum_{all} L_yx.
+
+    Returns ``{"mean": mean over images with energy, "fractions": float64 (N,)}``; an all-zero map has
+    no energy and gets NaN (left out of the mean).
+    """
+    maps = _maps_numpy(maps)
+    if (maps < 0).any():
+        raise ValueError("maps must be non-negative for the energy pointing game")
+    n, h, w = maps.shape
+    per_image = _boxes_list(boxes, n)
+    fractions = np.full(n, np.nan)
+    for i, b in enumerate(per_image):
+        inside = np.zeros((h, w), dtype=bool)
+        for y0, x0, y1, x1 in b:
+            inside[max(y0, 0) : max(y1, 0), max(x0, 0) : max(x1, 0)] = True
+        total = maps[i].astype(np.float64).sum()
+        if total > 0:
+            fractions[i] = maps[i][inside].astype(np.float64).sum() / total
+    mean = float(np.nanmean(fractions)) if np.isfinite(fractions).any() else float("nan")
+    return {"mean": mean, "fractions": fractions}
+
+
+def gaussian_blur(x: torch.Tensor, kernel_size: int = 11, sigma: float = 5.0) -> torch.Tensor:
+    """RISE's insertion substrate: each channel convolved with a normalised ``kernel_size`` square
+    Gaussian of standard deviation ``sigma``, zero padding (same size out)."""
+    coords = torch.arange(kernel_size, dtype=torch.float64) - (kernel_size - 1) / 2
+    g = torch.exp(-(coords**2) / (2 * sigma**2))
+    kernel = torch.outer(g, g)
+    kernel = (kernel / kernel.sum()).to(x)
+    c = x.shape[1]
+    weight = kernel.expand(c, 1, kernel_size, kernel_size)
+    return F.conv2d(x, weight, padding=kernel_size // 2, groups=c)
+
+
+def _module_device(module: nn.Module) -> torch.device:
+    param = next(module.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+def insertion_deletion(
+    model: object,
+    x: np.ndarray | torch.Tensor,
+    maps: np.ndarray | torch.Tensor,
+    targets: Targets = None,
+    steps: int | None = None,
+    batch_size: int = 64,
+    verbose: bool = False,
+) -> dict[str, np.ndarray]:
+    """RISE's insertion and deletion scores, batched in torch.
+
+    Pixels are ranked by decreasing saliency (stable: on ties the first in row-major order goes first).
+    With ``p = ceil(H*W / steps)`` pixels per step, step i = 0..steps uses the top ``min(i*p, H*W)``
+    pixels: deletion sets them to 0 in all channels (starting from the image); insertion copies them from
+    the image into a blurred copy (11x11 Gaussian, sigma 5, :func:`gaussian_blur`). The score of each
+    step is the softmax probability of the target class (default: the class predicted on the clean
+    image); the AUC is the normalised trapezoid ``(sum s - s_0/2 - s_steps/2) / steps`` in [0,1].
+
+    Args:
+        model: ``nn.Module`` or ART ``PyTorchClassifier`` (its preprocessing is applied).
+        x: images (N,C,H,W) in the model's input space; maps: (N,H,W) saliency.
+        steps: number of steps; default H (one image row of pixels per step, RISE's 224 at 224x224).
+
+    Returns:
+        ``{"insertion": (N,), "deletion": (N,), "insertion_curve": (N,steps+1), "deletion_curve":
+        (N,steps+1), "targets": (N,)}`` numpy arrays (float64 scores, int64 targets).
+    """
+    module, preprocess = unwrap_model(model)
+    x = check_images(x).detach().float()
+    maps_np = _maps_numpy(maps)
+    n, c, h, w = x.shape
+    if maps_np.shape != (n, h, w):
+        raise ValueError(f"maps must have shape {(n, h, w)} to match x, got {maps_np.shape}")
+    steps = h if steps is None else steps
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    device = _module_device(module)
+    x = x.to(device)
+    order = np.argsort(-maps_np.reshape(n, -1), axis=1, kind="stable")
+    rank = np.empty_like(order)
+    np.put_along_axis(rank, order, np.arange(h * w)[None].repeat(n, 0), axis=1)
+    rank_t = torch.from_numpy(rank).to(device).reshape(n, 1, h, w)
+    per_step = math.ceil(h * w / steps)
+    kept = torch.clamp(torch.arange(steps + 1, device=device) * per_step, max=h * w)
+
+    def probabilities(batch: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(module(preprocess(batch)), dim=1)
+
+    curves = {"insertion": torch.empty(n, steps + 1), "deletion": torch.empty(n, steps + 1)}
+    pairs = torch.cartesian_prod(torch.arange(n), torch.arange(steps + 1))
+    with torch.no_grad(), model_in_eval(module):
+        t = resolve_targets(targets, torch.cat([module(preprocess(b)) for b in x.split(batch_size)]))
+        blurred = gaussian_blur(x)
+        for chunk in tqdm(pairs.split(batch_size), desc="insertion/deletion", disable=not verbose):
+            img, step = chunk[:, 0].to(device), chunk[:, 1].to(device)
+            top = (rank_t[img] < kept[step].reshape(-1, 1, 1, 1)).to(x.dtype)
+            deleted = x[img] * (1 - top)
+            inserted = blurred[img] * (1 - top) + x[img] * top
+            for name, batch in (("deletion", deleted), ("insertion", inserted)):
+                p = probabilities(batch).gather(1, t[img][:, None])[:, 0]
+                curves[name][chunk[:, 0], chunk[:, 1]] = p.float().cpu()
+    out: dict[str, np.ndarray] = {"targets": t.cpu().numpy()}
+    for name, curve in curves.items():
+        s = curve.double().numpy()
+        out[name] = (s.sum(axis=1) - s[:, 0] / 2 - s[:, -1] / 2) / steps
+        out[f"{name}_curve"] = s
+    return out
+
+
+def _parameterised_layers(module: nn.Module) -> list[str]:
+    """Names of the modules that own parameters, last registered (closest to the output) first."""
+    names = [name for name, m in module.named_modules() if name and any(True for _ in m.parameters(False))]
+    return names[::-1]
+
+
+def _randomise(module: nn.Module) -> None:
+    if hasattr(module, "reset_parameters"):
+        module.reset_parameters()
+    else:
+        for p in module.parameters(recurse=False):
+            nn.init.normal_(p, std=0.01)
+
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per-row Spearman rank correlation (average ranks on ties) of (N,D) arrays; NaN for constant rows."""
+    ra = rankdata(a, axis=1)
+    rb = rankdata(b, axis=1)
+    ra -= ra.mean(axis=1, keepdims=True)
+    rb -= rb.mean(axis=1, keepdims=True)
+    denom = np.sqrt((ra**2).sum(axis=1) * (rb**2).sum(axis=1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(denom > 0, (ra * rb).sum(axis=1) / np.where(denom > 0, denom, 1), np.nan)
+
+
+def sanity_check(
+    method_factory: Callable[[object], Callable[..., torch.Tensor]],
+    model: object,
+    x: np.ndarray | torch.Tensor,
+    targets: Targets = None,
+    layers: Sequence[str] | None = None,
+    seed: int = 0,
+    verbose: bool = False,
+) -> list[dict[str, object]]:
+    """Cascading model-parameter randomisation (Adebayo et al. 2018) with Spearman rank correlation.
+
+    A deep copy of ``model`` is randomised layer by layer from the top (output) down; after each layer
+    the maps of ``method_factory(copy)`` are compared with the trained model's maps, per image, by the
+    Spearman rank correlation of the flattened maps. The class explained stays fixed: ``targets`` or
+    the trained model's predictions. A method that passes gives correlations that fall as more layers
+    are randomised. ``model`` itself is never modified.
+
+    Args:
+        method_factory: model -> saliency method (``maps = method(x, targets)``, maps (N,H,W)), e.g.
+            ``lambda m: GradCAM(m, "features.13")``. It receives an ``nn.Module`` or a
+            ``PyTorchClassifier`` of the same kind as ``model``.
+        layers: module paths to randomise, in cascade order; default every module owning parameters,
+            last registered first (registration order is taken as the forward order). Layers are
+            re-initialised with their own ``reset_parameters`` under ``torch.manual_seed(seed)``.
+
+    Returns:
+        One row per cascade step: ``{"layer": name, "mean_spearman": float (NaN-mean), "spearman":
+        float64 (N,)}``; the first row, layer ``"none"``, compares the untouched copy with the model
+        (1.0 for a deterministic method); row k has the first k layers randomised.
+    """
+    module, _ = unwrap_model(model)
+    x = check_images(x).detach()
+    reference = method_factory(model)
+    with torch.no_grad(), model_in_eval(module):
+        logits = module(unwrap_model(model)[1](x.to(_module_device(module))))
+    t = resolve_targets(targets, logits)
+    base = _maps_numpy(reference(x, t)).reshape(len(x), -1)
+    copied = copy.deepcopy(model)
+    copied_module, _ = unwrap_model(copied)
+    layer_names = list(layers) if layers is not None else _parameterised_layers(copied_module)
+    resolved = [resolve_layer(copied_module, name) for name in layer_names]
+    rows = []
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        steps = [("none", None), *resolved]
+        for name, layer in tqdm(steps, desc="sanity check", disable=not verbose):
+            if layer is not None:
+                with torch.no_grad():
+                    _randomise(layer)
+            maps = _maps_numpy(method_factory(copied)(x, t)).reshape(len(x), -1)
+            rho = _spearman(base, maps)
+            mean = float(np.nanmean(rho)) if np.isfinite(rho).any() else float("nan")
+            rows.append({"layer": name, "mean_spearman": mean, "spearman": rho})
+    return rows

@@ -1,0 +1,264 @@
+"""Model zoo: the embedded ``digits-cnn`` and torchvision's image classifiers, as modules or ART classifiers.
+
+``load(name, weights)`` returns a ``torch.nn.Module`` in eval mode taking [0,1] images (digits-cnn) or
+ImageNet-normalised images (torchvision); ``classifier(name, weights)`` wraps it in an ART
+``PyTorchClassifier`` whose preprocessing does the normalisation, so its inputs are always [0,1] images.
+"""
+
+from __future__ import annotations
+
+import difflib
+import pickle
+import zipfile
+from pathlib import Path
+from urllib.error import URLError
+
+import numpy as np
+import torch
+import torchvision
+from torch import nn
+
+from evaluation.models import DigitsCNN
+
+DIGITS_CNN = "digits-cnn"
+#: The shipped digits-cnn weights (trained by ``focused-attacks train digits-cnn``).
+DIGITS_CNN_WEIGHTS = Path(__file__).with_name("weights") / "digits_cnn.pt"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def available_models() -> list[str]:
+    """``"digits-cnn"`` and every torchvision classification model name."""
+    return [DIGITS_CNN, *torchvision.models.list_models(module=torchvision.models)]
+
+
+def _check_name(name: str) -> str:
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a model name string, got {type(name).__name__}")
+    names = available_models()
+    if name not in names:
+        close = difflib.get_close_matches(name, names, n=8, cutoff=0.5)
+        hint = f"close names: {', '.join(close)}" if close else f"available: {', '.join(names)}"
+        raise ValueError(f"unknown model {name!r}; {hint}")
+    return name
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Load a state_dict (or a checkpoint dict holding one under "state_dict"/"model") from ``path``."""
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, pickle.UnpicklingError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
+        raise ValueError(f"weights file {path} could not be read as a PyTorch state_dict: {err}") from err
+    if isinstance(state, dict):
+        for key in ("state_dict", "model"):
+            if isinstance(state.get(key), dict):
+                state = state[key]
+                break
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"weights file {path} does not hold a state_dict (a dict of tensors)")
+    return state
+
+
+def _load_state_dict(model: nn.Module, path: Path) -> None:
+    state = _read_state_dict(path)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise ValueError(f"weights file {path} does not fit the model: {err}") from err
+
+
+def _torchvision_weights(name: str, weights: str) -> object | None:
+    """The torchvision weights enum member named ``weights`` ("DEFAULT", "IMAGENET1K_V1" or
+    "ResNet18_Weights.IMAGENET1K_V1"), or None when it is not one."""
+    try:
+        enum = torchvision.models.get_model_weights(name)
+    except (ValueError, KeyError):
+        return None
+    member = weights.split(".")[-1] if weights.startswith(enum.__name__ + ".") else weights
+    return enum.__members__.get(member)
+
+
+def load(name: str, weights: str | Path | None = None) -> nn.Module:
+    """Build model ``name`` with ``weights`` and return it in eval mode on the CPU.
+
+    Args:
+        name: ``"digits-cnn"`` or a torchvision classification model name (``"resnet18"``, ``"vgg16"``,
+            ... see :func:`available_models`).
+        weights: for ``digits-cnn``: None or ``"DEFAULT"`` (the shipped weights) or a file path. For
+            torchvision: None (random initialisation), ``"DEFAULT"`` or a weights enum name such as
+            ``"IMAGENET1K_V1"`` (torchvision downloads them if not cached), or a path to a state_dict file
+            (a head with k != 1000 outputs, e.g. fine-tuned on VOC, builds the model with k classes).
+
+    Raises:
+        ValueError: unknown model name (lists close names); unreadable or mismatching weights file.
+        FileNotFoundError: the weights file does not exist.
+    """
+    name = _check_name(name)
+    if weights is not None and not isinstance(weights, (str, Path)):
+        raise TypeError(f"weights must be None, a weights name or a file path, got {type(weights).__name__}")
+    if name == DIGITS_CNN:
+        model = DigitsCNN()
+        path = DIGITS_CNN_WEIGHTS if weights is None or weights == "DEFAULT" else Path(weights)
+        _load_state_dict(model, path)
+        return model.eval()
+    if weights is None:
+        return torchvision.models.get_model(name, weights=None).eval()
+    if isinstance(weights, str):
+        member = _torchvision_weights(name, weights)
+        if member is not None:
+            try:
+                return torchvision.models.get_model(name, weights=member).eval()
+            except (URLError, OSError) as err:
+                raise RuntimeError(
+                    f"could not get the {name} weights {member} ({err}); without network access pass the "
+                    "path of a downloaded state_dict file as weights"
+                ) from err
+    path = Path(weights)
+    if not path.is_file():
+        try:
+            known = list(torchvision.models.get_model_weights(name).__members__)
+        except (ValueError, KeyError):
+            known = []
+        raise FileNotFoundError(
+            f"weights file not found: {path} (and {str(weights)!r} is not a weights name of {name}; "
+            f"known: {', '.join(known) or 'none'})"
+        )
+    state = _read_state_dict(path)
+    model = torchvision.models.get_model(name, weights=None, **_head_size(name, state))
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise ValueError(f"weights file {path} does not fit the model: {err}") from err
+    return model.eval()
+
+
+def _head_size(name: str, state: dict[str, torch.Tensor]) -> dict[str, int]:
+    """``{"num_classes": k}`` when the state_dict's final linear layer has k != 1000 outputs (a fine-tuned
+    model), else {}."""
+    linears = [n for n, m in _skeleton(name).named_modules() if isinstance(m, nn.Linear)]
+    weight = state.get(f"{linears[-1]}.weight") if linears else None
+    if weight is not None and weight.ndim == 2 and weight.shape[0] != 1000:
+        return {"num_classes": int(weight.shape[0])}
+    return {}
+
+
+def input_size(name: str) -> tuple[int, int, int]:
+    """Input shape (C,H,W) the model expects: (3,64,64) for digits-cnn, the weights' crop size (usually
+    (3,224,224); (3,299,299) for inception_v3) for torchvision models."""
+    name = _check_name(name)
+    if name == DIGITS_CNN:
+        return (3, 64, 64)
+    try:
+        crop = torchvision.models.get_model_weights(name).DEFAULT.transforms().crop_size[0]
+    except (ValueError, KeyError, AttributeError):
+        crop = 224
+    return (3, int(crop), int(crop))
+
+
+def normalisation(name: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(mean, std)`` arrays of shape (3,1,1) the model expects after [0,1] images, or None."""
+    name = _check_name(name)
+    if name == DIGITS_CNN:
+        return None
+    return (
+        np.asarray(IMAGENET_MEAN, dtype=np.float32).reshape(3, 1, 1),
+        np.asarray(IMAGENET_STD, dtype=np.float32).reshape(3, 1, 1),
+    )
+
+
+def _nb_classes(model: nn.Module, shape: tuple[int, int, int]) -> int:
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if linears:
+        return int(linears[-1].out_features)
+    with torch.no_grad():
+        return int(model(torch.zeros(1, *shape)).shape[-1])
+
+
+def classifier(name: str, weights: str | Path | None = None, device: str | None = None) -> object:
+    """An ART ``PyTorchClassifier`` of :func:`load` (name, weights) taking [0,1] images.
+
+    ``clip_values=(0,1)``, ``CrossEntropyLoss``, ``input_shape=input_size(name)``, ``nb_classes`` from the
+    model's head, ``preprocessing=(mean, std)`` (ImageNet statistics for torchvision models, none for
+    digits-cnn). ``device``: None (GPU when available), ``"cpu"``, ``"cuda"`` or ``"gpu"``.
+    """
+    from art.estimators.classification import PyTorchClassifier
+
+    if device is None:
+        device_type = "gpu" if torch.cuda.is_available() else "cpu"
+    elif device in ("cpu", "cuda", "gpu"):
+        device_type = "cpu" if device == "cpu" else "gpu"
+    else:
+        raise ValueError(f"device must be None, 'cpu', 'cuda' or 'gpu', got {device!r}")
+    model = load(name, weights)
+    shape = input_size(name)
+    return PyTorchClassifier(
+        model=model,
+        loss=nn.CrossEntropyLoss(),
+        input_shape=shape,
+        nb_classes=_nb_classes(model, shape),
+        clip_values=(0.0, 1.0),
+        preprocessing=normalisation(name),
+        device_type=device_type,
+    )
+
+
+def default_layers(name: str) -> list[str]:
+    """CAM target layers of model ``name``, top (coarsest) first; up to three.
+
+    digits-cnn: ``features.13/9/5``; ResNets (and ResNeXt, wide ResNets): ``layer4/3/2``; VGGs: the ReLU
+    before each of the last three max pools (vgg16: ``features.29/22/15``); DenseNets:
+    ``features.norm5``, ``features.denseblock3/2``; other models: at each of the three coarsest spatial
+    resolutions of a forward pass, the shallowest module with that output (e.g. a stage), the last of them.
+    """
+    name = _check_name(name)
+    if name == DIGITS_CNN:
+        return list(DigitsCNN.cam_layers)
+    if name.startswith(("resnet", "resnext", "wide_resnet")):
+        return ["layer4", "layer3", "layer2"]
+    if name.startswith("densenet"):
+        return ["features.norm5", "features.denseblock3", "features.denseblock2"]
+    model = _skeleton(name)
+    if name.startswith("vgg"):
+        pools = [i for i, m in enumerate(model.features) if isinstance(m, nn.MaxPool2d)]
+        return [f"features.{i - 1}" for i in reversed(pools[-3:])]
+    return _last_module_per_resolution(model, input_size(name))
+
+
+def _skeleton(name: str) -> nn.Module:
+    """The untrained model, on the meta device (structure only, no initialisation cost) where it builds."""
+    try:
+        with torch.device("meta"):
+            return torchvision.models.get_model(name, weights=None).eval()
+    except (NotImplementedError, RuntimeError):  # builders that compute with tensors need real ones
+        return torchvision.models.get_model(name, weights=None).eval()
+
+
+def _last_module_per_resolution(model: nn.Module, shape: tuple[int, int, int], n: int = 3) -> list[str]:
+    """For each of the n coarsest spatial resolutions of a forward pass's 4-D outputs, the shallowest module
+    (fewest dots in its path) that outputs it, the last to finish among equals (e.g. a stage's output)."""
+    best: dict[tuple[int, int], tuple[int, int, str]] = {}
+    handles = []
+    counter = iter(range(1 << 30))
+
+    def hook(module_name: str):
+        def record(module: nn.Module, inputs: tuple, output: object) -> None:
+            if isinstance(output, torch.Tensor) and output.ndim == 4 and min(output.shape[-2:]) > 1:
+                size = tuple(output.shape[-2:])
+                key = (-module_name.count("."), next(counter), module_name)
+                best[size] = max(best.get(size, key), key)
+
+        return record
+
+    for module_name, module in model.named_modules():
+        if module_name:
+            handles.append(module.register_forward_hook(hook(module_name)))
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, *shape, device=next(model.parameters()).device))
+    finally:
+        for handle in handles:
+            handle.remove()
+    sizes = sorted(best, key=lambda s: s[0] * s[1])[:n]
+    return [best[s][2] for s in sizes]
