@@ -1,0 +1,373 @@
+"""Shared plumbing for the focused attacks: mask normalisation, saliency maps -> masks, label handling and
+the two ways of asking an ART estimator for gradients.
+
+Conventions: ``x`` is float32 numpy (N,C,H,W); masks are float32 numpy of shape (N,1,H,W) (shared over
+channels) or ``x.shape``; saliency maps are (N,H,W) in [0,1].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+
+import numpy as np
+import torch
+from art.attacks.attack import EvasionAttack
+from art.config import ART_NUMPY_DTYPE
+from art.estimators.classification import PyTorchClassifier
+from art.utils import check_and_transform_label_format, get_labels_np_array
+
+from saliency import masks as saliency_masks
+from saliency.base import model_in_eval
+
+#: Focus modes every attack supports; FocusedPGD adds ``"penalty"``.
+FOCUS_MODES = ("topk", "soft")
+TARGETS_REQUIRED = "Target labels `y` need to be provided for a targeted attack."
+
+
+def normalize_mask(mask: np.ndarray | torch.Tensor, x_shape: tuple[int, ...]) -> np.ndarray:
+    """Broadcast a mask to (N,1,H,W) (one channel) or to ``x_shape`` (per channel), float32.
+
+    Accepted shapes are those broadcastable to x (N,C,H,W): (H,W), (1,H,W), (C,H,W), (N,1,H,W), (1,C,H,W),
+    x.shape, ... Values must be finite and non-negative; bool masks become 0/1.
+    """
+    if isinstance(mask, torch.Tensor):
+        mask = mask.detach().cpu().numpy()
+    if not isinstance(mask, np.ndarray):
+        raise TypeError(f"mask must be a numpy array or torch tensor, got {type(mask).__name__}")
+    if not (np.issubdtype(mask.dtype, np.floating) or mask.dtype == bool):
+        raise TypeError(f"mask must have a floating or bool dtype, got {mask.dtype}")
+    if len(x_shape) != 4:
+        raise ValueError(f"x must have shape (N,C,H,W), got shape {tuple(x_shape)}")
+    if mask.ndim > 4 or mask.ndim < 2:
+        raise ValueError(f"mask of shape {mask.shape} is not broadcastable to x of shape {tuple(x_shape)}")
+    m = mask.astype(ART_NUMPY_DTYPE)
+    if not np.isfinite(m).all():
+        raise ValueError("mask contains NaN or infinite values")
+    if (m < 0).any():
+        raise ValueError(f"mask must be non-negative, got a minimum of {float(m.min())}")
+    m = m.reshape((1,) * (4 - m.ndim) + m.shape)
+    if any(d not in (1, xd) for d, xd in zip(m.shape, x_shape)):
+        raise ValueError(f"mask of shape {mask.shape} is not broadcastable to x of shape {tuple(x_shape)}")
+    n, c, h, w = x_shape
+    target = (n, 1, h, w) if m.shape[1] == 1 else (n, c, h, w)
+    return np.array(np.broadcast_to(m, target), dtype=ART_NUMPY_DTYPE, copy=True)
+
+
+def maps_to_mask(maps: np.ndarray | torch.Tensor, focus: str, area: float) -> np.ndarray:
+    """Saliency maps (N,H,W) -> mask (N,1,H,W): top-``area`` 0/1 mask (``"topk"``) or the map itself
+    clipped to [0,1] (``"soft"`` and ``"penalty"``)."""
+    if isinstance(maps, torch.Tensor):
+        maps = maps.detach().cpu().numpy()
+    maps = np.asarray(maps, dtype=np.float32)
+    if focus == "topk":
+        return saliency_masks.top_k(maps, area)
+    return saliency_masks.soft(maps)
+
+
+def check_focus(area: float, focus: str, modes: tuple[str, ...] = FOCUS_MODES) -> None:
+    """Validate ``area`` in (0,1] and ``focus`` in ``modes``."""
+    if isinstance(area, bool) or not isinstance(area, (int, float, np.floating)) or not 0.0 < area <= 1.0:
+        raise ValueError(f"area must be a fraction of the image in (0, 1], got {area!r}")
+    if focus not in modes:
+        raise ValueError(f"focus must be one of {', '.join(map(repr, modes))}, got {focus!r}")
+
+
+def is_torch_estimator(estimator: object) -> bool:
+    """True for a PyTorchClassifier whose preprocessing is PyTorch-native (the fast path)."""
+    return isinstance(estimator, PyTorchClassifier) and estimator.all_framework_preprocessing
+
+
+@contextmanager
+def frozen_eval(model: torch.nn.Module) -> Iterator[None]:
+    """Eval mode and ``requires_grad=False`` on the parameters for one attack (only input gradients are
+    needed, so autograd neither records nor computes weight gradients); both are restored on exit."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    with model_in_eval(model):
+        for param in trainable:
+            param.requires_grad_(False)
+        try:
+            yield
+        finally:
+            for param in trainable:
+                param.requires_grad_(True)
+
+
+class TorchGradients:
+    """Gradients from a PyTorchClassifier's model and preprocessing, all in torch on its device.
+
+    Only the input gradient is computed (no parameter gradients), with the estimator's own loss, so the
+    values equal ``estimator.loss_gradient`` / ``class_gradient``.
+    """
+
+    def __init__(self, estimator: PyTorchClassifier):
+        self.estimator = estimator
+        self.device = estimator.device
+
+    def context(self) -> AbstractContextManager:
+        return frozen_eval(self.estimator.model)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        x_pre, _ = self.estimator._apply_preprocessing(x, y=None, fit=False, no_grad=False)
+        return self.estimator.model(x_pre)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self._forward(x)
+
+    def loss_gradient(self, x: torch.Tensor, y: torch.Tensor, per_sample: bool = False) -> torch.Tensor:
+        """d loss / dx for one-hot ``y`` (B,K); ``per_sample`` undoes a batch-mean reduction."""
+        with torch.enable_grad():
+            x_req = x.detach().requires_grad_(True)
+            loss_fn = self.estimator._loss
+            loss = loss_fn(self._forward(x_req), self.estimator.reduce_labels(y))
+            if per_sample and getattr(loss_fn, "reduction", None) == "mean":
+                loss = loss * x.shape[0]
+            (grad,) = torch.autograd.grad(loss, x_req)
+        return grad
+
+    def margin_gradient(self, x: torch.Tensor, add: torch.Tensor, sub: torch.Tensor) -> torch.Tensor:
+        """d (z_add - z_sub) / dx per sample, for logit indices ``add``, ``sub`` (B,)."""
+        with torch.enable_grad():
+            x_req = x.detach().requires_grad_(True)
+            z = self._forward(x_req)
+            margin = z.gather(1, add[:, None]) - z.gather(1, sub[:, None])
+            (grad,) = torch.autograd.grad(margin.sum(), x_req)
+        return grad
+
+
+class ARTGradients:
+    """Gradients through ART's generic calls (``loss_gradient``, ``class_gradient``, ``predict``) with numpy
+    round trips; works for any ART classifier with those mixins. Tensors stay on the CPU."""
+
+    def __init__(self, estimator: object, batch_size: int):
+        self.estimator = estimator
+        self.batch_size = batch_size
+        self.device = torch.device("cpu")
+
+    def context(self) -> AbstractContextManager:
+        return nullcontext()
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.estimator.predict(x.numpy().astype(ART_NUMPY_DTYPE), batch_size=self.batch_size)
+        return torch.from_numpy(np.asarray(out, dtype=ART_NUMPY_DTYPE))
+
+    def loss_gradient(self, x: torch.Tensor, y: torch.Tensor, per_sample: bool = False) -> torch.Tensor:
+        """The estimator's loss gradient (taken as the gradient of the per-sample losses' sum)."""
+        grad = self.estimator.loss_gradient(x.numpy(), y.numpy())
+        return torch.from_numpy(np.asarray(grad, dtype=ART_NUMPY_DTYPE).reshape(x.shape))
+
+    def margin_gradient(self, x: torch.Tensor, add: torch.Tensor, sub: torch.Tensor) -> torch.Tensor:
+        x_np = x.numpy().astype(ART_NUMPY_DTYPE)
+        grad = self.estimator.class_gradient(x_np, label=add.numpy())
+        grad = grad - self.estimator.class_gradient(x_np, label=sub.numpy())
+        return torch.from_numpy(np.asarray(grad, dtype=ART_NUMPY_DTYPE).reshape(x.shape))
+
+
+class FocusedEvasionAttack(EvasionAttack):
+    """Base of the focused attacks: saliency/mask resolution, labels and the gradient back-end.
+
+    Subclasses set ``attack_params``, ``_estimator_requirements`` and ``focus_modes`` and implement
+    :meth:`_attack` (x, one-hot labels, mask or None, per-sample eps or None) -> x_adv.
+    """
+
+    focus_modes: tuple[str, ...] = FOCUS_MODES
+
+    def __init__(
+        self,
+        estimator: object,
+        saliency: Callable | None,
+        area: float,
+        focus: str,
+        targeted: bool,
+        batch_size: int,
+    ):
+        super().__init__(estimator=estimator)
+        self.saliency = saliency
+        self.area = area
+        self.focus = focus
+        self._targeted = targeted
+        self.batch_size = batch_size
+        self.last_mask_: np.ndarray | None = None
+
+    def _check_focus_params(self) -> None:
+        check_focus(self.area, self.focus, self.focus_modes)
+        if self.saliency is not None:
+            if not callable(self.saliency):
+                raise TypeError(
+                    f"saliency must be a callable maps = saliency(x, targets) or None, "
+                    f"got {type(self.saliency).__name__}"
+                )
+            if not is_torch_estimator(self.estimator):
+                raise TypeError(
+                    "saliency: a saliency method needs a torch model, i.e. an ART PyTorchClassifier with "
+                    "PyTorch-native preprocessing; for other estimators pass `maps` or `mask` to generate()"
+                )
+        if not isinstance(self.targeted, bool):
+            raise ValueError("The flag `targeted` has to be of type bool.")
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size <= 0:
+            raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}")
+
+    # ----------------------------------------------------------------------------------------- inputs
+    def _gradients(self) -> TorchGradients | ARTGradients:
+        if is_torch_estimator(self.estimator):
+            return TorchGradients(self.estimator)
+        return ARTGradients(self.estimator, self.batch_size)
+
+    @staticmethod
+    def _check_x(x: np.ndarray) -> None:
+        if not isinstance(x, np.ndarray):
+            raise TypeError(f"x must be a numpy array (N,C,H,W), got {type(x).__name__}")
+        if x.ndim != 4:
+            raise ValueError(f"x must have shape (N,C,H,W), got shape {x.shape}")
+
+    def _predict_classes(self, x: np.ndarray) -> np.ndarray:
+        return np.argmax(self.estimator.predict(x, batch_size=self.batch_size), axis=1)
+
+    def _labels(self, x: np.ndarray, y: np.ndarray | None) -> np.ndarray:
+        """One-hot float32 labels (N,K): ``y`` (indices or one-hot), else (untargeted) the predictions."""
+        if y is not None:
+            return check_and_transform_label_format(y, nb_classes=self.estimator.nb_classes).astype(
+                ART_NUMPY_DTYPE
+            )
+        if self.targeted:
+            raise ValueError(TARGETS_REQUIRED)
+        preds = self.estimator.predict(x, batch_size=self.batch_size)
+        return get_labels_np_array(preds).astype(ART_NUMPY_DTYPE)
+
+    def _attacked_classes(self, x: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """The attacked (true) class: the labels if untargeted, the clean prediction if targeted."""
+        return self._predict_classes(x) if self.targeted else np.argmax(labels, axis=1)
+
+    def saliency_maps(self, x: np.ndarray, classes: np.ndarray) -> np.ndarray:
+        """Run ``self.saliency`` batch by batch on the estimator's device -> (N,H,W) float32 numpy."""
+        if self.saliency is None:
+            raise ValueError("saliency: no saliency method was given to the attack")
+        device = self.estimator.device
+        out = []
+        for start in range(0, len(x), self.batch_size):
+            xb = torch.from_numpy(np.ascontiguousarray(x[start : start + self.batch_size])).to(device)
+            tb = torch.from_numpy(np.asarray(classes[start : start + self.batch_size], dtype=np.int64))
+            maps = self.saliency(xb, tb.to(device))
+            out.append(torch.as_tensor(maps).detach().float().cpu().numpy())
+        maps = np.concatenate(out)
+        if maps.shape != (x.shape[0], *x.shape[2:]):
+            raise ValueError(
+                f"saliency returned maps of shape {maps.shape}, expected {(x.shape[0], *x.shape[2:])}"
+            )
+        return maps
+
+    def _resolve_mask(
+        self,
+        x: np.ndarray,
+        labels: np.ndarray,
+        mask: np.ndarray | None,
+        maps: np.ndarray | None,
+    ) -> np.ndarray | None:
+        """mask > maps > saliency(x, attacked class) > None (whole image)."""
+        if mask is not None:
+            return normalize_mask(mask, x.shape)
+        if maps is None and self.saliency is not None:
+            maps = self.saliency_maps(x, self._attacked_classes(x, labels))
+        if maps is None:
+            return None
+        maps = maps.detach().cpu().numpy() if isinstance(maps, torch.Tensor) else np.asarray(maps)
+        if maps.shape != (x.shape[0], *x.shape[2:]):
+            raise ValueError(f"maps must have shape (N,H,W) = {(x.shape[0], *x.shape[2:])}, got {maps.shape}")
+        return maps_to_mask(maps, self.focus, self.area)
+
+    def generate(
+        self,
+        x: np.ndarray,
+        y: np.ndarray | None = None,
+        mask: np.ndarray | None = None,
+        maps: np.ndarray | None = None,
+        **kwargs,
+    ) -> np.ndarray:
+        """Adversarial examples for x (N,C,H,W) float32 -> same shape and dtype.
+
+        :param y: true labels (untargeted; default the model's predictions) or target labels (targeted),
+            as indices (N,) or one-hot (N,K).
+        :param mask: perturbation mask broadcastable to x ((H,W), (1,H,W), (N,1,H,W), x.shape), >= 0.
+        :param maps: saliency maps (N,H,W) in [0,1], turned into a mask by ``focus`` and ``area``.
+        Without mask and maps, ``saliency(x, attacked class)`` gives the maps; without it, the whole image.
+        """
+        if kwargs:
+            raise TypeError(f"generate() got unexpected keyword arguments: {', '.join(kwargs)}")
+        self._check_x(x)
+        labels = self._labels(x, y)
+        resolved = self._resolve_mask(x, labels, mask, maps)
+        self.last_mask_ = (
+            resolved if resolved is not None else np.ones((x.shape[0], 1, *x.shape[2:]), ART_NUMPY_DTYPE)
+        )
+        x_adv = self._attack(x, labels, resolved, None)
+        return x_adv.astype(x.dtype, copy=False)
+
+    def _attack(
+        self, x: np.ndarray, labels: np.ndarray, mask: np.ndarray | None, eps: np.ndarray | None
+    ) -> np.ndarray:
+        raise NotImplementedError
+
+
+def lp_direction(grad: torch.Tensor, norm: float) -> torch.Tensor:
+    """Steepest-ascent direction of unit ``norm`` for ``grad`` (B,...): sign for Linf, one-hot of the
+    largest entry for L1, ``(|g|/||g||_q)^(q-1) sign(g)`` for p > 1 (q the dual exponent)."""
+    if norm == np.inf:
+        return grad.sign()
+    flat = grad.reshape(len(grad), -1)
+    if norm == 1:
+        unit = torch.zeros_like(flat)
+        unit[torch.arange(len(flat)), flat.abs().argmax(dim=1)] = 1
+    else:
+        dual = norm / (norm - 1)
+        q_norm = torch.linalg.norm(flat, ord=dual, dim=1, keepdim=True)
+        unit = (flat.abs() * torch.where(q_norm == 0, q_norm, 1 / q_norm)) ** (dual - 1)
+    return unit.reshape(grad.shape) * grad.sign()
+
+
+def project(delta: torch.Tensor, eps: torch.Tensor, norm: float) -> torch.Tensor:
+    """Project perturbations (B,...) onto the ``norm`` ball of radius ``eps`` (B,1,1,1): clip for Linf,
+    rescale for finite p (exact for L2)."""
+    flat = delta.reshape(len(delta), -1)
+    radius = eps.reshape(len(eps), -1).to(flat.dtype)
+    if norm == np.inf:
+        flat = flat.sign() * torch.minimum(flat.abs(), radius)
+    else:
+        size = torch.linalg.norm(flat, ord=norm, dim=1, keepdim=True)
+        factor = torch.where(size == 0, size, torch.minimum(torch.ones_like(size), radius / size))
+        flat = flat * factor
+    return flat.reshape(delta.shape)
+
+
+def parse_norm(norm: int | float | str) -> float:
+    """``"inf"``/``np.inf``/p >= 1 -> float; anything else -> ValueError."""
+    try:
+        value = np.inf if norm == "inf" else float(norm)
+    except (TypeError, ValueError):
+        raise ValueError(f'norm must be "inf", np.inf or a real p >= 1, got {norm!r}') from None
+    if not value >= 1:
+        raise ValueError(f'norm must be "inf", np.inf or a real p >= 1, got {norm!r}')
+    return value
+
+
+def success_mask(
+    estimator: object, x_adv: np.ndarray, labels: np.ndarray, targeted: bool, batch_size: int
+) -> np.ndarray:
+    """(N,) bool: prediction on x_adv equals the target (targeted) or differs from ``labels`` (untargeted)."""
+    pred = np.argmax(estimator.predict(x_adv, batch_size=batch_size), axis=1)
+    cls = np.argmax(labels, axis=1)
+    return pred == cls if targeted else pred != cls
+
+
+def check_number(name: str, value: object, allow_zero: bool) -> None:
+    """Raise ValueError naming ``name`` unless ``value`` is a finite number >= 0 (> 0 if not allow_zero)."""
+    ok = isinstance(value, (int, float, np.floating, np.integer)) and not isinstance(value, bool)
+    if not ok or not np.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
+
+
+def check_count(name: str, value: object) -> None:
+    """Raise ValueError naming ``name`` unless ``value`` is an int >= 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise ValueError(f"{name} must be a non-negative integer, got {value!r}")

@@ -1,0 +1,250 @@
+"""Saliency-focused Projected Gradient Descent (Madry et al. 2018) as an ART evasion attack.
+
+| Paper link: https://arxiv.org/abs/1706.06083 (PGD); CAMERAS attack: https://arxiv.org/abs/2106.10649
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from art.attacks.attack import EvasionAttack
+from art.config import ART_NUMPY_DTYPE
+from art.estimators.classification.classifier import ClassifierMixin
+from art.estimators.estimator import BaseEstimator, LossGradientsMixin
+from art.utils import random_sphere
+from tqdm.auto import trange
+
+from focused_attacks.base import (
+    ARTGradients,
+    FocusedEvasionAttack,
+    TorchGradients,
+    check_count,
+    check_number,
+    lp_direction,
+    parse_norm,
+    project,
+)
+
+
+def clip_bounds(clip_values: tuple | None, device: torch.device) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The estimator's (min, max) as float32 tensors on ``device`` (None: no clipping)."""
+    if clip_values is None:
+        return None
+    low, high = (torch.as_tensor(np.asarray(v, dtype=ART_NUMPY_DTYPE), device=device) for v in clip_values)
+    return low, high
+
+
+def _clip(x: torch.Tensor, bounds: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+    return x if bounds is None else torch.maximum(torch.minimum(x, bounds[1]), bounds[0])
+
+
+def gradient_steps(
+    grads: TorchGradients | ARTGradients,
+    x: torch.Tensor,
+    labels: torch.Tensor,
+    mask: torch.Tensor | None,
+    eps: torch.Tensor,
+    eps_step: torch.Tensor,
+    max_iter: int,
+    norm: float,
+    targeted: bool,
+    clip_values: tuple | None,
+    focus: str = "topk",
+    beta: float = 0.0,
+    random_init: bool = False,
+    verbose: bool = False,
+) -> torch.Tensor:
+    """``max_iter`` projected steps of size ``eps_step`` (B,1,1,1) inside the ``norm`` ball ``eps`` (B,1,1,1).
+
+    ``mask`` (B,1,H,W) or x's shape: for ``focus`` topk/soft the gradient is weighted by the mask before the
+    norm and the step after it (a 0/1 mask equals ART's ``mask``); for ``"penalty"`` the mask is the saliency
+    map Psi and ``beta * ||delta * (1 - Psi)||_2`` is subtracted from each sample's loss instead.
+    """
+    penalty = focus == "penalty"
+    bounds = clip_bounds(clip_values, x.device)
+    x_adv = x.clone()
+    if random_init:
+        noise = random_sphere(len(x), int(np.prod(x.shape[1:])), 1.0, norm).reshape(x.shape)
+        noise = torch.from_numpy(noise.astype(ART_NUMPY_DTYPE)).to(x.device) * eps
+        if mask is not None:
+            noise = noise * mask
+        x_adv = _clip(x + noise, bounds)
+    for _ in trange(max_iter, desc="FocusedPGD - Iterations", leave=False, disable=not verbose):
+        grad = grads.loss_gradient(x_adv, labels, per_sample=penalty)
+        grad = torch.nan_to_num(grad, nan=0.0, posinf=torch.inf, neginf=-torch.inf)
+        if targeted:
+            grad = -grad
+        if mask is not None and penalty:
+            outside = 1.0 - mask
+            weighted = (x_adv - x) * outside
+            size = torch.linalg.vector_norm(weighted.reshape(len(x), -1), dim=1).reshape(-1, 1, 1, 1)
+            penalty_grad = torch.where(size == 0, 0.0, outside * weighted / torch.where(size == 0, 1.0, size))
+            grad = grad - beta * penalty_grad
+        elif mask is not None:
+            grad = torch.where(mask == 0, 0.0, grad * mask)
+        step = lp_direction(grad, norm)
+        if mask is not None and not penalty:
+            step = step * mask
+        step = torch.nan_to_num(eps_step * step, nan=0.0)
+        x_adv = _clip(x_adv + step, bounds)
+        x_adv = x + project(x_adv - x, eps, norm)
+    return x_adv
+
+
+class FocusedPGD(FocusedEvasionAttack):
+    """PGD whose perturbation is focused on the salient pixels.
+
+    ``focus="topk"``: perturb only the top ``area`` fraction of each saliency map (hard 0/1 mask);
+    ``"soft"``: gradient and step weighted per pixel by the map; ``"penalty"``: the CAMERAS paper's
+    attack, loss CE - ``beta`` * ||delta * (1 - map)||_2 (targeted: CE + penalty, minimised), no hard
+    constraint. With ``saliency=None`` and no mask it equals ART's ``ProjectedGradientDescent``.
+    """
+
+    attack_params = EvasionAttack.attack_params + [
+        "saliency",
+        "area",
+        "focus",
+        "norm",
+        "eps",
+        "eps_step",
+        "max_iter",
+        "targeted",
+        "num_random_init",
+        "beta",
+        "batch_size",
+        "verbose",
+    ]
+    _estimator_requirements = (BaseEstimator, LossGradientsMixin, ClassifierMixin)
+    focus_modes = ("topk", "soft", "penalty")
+
+    def __init__(
+        self,
+        estimator: object,
+        saliency: Callable | None = None,
+        area: float = 0.1,
+        focus: str = "topk",
+        eps: float = 0.3,
+        eps_step: float = 0.1,
+        max_iter: int = 100,
+        norm: int | float | str = np.inf,
+        targeted: bool = False,
+        num_random_init: int = 0,
+        beta: float = 50.0,
+        batch_size: int = 32,
+        verbose: bool = True,
+    ):
+        """
+        :param estimator: ART classifier with loss gradients (a PyTorchClassifier runs in torch).
+        :param saliency: ``maps = saliency(x, targets)`` (N,H,W) in [0,1], e.g.
+            ``saliency.CAMERAS(clf, "layer4")``.
+        :param area: fraction of pixels in (0,1] kept by ``focus="topk"``.
+        :param focus: ``"topk"``, ``"soft"`` or ``"penalty"``.
+        :param eps: radius of the ``norm`` ball (input units).
+        :param eps_step: step size per iteration.
+        :param max_iter: number of iterations.
+        :param norm: ``np.inf``, ``"inf"`` or a real p >= 1.
+        :param targeted: move towards ``y`` (True) or away from it (False).
+        :param num_random_init: random starts in the (masked) eps ball; 0 starts at x.
+        :param beta: weight of the out-of-saliency L2 penalty (``focus="penalty"``).
+        :param batch_size: images per batch.
+        :param verbose: show progress bars.
+        """
+        super().__init__(estimator, saliency, area, focus, targeted, batch_size)
+        self.norm = norm
+        self.eps = eps
+        self.eps_step = eps_step
+        self.max_iter = max_iter
+        self.num_random_init = num_random_init
+        self.beta = beta
+        self.verbose = verbose
+        FocusedPGD._check_params(self)
+
+    def _check_params(self) -> None:
+        self._check_focus_params()
+        parse_norm(self.norm)
+        check_number("eps", self.eps, allow_zero=True)
+        check_number("eps_step", self.eps_step, allow_zero=False)
+        check_count("max_iter", self.max_iter)
+        check_count("num_random_init", self.num_random_init)
+        check_number("beta", self.beta, allow_zero=True)
+        if not isinstance(self.verbose, bool):
+            raise ValueError("The verbose has to be a Boolean.")
+
+    def _attack(
+        self, x: np.ndarray, labels: np.ndarray, mask: np.ndarray | None, eps: np.ndarray | None
+    ) -> np.ndarray:
+        if eps is None:
+            eps = np.full(len(x), self.eps, dtype=ART_NUMPY_DTYPE)
+            eps_step = np.full(len(x), self.eps_step, dtype=ART_NUMPY_DTYPE)
+        else:
+            scale = eps / self.eps if self.eps > 0 else np.ones_like(eps)
+            eps_step = (self.eps_step * scale).astype(ART_NUMPY_DTYPE)
+        return run_batches(
+            self,
+            x,
+            labels,
+            mask,
+            eps,
+            eps_step,
+            max_iter=self.max_iter,
+            restarts=self.num_random_init,
+            beta=self.beta,
+            verbose=self.verbose,
+        )
+
+
+def run_batches(
+    attack: FocusedEvasionAttack,
+    x: np.ndarray,
+    labels: np.ndarray,
+    mask: np.ndarray | None,
+    eps: np.ndarray,
+    eps_step: np.ndarray,
+    max_iter: int,
+    restarts: int,
+    beta: float,
+    verbose: bool,
+) -> np.ndarray:
+    """Run :func:`gradient_steps` batch by batch; later random restarts replace only successful samples."""
+    grads = attack._gradients()
+    device = grads.device
+    norm = parse_norm(attack.norm)
+    x_adv = x.astype(ART_NUMPY_DTYPE)
+    nb_batches = int(np.ceil(len(x) / attack.batch_size))
+    with grads.context():
+        for batch_id in trange(nb_batches, desc="FocusedPGD - Batches", leave=False, disable=not verbose):
+            sl = slice(batch_id * attack.batch_size, (batch_id + 1) * attack.batch_size)
+            xb = torch.from_numpy(x_adv[sl].copy()).to(device)
+            yb = torch.from_numpy(labels[sl]).to(device)
+            mb = None if mask is None else torch.from_numpy(mask[sl]).to(device)
+            eb = torch.from_numpy(np.asarray(eps[sl], ART_NUMPY_DTYPE)).reshape(-1, 1, 1, 1).to(device)
+            sb = torch.from_numpy(np.asarray(eps_step[sl], ART_NUMPY_DTYPE)).reshape(-1, 1, 1, 1).to(device)
+            best = None
+            for _ in range(max(1, restarts)):
+                adv = gradient_steps(
+                    grads,
+                    xb,
+                    yb,
+                    mb,
+                    eb,
+                    sb,
+                    max_iter,
+                    norm,
+                    attack.targeted,
+                    attack.estimator.clip_values,
+                    attack.focus,
+                    beta,
+                    random_init=restarts > 0,
+                    verbose=verbose,
+                )
+                if best is None:
+                    best = adv
+                else:
+                    pred = grads.logits(adv).argmax(dim=1)
+                    wanted = yb.argmax(dim=1)
+                    hit = pred == wanted if attack.targeted else pred != wanted
+                    best[hit] = adv[hit]
+            x_adv[sl] = best.detach().cpu().numpy()
+    return x_adv

@@ -1,0 +1,346 @@
+"""Parameter checks, mask normalisation, the saliency path, the generic (non-PyTorch) estimator path and
+the minimal area / eps searches."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from art.attacks.evasion import CarliniL2Method, ProjectedGradientDescent
+from art.estimators.classification.classifier import ClassGradientsMixin, ClassifierMixin
+from art.estimators.estimator import BaseEstimator, LossGradientsMixin
+from art.exceptions import EstimatorError
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_attacks_pgd_fgsm import art_classifier, calibrate_head
+from torch import nn
+
+import saliency
+from focused_attacks import (
+    FocusedCarliniL2,
+    FocusedFGSM,
+    FocusedPGD,
+    minimal_area,
+    minimal_eps,
+    normalize_mask,
+)
+
+ATTACKS = (FocusedFGSM, FocusedPGD, FocusedCarliniL2)
+
+
+@pytest.fixture
+def clf(small_cnn):
+    return art_classifier(calibrate_head(small_cnn))
+
+
+@pytest.fixture
+def x(images) -> np.ndarray:
+    return images.numpy()
+
+
+# --- parameters
+@pytest.mark.parametrize("attack_class", ATTACKS)
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        ({"area": 0.0}, "area"),
+        ({"area": 1.5}, "area"),
+        ({"area": -0.1}, "area"),
+        ({"focus": "blur"}, "focus"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"saliency": "cameras"}, "saliency"),
+    ],
+)
+def test_bad_common_params(clf, attack_class, kwargs, name):
+    with pytest.raises((ValueError, TypeError), match=name):
+        attack_class(clf, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "attack_class, kwargs, name",
+    [
+        (FocusedPGD, {"eps": -0.1}, "eps"),
+        (FocusedFGSM, {"eps": -1}, "eps"),
+        (FocusedPGD, {"eps_step": 0}, "eps_step"),
+        (FocusedPGD, {"max_iter": -1}, "max_iter"),
+        (FocusedPGD, {"norm": 0.5}, "norm"),
+        (FocusedPGD, {"beta": -1.0}, "beta"),
+        (FocusedPGD, {"num_random_init": 1.5}, "num_random_init"),
+        (FocusedFGSM, {"focus": "penalty"}, "focus"),
+        (FocusedCarliniL2, {"learning_rate": 0}, "learning_rate"),
+        (FocusedCarliniL2, {"binary_search_steps": -1}, "binary_search_steps"),
+        (FocusedCarliniL2, {"focus": "penalty"}, "focus"),
+    ],
+)
+def test_bad_specific_params(clf, attack_class, kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        attack_class(clf, **kwargs)
+
+
+class PredictOnlyClassifier(ClassifierMixin, BaseEstimator):
+    """An ART classifier with predictions but no gradients."""
+
+    estimator_params = BaseEstimator.estimator_params + ClassifierMixin.estimator_params
+
+    def __init__(self):
+        super().__init__(model=None, clip_values=(0.0, 1.0))
+        self.nb_classes = 10
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return (3, 32, 32)
+
+    def predict(self, x, batch_size=128, **kwargs):
+        return np.zeros((len(x), 10), np.float32)
+
+    def fit(self, x, y, **kwargs):
+        raise NotImplementedError
+
+
+@pytest.mark.parametrize("attack_class", ATTACKS)
+def test_estimator_without_gradients(attack_class, small_cnn):
+    for estimator in (small_cnn, PredictOnlyClassifier()):
+        with pytest.raises(EstimatorError):
+            attack_class(estimator)
+
+
+def test_set_params_validates(clf):
+    attack = FocusedPGD(clf, verbose=False)
+    attack.set_params(area=0.3, focus="soft", eps=0.1)
+    assert (attack.area, attack.focus, attack.eps) == (0.3, "soft", 0.1)
+    with pytest.raises(ValueError, match="area"):
+        attack.set_params(area=2.0)
+    with pytest.raises(ValueError):
+        attack.set_params(not_a_param=1)
+
+
+@pytest.mark.parametrize(
+    "mask, match",
+    [
+        (-np.ones((32, 32), np.float32), "non-negative"),
+        (np.ones((7, 32), np.float32), "broadcastable"),
+        (np.ones((5, 2, 32, 32), np.float32), "broadcastable"),
+        (np.ones(32, np.float32), "broadcastable"),
+        (np.ones((32, 32), np.int64), "dtype"),
+    ],
+)
+def test_bad_masks(clf, x, mask, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        FocusedPGD(clf, verbose=False).generate(x, mask=mask)
+
+
+def test_bad_maps_shape(clf, x):
+    with pytest.raises(ValueError, match="maps"):
+        FocusedPGD(clf, verbose=False).generate(x, maps=np.ones((5, 16, 16), np.float32))
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    n=st.integers(1, 4),
+    c=st.sampled_from([1, 3]),
+    h=st.integers(1, 6),
+    w=st.integers(1, 6),
+    kind=st.sampled_from(["hw", "1hw", "chw", "n1hw", "1chw", "nchw"]),
+    as_bool=st.booleans(),
+)
+def test_normalize_mask_shapes(n, c, h, w, kind, as_bool):
+    shape = {
+        "hw": (h, w),
+        "1hw": (1, h, w),
+        "chw": (c, h, w),
+        "n1hw": (n, 1, h, w),
+        "1chw": (1, c, h, w),
+        "nchw": (n, c, h, w),
+    }[kind]
+    raw = np.random.default_rng(n * 100 + h * 10 + w).random(shape) > 0.5
+    mask = raw if as_bool else raw.astype(np.float64)
+    out = normalize_mask(mask, (n, c, h, w))
+    assert out.dtype == np.float32 and out.flags.writeable
+    assert out.shape in {(n, 1, h, w), (n, c, h, w)}
+    np.testing.assert_array_equal(np.broadcast_to(out, (n, c, h, w)), np.broadcast_to(raw, (n, c, h, w)))
+
+
+# --- saliency path
+def test_cameras_end_to_end(clf, x):
+    attack = FocusedPGD(
+        clf, saliency=saliency.CAMERAS(clf, "features.5"), area=0.1, max_iter=3, verbose=False
+    )
+    attack.set_params(eps=0.05, eps_step=0.02)
+    x_adv = attack.generate(x)
+    np.testing.assert_array_equal(attack.last_mask_.reshape(len(x), -1).sum(1), round(0.1 * 32 * 32))
+    outside = np.broadcast_to(attack.last_mask_, x.shape) == 0
+    np.testing.assert_array_equal(x_adv[outside], x[outside])
+    assert np.abs(x_adv - x).max() > 0
+
+
+class RecordingSaliency:
+    """Saliency stand-in that records the classes it is asked for and returns a fixed gradient map."""
+
+    def __init__(self):
+        self.targets: list[np.ndarray] = []
+
+    def __call__(self, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        self.targets.append(np.asarray(targets.cpu()))
+        ramp = torch.linspace(0, 1, x.shape[-1])
+        return ramp.expand(x.shape[0], x.shape[-2], x.shape[-1]).clone()
+
+
+def test_saliency_gets_the_attacked_class(clf, x):
+    clean = clf.predict(x).argmax(1)
+    y_true = (clean + 3) % 10
+    cases = [(False, None, clean), (False, y_true, y_true), (True, (clean + 1) % 10, clean)]
+    for targeted, y, expected in cases:
+        recorder = RecordingSaliency()
+        attack = FocusedFGSM(clf, saliency=recorder, area=0.25, eps=0.05, targeted=targeted, batch_size=2)
+        attack.generate(x, y)
+        np.testing.assert_array_equal(np.concatenate(recorder.targets), expected)
+        # the top 25 % of a left-to-right ramp are the 8 right-most columns
+        assert (attack.last_mask_[:, 0, :, 24:] == 1).all() and attack.last_mask_[:, 0, :, :24].sum() == 0
+
+
+def test_explicit_mask_beats_maps_and_saliency(clf, x):
+    recorder = RecordingSaliency()
+    mask = np.zeros((32, 32), np.float32)
+    mask[:4] = 1
+    attack = FocusedFGSM(clf, saliency=recorder, eps=0.05)
+    attack.generate(x, mask=mask, maps=np.ones((5, 32, 32), np.float32))
+    assert recorder.targets == []
+    np.testing.assert_array_equal(attack.last_mask_, normalize_mask(mask, x.shape))
+
+
+# --- generic estimator
+class NumpyLinearClassifier(ClassGradientsMixin, ClassifierMixin, LossGradientsMixin, BaseEstimator):
+    """Softmax-linear ART classifier in pure numpy (no PyTorch): loss = mean cross-entropy."""
+
+    estimator_params = BaseEstimator.estimator_params + ClassifierMixin.estimator_params
+
+    def __init__(self, weights: np.ndarray, bias: np.ndarray, input_shape: tuple[int, ...]):
+        super().__init__(model=None, clip_values=(0.0, 1.0))
+        self.weights, self.bias, self._input_shape = weights, bias, input_shape
+        self.nb_classes = weights.shape[0]
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return self._input_shape
+
+    def predict(self, x, batch_size=128, **kwargs):
+        return (x.reshape(len(x), -1) @ self.weights.T + self.bias).astype(np.float32)
+
+    def fit(self, x, y, **kwargs):
+        raise NotImplementedError
+
+    def loss_gradient(self, x, y, **kwargs):
+        z = self.predict(x)
+        p = np.exp(z - z.max(1, keepdims=True))
+        p /= p.sum(1, keepdims=True)
+        return (((p - y) @ self.weights) / len(x)).reshape(x.shape).astype(np.float32)
+
+    def class_gradient(self, x, label=None, **kwargs):
+        rows = np.broadcast_to(self.weights[np.asarray(label)], (len(x), self.weights.shape[1]))
+        return rows.reshape(len(x), 1, *x.shape[1:]).astype(np.float32)
+
+
+@pytest.fixture
+def linear_pair():
+    """The same linear model as a numpy-only ART classifier and as a PyTorchClassifier."""
+    rng = np.random.default_rng(7)
+    weights = rng.normal(0, 0.3, (10, 3 * 8 * 8)).astype(np.float32)
+    bias = rng.normal(0, 0.1, 10).astype(np.float32)
+    numpy_clf = NumpyLinearClassifier(weights, bias, (3, 8, 8))
+    layer = nn.Linear(3 * 8 * 8, 10)
+    with torch.no_grad():
+        layer.weight.copy_(torch.from_numpy(weights))
+        layer.bias.copy_(torch.from_numpy(bias))
+    torch_clf = art_classifier(nn.Sequential(nn.Flatten(), layer), size=8)
+    x = rng.random((6, 3, 8, 8), dtype=np.float32)
+    return numpy_clf, torch_clf, x
+
+
+@pytest.mark.parametrize("norm, eps, eps_step", [(np.inf, 0.05, 0.02), (2, 0.4, 0.15)])
+def test_generic_path_equals_art_and_torch_path(linear_pair, norm, eps, eps_step):
+    numpy_clf, torch_clf, x = linear_pair
+    mask = (np.random.default_rng(8).random((8, 8)) < 0.4).astype(np.float32)
+    kwargs = dict(norm=norm, eps=eps, eps_step=eps_step, max_iter=4, verbose=False)
+    generic = FocusedPGD(numpy_clf, **kwargs).generate(x, mask=mask)
+    expected = ProjectedGradientDescent(numpy_clf, **kwargs).generate(x, mask=normalize_mask(mask, x.shape))
+    np.testing.assert_allclose(generic, expected, atol=1e-5)
+    np.testing.assert_allclose(FocusedPGD(torch_clf, **kwargs).generate(x, mask=mask), generic, atol=1e-5)
+    maps = np.random.default_rng(9).random((len(x), 8, 8), dtype=np.float32)
+    np.testing.assert_allclose(
+        FocusedFGSM(numpy_clf, eps=eps, norm=norm).generate(x, maps=maps),
+        FocusedFGSM(torch_clf, eps=eps, norm=norm).generate(x, maps=maps),
+        atol=1e-5,
+    )
+
+
+def test_generic_cw_equals_art(linear_pair):
+    numpy_clf, _, x = linear_pair
+    settings_ = dict(binary_search_steps=3, max_iter=4, batch_size=6, verbose=False)
+    expected = CarliniL2Method(numpy_clf, **settings_).generate(x)
+    np.testing.assert_allclose(FocusedCarliniL2(numpy_clf, **settings_).generate(x), expected, atol=1e-5)
+    masked = FocusedCarliniL2(numpy_clf, area=0.25, **settings_).generate(
+        x, maps=np.random.default_rng(1).random((6, 8, 8), dtype=np.float32)
+    )
+    assert ((masked != x).any(axis=1).reshape(6, -1).sum(1) <= 16).all()
+
+
+def test_saliency_callable_needs_torch(linear_pair):
+    numpy_clf, _, _ = linear_pair
+    with pytest.raises(TypeError, match="saliency"):
+        FocusedPGD(numpy_clf, saliency=RecordingSaliency())
+
+
+# --- searches
+def test_minimal_area(clf, x):
+    maps = np.random.default_rng(5).random((len(x), 32, 32), dtype=np.float32)
+    attack = FocusedPGD(clf, eps=0.05, eps_step=0.02, max_iter=3, verbose=False)
+    areas = (0.01, 0.05, 0.2, 1.0)
+    result = minimal_area(attack, x, areas=areas, maps=maps)
+    clean = clf.predict(x).argmax(1)
+    assert result.success.any()
+    np.testing.assert_array_equal(result.success, ~np.isnan(result.area))
+    fooled = clf.predict(result.x_adv).argmax(1) != clean
+    np.testing.assert_array_equal(fooled, result.success)
+    for i in np.flatnonzero(result.success):
+        k = round(result.area[i] * 32 * 32)
+        assert (result.x_adv[i] != x[i]).any(axis=0).sum() <= k
+        smaller = [a for a in areas if a < result.area[i]]
+        if smaller:  # the next smaller area fails
+            attack.set_params(area=smaller[-1])
+            adv = attack.generate(x[i : i + 1], clean[i : i + 1], maps=maps[i : i + 1])
+            assert clf.predict(adv).argmax(1)[0] == clean[i]
+    np.testing.assert_array_equal(result.x_adv[~result.success], x[~result.success])
+
+
+def test_minimal_area_uses_saliency_once(clf, x):
+    recorder = RecordingSaliency()
+    attack = FocusedFGSM(clf, saliency=recorder, eps=0.1)
+    result = minimal_area(attack, x, areas=(0.05, 0.5, 1.0))
+    assert len(recorder.targets) == 1  # one batch of 5 images, computed once for all areas
+    assert result.area.shape == (len(x),) and result.x_adv.shape == x.shape
+
+
+def test_minimal_eps(clf, x):
+    attack = FocusedPGD(clf, eps=0.2, eps_step=0.05, max_iter=3, verbose=False)
+    mask = np.ones((32, 32), np.float32)
+    result = minimal_eps(attack, x, mask=mask, steps=4)
+    clean = clf.predict(x).argmax(1)
+    assert result.success.all()
+    assert (clf.predict(result.x_adv).argmax(1) != clean).all()
+    linf = np.abs(result.x_adv - x).reshape(len(x), -1).max(1)
+    assert (linf <= result.eps + 1e-6).all() and (result.eps <= 0.2).all()
+    assert (result.eps < 0.2).any()  # bisection moved below the upper bound
+    fgsm = minimal_eps(FocusedFGSM(clf, eps=0.3), x, steps=3)
+    fooled = clf.predict(fgsm.x_adv).argmax(1) != clean
+    np.testing.assert_array_equal(fooled, fgsm.success)
+
+
+def test_search_argument_errors(clf, x):
+    with pytest.raises(ValueError, match="focus"):
+        minimal_area(FocusedPGD(clf, focus="soft", verbose=False), x, maps=np.ones((5, 32, 32), np.float32))
+    with pytest.raises(ValueError, match="saliency"):
+        minimal_area(FocusedPGD(clf, verbose=False), x)
+    with pytest.raises(TypeError, match="attack"):
+        minimal_eps(FocusedCarliniL2(clf, verbose=False), x)
+    with pytest.raises(ValueError, match="low and high"):
+        minimal_eps(FocusedFGSM(clf, eps=0.1), x, low=0.2)

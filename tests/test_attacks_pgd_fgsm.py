@@ -1,0 +1,214 @@
+"""FocusedPGD / FocusedFGSM: equality with ART's PGD and FGM under the same mask, hard-mask invariants,
+soft focus and the CAMERAS penalty."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from art.attacks.evasion import FastGradientMethod, ProjectedGradientDescent
+from art.estimators.classification import PyTorchClassifier
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from focused_attacks import FocusedFGSM, FocusedPGD, normalize_mask
+
+
+def calibrate_head(model: nn.Module, seed: int = 5) -> nn.Module:
+    """Standardise an untrained SmallCNN's pooled features in its fc layer (estimated on random images), so
+    that predictions differ between images and small perturbations can flip them."""
+    with torch.no_grad():
+        probe = torch.rand(64, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+        feats = model.pool(model.features(probe)).flatten(1)
+        spread = feats.std(0)
+        model.fc.weight.mul_(torch.where(spread > 1e-6, 1 / spread.clamp_min(1e-6), 0.0))
+        model.fc.bias.copy_(-(model.fc.weight @ feats.mean(0)))
+    return model
+
+
+def art_classifier(model: nn.Module, size: int = 32, **kwargs) -> PyTorchClassifier:
+    return PyTorchClassifier(
+        model, nn.CrossEntropyLoss(), (3, size, size), 10, clip_values=(0.0, 1.0), device_type="cpu", **kwargs
+    )
+
+
+def random_mask(shape: tuple[int, ...], density: float, seed: int) -> np.ndarray:
+    return (np.random.default_rng(seed).random(shape) < density).astype(np.float32)
+
+
+@pytest.fixture
+def clf(small_cnn) -> PyTorchClassifier:
+    return art_classifier(calibrate_head(small_cnn))
+
+
+@pytest.fixture(scope="module")
+def resnet_clf() -> PyTorchClassifier:
+    torch.manual_seed(0)
+    return art_classifier(torchvision.models.resnet18(weights=None, num_classes=10).eval())
+
+
+@pytest.fixture
+def x(images) -> np.ndarray:
+    return images.numpy()
+
+
+ATTACK_SETTINGS = [(np.inf, 0.03, 0.01), (2, 0.5, 0.2)]
+
+
+@pytest.mark.parametrize("norm, eps, eps_step", ATTACK_SETTINGS)
+@pytest.mark.parametrize("targeted", [False, True])
+def test_pgd_equals_art_with_same_mask(clf, x, norm, eps, eps_step, targeted):
+    y = np.array([3, 1, 4, 1, 5]) if targeted else None
+    mask = random_mask((len(x), 1, 32, 32), 0.3, seed=0)
+    kwargs = dict(norm=norm, eps=eps, eps_step=eps_step, max_iter=5, targeted=targeted, verbose=False)
+    expected = ProjectedGradientDescent(clf, batch_size=2, **kwargs).generate(x, y, mask=mask)
+    got = FocusedPGD(clf, batch_size=2, **kwargs).generate(x, y, mask=mask)
+    np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
+    assert np.abs(got - x).max() > 0
+
+
+@pytest.mark.parametrize("norm, eps, eps_step", ATTACK_SETTINGS)
+@pytest.mark.parametrize("targeted", [False, True])
+def test_fgsm_equals_art_with_same_mask(clf, x, norm, eps, eps_step, targeted):
+    y = np.array([3, 1, 4, 1, 5]) if targeted else None
+    mask = random_mask((len(x), 1, 32, 32), 0.3, seed=1)
+    expected = FastGradientMethod(clf, norm=norm, eps=eps, targeted=targeted).generate(x, y, mask=mask)
+    got = FocusedFGSM(clf, norm=norm, eps=eps, targeted=targeted).generate(x, y, mask=mask)
+    np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("norm, eps, eps_step", ATTACK_SETTINGS)
+def test_resnet18_equals_art(resnet_clf, norm, eps, eps_step):
+    x = np.random.default_rng(2).random((3, 3, 32, 32), dtype=np.float32)
+    mask = random_mask((32, 32), 0.2, seed=2)  # (H,W): ours normalises it, ART's PyTorch PGD needs (N,1,H,W)
+    full = normalize_mask(mask, x.shape)
+    kwargs = dict(norm=norm, eps=eps, eps_step=eps_step, max_iter=2, verbose=False)
+    expected = ProjectedGradientDescent(resnet_clf, **kwargs).generate(x, mask=full)
+    np.testing.assert_allclose(FocusedPGD(resnet_clf, **kwargs).generate(x, mask=mask), expected, atol=1e-5)
+    expected = FastGradientMethod(resnet_clf, norm=norm, eps=eps).generate(x, mask=full)
+    np.testing.assert_allclose(
+        FocusedFGSM(resnet_clf, norm=norm, eps=eps).generate(x, mask=mask), expected, atol=1e-5
+    )
+
+
+def test_plain_attack_equals_art_without_mask(clf, x):
+    kwargs = dict(eps=0.05, eps_step=0.01, max_iter=4, verbose=False)
+    attack = FocusedPGD(clf, **kwargs)
+    np.testing.assert_allclose(
+        attack.generate(x), ProjectedGradientDescent(clf, **kwargs).generate(x), atol=1e-5
+    )
+    np.testing.assert_array_equal(attack.last_mask_, np.ones((len(x), 1, 32, 32), np.float32))
+    expected = FastGradientMethod(clf, norm=2, eps=0.5).generate(x)
+    np.testing.assert_allclose(FocusedFGSM(clf, norm=2, eps=0.5).generate(x), expected, atol=1e-5)
+
+
+MASK_SHAPES = st.sampled_from(["hw", "1hw", "n1hw", "nchw", "chw"])
+
+
+def _shaped_mask(kind: str, n: int, c: int, h: int, w: int, density: float, seed: int) -> np.ndarray:
+    shape = {"hw": (h, w), "1hw": (1, h, w), "n1hw": (n, 1, h, w), "nchw": (n, c, h, w), "chw": (c, h, w)}[
+        kind
+    ]
+    return random_mask(shape, density, seed)
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    kind=MASK_SHAPES,
+    density=st.floats(0.0, 1.0),
+    eps=st.floats(0.0, 0.5),
+    norm=st.sampled_from([np.inf, 2, 1]),
+    use_pgd=st.booleans(),
+    seed=st.integers(0, 1000),
+)
+def test_hard_mask_invariants(clf, x, kind, density, eps, norm, use_pgd, seed):
+    mask = _shaped_mask(kind, *x.shape, density, seed)
+    if use_pgd:
+        attack = FocusedPGD(clf, eps=eps, eps_step=max(eps / 3, 1e-3), max_iter=3, norm=norm, verbose=False)
+    else:
+        attack = FocusedFGSM(clf, eps=eps, norm=norm)
+    before = x.copy()
+    x_adv = attack.generate(x, mask=mask)
+    np.testing.assert_array_equal(x, before)  # input untouched
+    assert x_adv.dtype == x.dtype and x_adv.shape == x.shape
+    outside = np.broadcast_to(mask, x.shape) == 0
+    np.testing.assert_array_equal(x_adv[outside], x[outside])
+    delta = (x_adv - x).reshape(len(x), -1)
+    assert np.linalg.norm(delta, ord=norm if norm != 1 else 1, axis=1).max() <= eps * (1 + 1e-5) + 1e-6
+    assert x_adv.min() >= 0.0 and x_adv.max() <= 1.0
+    assert attack.last_mask_.shape in {(len(x), 1, 32, 32), x.shape}
+
+
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(area=st.floats(0.01, 1.0), eps=st.floats(0.01, 0.3), seed=st.integers(0, 100))
+def test_topk_maps_invariants(clf, x, area, eps, seed):
+    maps = np.random.default_rng(seed).random((len(x), 32, 32), dtype=np.float32)
+    attack = FocusedPGD(clf, area=area, eps=eps, eps_step=eps / 2, max_iter=2, verbose=False)
+    x_adv = attack.generate(x, maps=maps)
+    k = round(area * 32 * 32)
+    np.testing.assert_array_equal(attack.last_mask_.reshape(len(x), -1).sum(1), k)
+    changed = (x_adv != x).any(axis=1).reshape(len(x), -1).sum(1)
+    assert (changed <= k).all()
+    assert np.abs(x_adv - x).max() <= eps + 1e-6
+
+
+def test_soft_focus_scales_the_step(clf, x):
+    maps = np.random.default_rng(3).random((len(x), 32, 32), dtype=np.float32)
+    maps[:, :8] = 0.0
+    eps = 0.1
+    x_adv = FocusedFGSM(clf, focus="soft", eps=eps).generate(x, maps=maps)
+    delta = np.abs(x_adv - x)
+    assert (delta[:, :, :8] == 0).all()
+    # |delta| = eps * map per pixel (unless clipped to [0,1]), so never above it
+    assert (delta <= eps * maps[:, None] + 1e-6).all()
+    np.testing.assert_allclose(delta.max(axis=(1, 2, 3)), eps, atol=1e-2)
+
+    pgd = FocusedPGD(clf, focus="soft", eps=eps, eps_step=0.02, max_iter=3, verbose=False)
+    delta = np.abs(pgd.generate(x, maps=maps) - x)
+    assert (delta <= 3 * 0.02 * maps[:, None] + 1e-6).all()
+
+
+def test_penalty_focus(clf, x):
+    maps = np.zeros((len(x), 32, 32), np.float32)
+    maps[:, 8:24, 8:24] = 1.0
+    kwargs = dict(focus="penalty", eps=0.05, eps_step=0.01, max_iter=5, verbose=False)
+    # beta = 0: the per-sample CE gives the same sign as ART's mean loss -> plain PGD
+    plain = ProjectedGradientDescent(clf, eps=0.05, eps_step=0.01, max_iter=5, verbose=False).generate(x)
+    np.testing.assert_allclose(FocusedPGD(clf, beta=0.0, **kwargs).generate(x, maps=maps), plain, atol=1e-5)
+    outside = np.broadcast_to((1 - maps)[:, None], x.shape)
+
+    def outside_norm(x_adv: np.ndarray) -> np.ndarray:
+        return np.linalg.norm(((x_adv - x) * outside).reshape(len(x), -1), axis=1)
+
+    attack = FocusedPGD(clf, beta=50.0, **kwargs)
+    focused = attack.generate(x, maps=maps)
+    assert (outside_norm(focused) < outside_norm(plain)).all()
+    np.testing.assert_array_equal(attack.last_mask_[:, 0], maps)
+    assert np.abs(focused - x).max() <= 0.05 + 1e-6 and focused.min() >= 0 and focused.max() <= 1
+
+
+def test_random_init_stays_in_mask_and_ball(clf, x):
+    mask = random_mask((len(x), 1, 32, 32), 0.2, seed=4)
+    attack = FocusedPGD(clf, eps=0.05, eps_step=0.01, max_iter=2, num_random_init=2, verbose=False)
+    x_adv = attack.generate(x, mask=mask)
+    outside = np.broadcast_to(mask, x.shape) == 0
+    np.testing.assert_array_equal(x_adv[outside], x[outside])
+    assert np.abs(x_adv - x).max() <= 0.05 + 1e-6
+
+
+def test_targeted_reaches_target_untargeted_leaves_class(clf, x):
+    clean = clf.predict(x).argmax(1)
+    target = (clean + 1) % 10
+    kwargs = dict(eps=0.1, eps_step=0.02, max_iter=20, verbose=False)
+    adv = FocusedPGD(clf, targeted=True, **kwargs).generate(x, target, mask=np.ones((32, 32), np.float32))
+    assert (clf.predict(adv).argmax(1) == target).mean() >= 0.8
+    adv = FocusedPGD(clf, **kwargs).generate(x)
+    assert (clf.predict(adv).argmax(1) != clean).mean() >= 0.8
+
+
+def test_targeted_without_y_raises_arts_message(clf, x):
+    for attack in (FocusedPGD(clf, targeted=True, verbose=False), FocusedFGSM(clf, targeted=True)):
+        with pytest.raises(ValueError, match="Target labels `y` need to be provided for a targeted attack."):
+            attack.generate(x)
