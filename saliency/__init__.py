@@ -7,6 +7,8 @@ in [0,1] on x's device.
 from saliency import masks, plot
 from saliency.base import SaliencyMethod
 from saliency.cameras import CAMERAS
+from saliency.gpnn import GPNN
+from saliency.gpnn_cam import GPNNCAM
 from saliency.grad_cam import GradCAM
 from saliency.grad_cam_plusplus import GradCAMPlusPlus
 from saliency.hirescam import HiResCAM
@@ -23,6 +25,8 @@ METHODS = {
 
 __all__ = [
     "CAMERAS",
+    "GPNN",
+    "GPNNCAM",
     "METHODS",
     "GradCAM",
     "GradCAMPlusPlus",

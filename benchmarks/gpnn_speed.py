@@ -1,0 +1,235 @@
+"""GPNN and GPNN-CAM speed and memory.
+
+Prints three tables, each configuration measured in its own subprocess (so peak memory is per config):
+
+1. GPNN: seconds per variation (a batch of ``--n`` generated together) and peak memory at each size.
+2. One PNN step at the finest level (queries = a variation, keys = the source): the chunked exact NN
+   against the naive full distance matrix, at sizes where the naive one fits (``--naive-max``): the
+   share of identical indices, the largest relative float64 score difference where they differ (float32
+   near-ties), seconds, speed ratio naive/chunked, peak memory.
+3. GPNN-CAM: seconds per image with ``--cam-variations`` variations (torchvision ResNet-50 with random
+   weights, layers layer4/layer3/layer2; timings do not depend on the weights).
+
+Peak memory: ``torch.cuda.max_memory_allocated`` on CUDA; on CPU the growth of the process's max RSS
+(``resource.getrusage``) over its value after setup, which includes allocator overhead.
+
+Example: ``python benchmarks/gpnn_speed.py --sizes 64 128 --device cpu``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+
+
+def _photo(size: int) -> torch.Tensor:
+    import skimage.data
+    import skimage.transform
+
+    image = skimage.transform.resize(skimage.data.chelsea()[:, 75:375], (size, size), anti_aliasing=True)
+    return torch.from_numpy(image).permute(2, 0, 1).float().clamp(0, 1)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _peak_start(device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        return torch.cuda.memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
+
+
+def _peak_end(device: torch.device, start: float) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20 - start
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10 - start
+
+
+def _warm_up(device: torch.device) -> None:
+    from saliency import GPNN
+
+    if device.type == "cuda":
+        GPNN(iters=1).generate(_photo(32).to(device), 2)
+        _sync(device)
+
+
+def _score_gap(
+    queries: torch.Tensor, keys: torch.Tensor, alpha: float, a: torch.Tensor, b: torch.Tensor
+) -> float:
+    """Largest relative difference of the float64 scores S(i, a_i) and S(i, b_i) where a and b differ."""
+    gap = 0.0
+    for v in range(queries.shape[0]):
+        rows = (a[v] != b[v]).nonzero()[:, 0]
+        if len(rows) == 0:
+            continue
+        cols = torch.unique(torch.cat([a[v, rows], b[v, rows]]))
+        q64, k64 = queries[v].double(), keys[cols].double()
+        dist = torch.cdist(q64, k64).pow(2) / q64.shape[1]  # (Nq, U)
+        score = dist / (alpha + dist.amin(dim=0))
+        pos = {int(c): i for i, c in enumerate(cols)}
+        sa = score[rows, torch.tensor([pos[int(c)] for c in a[v, rows]], device=score.device)]
+        sb = score[rows, torch.tensor([pos[int(c)] for c in b[v, rows]], device=score.device)]
+        gap = max(gap, float(((sa - sb).abs() / sb.clamp_min(1e-12)).max()))
+    return gap
+
+
+def worker(config: dict) -> dict:
+    """Run one configuration and return its measurements."""
+    from saliency import GPNN
+    from saliency.gpnn import extract_patches, nearest_neighbours, nearest_neighbours_naive
+
+    device = torch.device(config["device"])
+    image = _photo(config["size"]).to(device)
+    _warm_up(device)
+    if config["kind"] == "gpnn":
+        gpnn = GPNN(iters=config["iters"], tf32=config["tf32"])
+        start_mem = _peak_start(device)
+        start = time.perf_counter()
+        gpnn.generate(image, config["n"], seed=0)
+        _sync(device)
+        seconds = time.perf_counter() - start
+        return {"s_per_variation": seconds / config["n"], "peak_mib": _peak_end(device, start_mem)}
+    if config["kind"] == "nn":
+        variation = GPNN(iters=1).generate(image, config["n"], seed=0)
+        queries, keys = extract_patches(variation, 7), extract_patches(image[None], 7)[0]
+        out = {}
+        for name in ("chunked", "naive"):
+            start_mem = _peak_start(device)
+            start = time.perf_counter()
+            if name == "chunked":
+                idx = nearest_neighbours(queries, keys, 0.005, config["chunk"])
+            else:
+                idx = nearest_neighbours_naive(queries, keys, 0.005)
+            _sync(device)
+            out[name] = {"seconds": time.perf_counter() - start, "peak_mib": _peak_end(device, start_mem)}
+            out[name + "_idx"] = idx
+        chunked, naive = out.pop("chunked_idx"), out.pop("naive_idx")
+        out["equal"] = float((chunked == naive).double().mean())
+        out["score_gap"] = _score_gap(queries, keys, 0.005, chunked, naive)
+        return out
+    if config["kind"] == "cam":
+        import torchvision
+
+        from saliency import GPNNCAM
+
+        torch.manual_seed(0)
+        model = torchvision.models.resnet50(weights=None).eval().to(device)
+        cam = GPNNCAM(
+            model,
+            ["layer4", "layer3", "layer2"],
+            n_variations=config["n"],
+            batch_variations=min(10, config["n"]),
+            gpnn=GPNN(noise_sigma=3.0, init="zeros", iters=config["iters"], tf32=config["tf32"]),
+        )
+        start_mem = _peak_start(device)
+        start = time.perf_counter()
+        cam(image[None])
+        _sync(device)
+        return {"seconds": time.perf_counter() - start, "peak_mib": _peak_end(device, start_mem)}
+    raise ValueError(f"unknown benchmark kind {config['kind']!r}")
+
+
+def run(config: dict) -> dict:
+    """Measure ``config`` in a fresh subprocess."""
+    done = subprocess.run(
+        [sys.executable, __file__, "--worker", json.dumps(config)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        return {"error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "failed"}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="GPNN / GPNN-CAM speed and memory")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[64, 128, 224])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--n", type=int, default=None, help="variations per batch (default 1 CPU, 10 CUDA)")
+    parser.add_argument("--iters", type=int, nargs="+", default=[10], help="PNN iterations per level")
+    parser.add_argument("--naive-max", type=int, default=None, help="largest size for the naive NN")
+    parser.add_argument("--chunk", type=int, default=2**24, help="tile size of the chunked NN")
+    parser.add_argument("--cam-size", type=int, default=None, help="GPNN-CAM image size (default: last size)")
+    parser.add_argument("--cam-variations", type=int, nargs="*", default=None, help="GPNN-CAM N (0 to skip)")
+    parser.add_argument("--tf32", action="store_true", help="also measure GPNN(tf32=True) on CUDA")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        print(json.dumps(worker(json.loads(args.worker))))
+        return
+
+    cuda = args.device.startswith("cuda")
+    n = args.n or (10 if cuda else 1)
+    naive_max = args.naive_max or (128 if cuda else 64)
+    cam_variations = args.cam_variations if args.cam_variations is not None else ([100] if cuda else [10])
+    name = torch.cuda.get_device_name(args.device) if cuda else f"CPU, {torch.get_num_threads()} threads"
+    print(f"device: {name}; torch {torch.__version__}")
+
+    print(f"\nGPNN generation (batch of {n} variations, p=7, r=4/3, coarsest 14, alpha 0.005)")
+    tf32_modes = [False, True] if (args.tf32 and cuda) else [False]
+    print(f"{'size':>5} {'iters':>5} {'tf32':>5} {'s/variation':>12} {'peak MiB':>9}")
+    for size in args.sizes:
+        for iters in args.iters:
+            for tf32 in tf32_modes:
+                config = {
+                    "kind": "gpnn",
+                    "device": args.device,
+                    "size": size,
+                    "n": n,
+                    "iters": iters,
+                    "tf32": tf32,
+                }
+                r = run(config)
+                if "error" in r:
+                    print(f"{size:>5} {iters:>5} {str(tf32):>5} {r['error']}")
+                    continue
+                print(
+                    f"{size:>5} {iters:>5} {str(tf32):>5} {r['s_per_variation']:>12.3f} {r['peak_mib']:>9.0f}"
+                )
+
+    print(
+        f"\nOne PNN step at the finest level, {n} variation(s): "
+        f"chunked (tile {args.chunk}) vs naive full distance matrix"
+    )
+    print(
+        f"{'size':>5} {'same idx':>8} {'score gap':>9} {'chunked s':>10} {'naive s':>9} "
+        f"{'naive/chunked':>13} {'MiB chunked':>11} {'MiB naive':>9}"
+    )
+    for size in [s for s in args.sizes if s <= naive_max]:
+        r = run({"kind": "nn", "device": args.device, "size": size, "n": n, "chunk": args.chunk})
+        if "error" in r:
+            print(f"{size:>5} {r['error']}")
+            continue
+        c, v = r["chunked"], r["naive"]
+        print(
+            f"{size:>5} {r['equal']:>8.2%} {r['score_gap']:>9.1e} {c['seconds']:>10.3f} {v['seconds']:>9.3f} "
+            f"{v['seconds'] / c['seconds']:>13.2f} {c['peak_mib']:>11.0f} {v['peak_mib']:>9.0f}"
+        )
+
+    cam_size = args.cam_size or args.sizes[-1]
+    print(f"\nGPNN-CAM (ResNet-50, 3 layers, batches of <= 10, GPNN preset) on one {cam_size} px image")
+    print(f"{'N':>5} {'iters':>5} {'tf32':>5} {'seconds':>8} {'peak MiB':>9}")
+    for n_cam in [v for v in cam_variations if v > 0]:
+        for iters in args.iters:
+            for tf32 in tf32_modes:
+                config = {"kind": "cam", "device": args.device, "size": cam_size, "n": n_cam, "iters": iters}
+                r = run({**config, "tf32": tf32})
+                if "error" in r:
+                    print(f"{n_cam:>5} {iters:>5} {str(tf32):>5} {r['error']}")
+                    continue
+                print(f"{n_cam:>5} {iters:>5} {str(tf32):>5} {r['seconds']:>8.2f} {r['peak_mib']:>9.0f}")
+
+
+if __name__ == "__main__":
+    main()

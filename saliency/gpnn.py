@@ -1,0 +1,314 @@
+"""GPNN (Granot et al., "Drop the GAN", CVPR 2022): image variations by coarse-to-fine patch nearest
+neighbours with the completeness-normalised score.
+
+Choices (reference/gpnn_cam.md, 1.10), all written from the algorithm:
+
+* Pyramid: antialiased bilinear down-sizing of the source to ``round(H / r**n), round(W / r**n)``;
+  ``N = ceil(log(min(H, W) / coarsest) / log r)`` levels below the input, the coarsest forced to a short
+  side of exactly ``coarsest`` pixels (aspect ratio kept).
+* Initialisation: the coarsest source (``init="source"``, the paper) or zeros (``init="zeros"``, the
+  GPNN-CAM preset) plus Gaussian noise of std ``noise_sigma`` in [0,1] units, one value per pixel shared
+  over the channels, drawn from a CPU ``torch.Generator`` seeded with ``seed`` (so outputs do not depend
+  on the device's random stream).
+* Distance: D(i,j) = mean squared difference per element between query patch i and key patch j, computed
+  as (||q||^2 + ||k||^2 - 2 q.k) / d with matmuls, clamped at 0. Score S(i,j) = D(i,j) / (alpha +
+  min_l D(l,j)), the minimum over the queries of the *same* variation; NN(i) = argmin_j S(i,j) (first
+  index on ties, like ``torch.argmin``).
+* Keys: at every level, iteration 0 uses the coarser source bilinearly up-sampled to this level (the
+  source itself at the coarsest level), later iterations the sharp source; values are always the sharp
+  source patches. ``iters`` iterations at every level (iyttor's schedule).
+* Patches p x p with stride 1, folded back by the uniform average of all overlapping patches; bilinear
+  up-sampling (align_corners=False) of the output between levels. The output is a convex combination of
+  source pixels, so it lies in the source's range (clamped to [0,1] against rounding).
+* Exact NN in tiles of at most ``chunk_size`` distance entries (two passes: column minima per variation,
+  then the argmin of the normalised score), each tile one float32 matmul of augmented patch vectors;
+  when a variation's whole (queries, keys) matrix fits in one tile it is computed once and used for both
+  passes. ``tf32=True`` trades exactness for speed on CUDA (TF32 tensor-core matmuls).
+* Ours: no FAISS/PCA (exact NN only), the same number of iterations at every level, no NN field returned.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+#: Smallest and largest default tile sizes in distance entries (64 MiB and 1 GiB of float32).
+MIN_DEFAULT_CHUNK = 2**24
+MAX_DEFAULT_CHUNK_CPU = 2**28
+
+
+def default_chunk_size(device: torch.device) -> int:
+    """Tile size in distance entries: float32 entries in 1/4 of the free memory on CUDA; in 1/8 of the
+    free RAM on CPU, at most 2**28 (1 GiB). Never below 2**24."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return max(MIN_DEFAULT_CHUNK, free // 16)
+    try:
+        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # no sysconf (non-POSIX)
+        return MIN_DEFAULT_CHUNK
+    return int(min(MAX_DEFAULT_CHUNK_CPU, max(MIN_DEFAULT_CHUNK, free // 32)))
+
+
+def extract_patches(images: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """All stride-1 patches: (B,C,H,W) -> (B, L, C*p*p), L = (H-p+1)(W-p+1), row-major positions.
+
+    Same layout as ``F.unfold(images, p).transpose(1, 2)`` (channel, row, column within a patch), built
+    from strided views (several times faster than im2col on CPU).
+    """
+    b, c, p = images.shape[0], images.shape[1], patch_size
+    windows = images.unfold(2, p, 1).unfold(3, p, 1)  # (B,C,H',W',p,p)
+    return windows.permute(0, 2, 3, 1, 4, 5).reshape(b, -1, c * p * p)
+
+
+def patch_counts(size: tuple[int, int], patch_size: int, device: torch.device | None = None) -> torch.Tensor:
+    """How many stride-1 patches cover each pixel: (1,1,H,W) float32."""
+    ones = torch.ones((1, 1, *size), device=device)
+    return F.fold(F.unfold(ones, patch_size), size, patch_size)
+
+
+def fold_patches(
+    patches: torch.Tensor, size: tuple[int, int], patch_size: int, counts: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Uniform average of overlapping patches: (B, L, C*p*p) -> (B,C,H,W) (inverse of extract_patches).
+
+    ``counts`` is :func:`patch_counts` for this size (computed when None).
+    """
+    if counts is None:
+        counts = patch_counts(size, patch_size, patches.device)
+    return F.fold(patches.transpose(1, 2), size, patch_size) / counts
+
+
+def nearest_neighbours_naive(queries: torch.Tensor, keys: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Reference NN with the full distance matrix: queries (B,Nq,d), keys (Nk,d) -> indices (B,Nq) long.
+
+    NN(b,i) = argmin_j D(b,i,j) / (alpha + min_l D(b,l,j)) with D the mean squared difference.
+    Memory B*Nq*Nk entries: for tests and the benchmark only.
+    """
+    d = queries.shape[-1]
+    sq = queries.pow(2).sum(-1)[:, :, None] + keys.pow(2).sum(-1)[None, None, :] - 2 * queries @ keys.T
+    dist = sq.clamp_min(0) / d
+    col_min = dist.amin(dim=1, keepdim=True)
+    return (dist / (alpha + col_min)).argmin(dim=2)
+
+
+def _tile(batch: int, n_reduced: int, n_kept: int, budget: int) -> tuple[int, int]:
+    """Tile sizes (reduced, kept): the reduced axis as long as possible, batch*reduced*kept <= budget."""
+    reduced = min(n_reduced, max(1, budget // batch))
+    kept = min(n_kept, max(1, budget // (batch * reduced)))
+    return reduced, kept
+
+
+def nearest_neighbours(
+    queries: torch.Tensor, keys: torch.Tensor, alpha: float, chunk_size: int = MIN_DEFAULT_CHUNK
+) -> torch.Tensor:
+    """Exact completeness-normalised NN, memory-bounded: queries (B,Nq,d), keys (Nk,d) -> (B,Nq) long.
+
+    Same result as :func:`nearest_neighbours_naive` (up to float rounding on near-ties), but no tile of
+    distances holds more than ``max(chunk_size, B)`` entries. Each tile is one matmul of augmented
+    vectors, so a tile is written once and read once by its reduction:
+    ``[q, ||q||^2] . [-2k, 1] = ||q||^2 - 2 q.k`` (pass 1) and
+    ``[q, ||q||^2, 1] . w_j [-2k, 1, ||k||^2] = w_j ||q - k||^2`` (pass 2, w_j = 1 / (alpha d + min_l)).
+    When one variation's whole (Nq,Nk) matrix fits, groups of variations are done in one tile each, the
+    pass-1 matrix being rescaled in place for pass 2 (one matmul instead of two). Otherwise pass 1 takes
+    per-variation column minima over key chunks and pass 2 the argmin of the normalised score over query
+    chunks (running reductions when a whole axis does not fit). Only the column minima are clamped at 0
+    (rounding residues of exact matches stay slightly negative and still rank first).
+    """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive number of distance entries, got {chunk_size}")
+    batch, n_q, d = queries.shape
+    n_k = keys.shape[0]
+    q_norm = queries.pow(2).sum(-1, keepdim=True)  # (B,Nq,1)
+    k_norm = keys.pow(2).sum(-1)  # (Nk,)
+    q_aug = torch.cat([queries, q_norm], dim=-1)  # (B,Nq,d+1)
+    k_aug = torch.cat([-2 * keys.T, torch.ones_like(k_norm)[None]])  # (d+1,Nk)
+
+    if n_q * n_k <= chunk_size:  # whole matrices fit: one matmul per group of variations
+        group = chunk_size // (n_q * n_k)
+        out = []
+        for b0 in range(0, batch, group):
+            partial = q_aug[b0 : b0 + group] @ k_aug  # ||q||^2 - 2 q.k
+            col_min = partial.amin(dim=1, keepdim=True).add_(k_norm).clamp_(min=0)
+            scale = 1.0 / col_min.add_(alpha * d)
+            torch.addcmul(k_norm * scale, partial, scale, out=partial)
+            out.append(partial.argmin(dim=2))
+        return torch.cat(out)
+
+    # Pass 1: column minima of the squared distance, per variation.
+    col_min = torch.full((batch, n_k), math.inf, dtype=queries.dtype, device=queries.device)
+    cq, ck = _tile(batch, n_q, n_k, chunk_size)
+    for k0 in range(0, n_k, ck):
+        for q0 in range(0, n_q, cq):
+            tile_min = (q_aug[:, q0 : q0 + cq] @ k_aug[:, k0 : k0 + ck]).amin(dim=1)
+            torch.minimum(col_min[:, k0 : k0 + ck], tile_min, out=col_min[:, k0 : k0 + ck])
+    scale = 1.0 / col_min.add_(k_norm).clamp_(min=0).add_(alpha * d)  # (B,Nk)
+
+    # Pass 2: argmin over keys of the normalised score, with per-variation scaled keys.
+    q_aug = torch.cat([q_aug, torch.ones_like(q_norm)], dim=-1)  # (B,Nq,d+2)
+    k_scaled = torch.cat([k_aug, k_norm[None]])[None] * scale[:, None, :]  # (B,d+2,Nk)
+    best_val = torch.full((batch, n_q), math.inf, dtype=queries.dtype, device=queries.device)
+    best_idx = torch.zeros((batch, n_q), dtype=torch.long, device=queries.device)
+    ck, cq = _tile(batch, n_k, n_q, chunk_size)
+    for q0 in range(0, n_q, cq):
+        rows = slice(q0, q0 + cq)
+        for k0 in range(0, n_k, ck):
+            val, idx = torch.bmm(q_aug[:, rows], k_scaled[:, :, k0 : k0 + ck]).min(dim=2)
+            better = val < best_val[:, rows]
+            best_val[:, rows] = torch.where(better, val, best_val[:, rows])
+            best_idx[:, rows] = torch.where(better, idx + k0, best_idx[:, rows])
+    return best_idx
+
+
+def _resize(images: torch.Tensor, size: tuple[int, int], antialias: bool = False) -> torch.Tensor:
+    if tuple(images.shape[-2:]) == tuple(size):
+        return images
+    return F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=antialias)
+
+
+class GPNN:
+    """Generative Patch Nearest Neighbours: ``n`` variations of one image, generated as one batch.
+
+    :param patch_size: p, square patches p x p, stride 1.
+    :param scale_factor: r > 1, ratio between consecutive pyramid levels.
+    :param coarsest: short side of the coarsest level in pixels (>= patch_size).
+    :param noise_sigma: std of the coarsest-level noise in [0,1] units (shared over channels).
+    :param alpha: completeness parameter (distances are per-element MSE); large alpha -> plain NN.
+    :param iters: PNN iterations per level.
+    :param init: ``"source"`` (coarsest source + noise, the paper) or ``"zeros"`` (noise only, GPNN-CAM).
+    :param chunk_size: most distance entries per tile (None: :func:`default_chunk_size`).
+    :param tf32: on CUDA, compute the distance matmuls with TF32 tensor cores (faster, but the NN is then
+        approximate: near-ties can resolve differently). Off by default: exact float32.
+    :param device: where to compute (None: the image's device).
+    :param verbose: tqdm bar over pyramid levels.
+
+    ``variations = GPNN().generate(image, n, seed=0)``: image (C,H,W) or (1,C,H,W) in [0,1], tensor or
+    numpy -> (n,C,H,W) float32 tensor in [0,1] of the same size, on ``device``.
+    """
+
+    def __init__(
+        self,
+        patch_size: int = 7,
+        scale_factor: float = 4 / 3,
+        coarsest: int = 14,
+        noise_sigma: float = 0.75,
+        alpha: float = 0.005,
+        iters: int = 10,
+        init: str = "source",
+        chunk_size: int | None = None,
+        tf32: bool = False,
+        device: str | torch.device | None = None,
+        verbose: bool = False,
+    ):
+        if not isinstance(patch_size, int) or patch_size < 1:
+            raise ValueError(f"patch_size must be a positive int, got {patch_size!r}")
+        if not scale_factor > 1:
+            raise ValueError(f"scale_factor must be > 1, got {scale_factor!r}")
+        if not isinstance(coarsest, int) or coarsest < patch_size:
+            raise ValueError(f"coarsest must be an int >= patch_size ({patch_size}), got {coarsest!r}")
+        if not noise_sigma >= 0:
+            raise ValueError(f"noise_sigma must be >= 0, got {noise_sigma!r}")
+        if not alpha > 0:
+            raise ValueError(f"alpha must be > 0, got {alpha!r}")
+        if not isinstance(iters, int) or iters < 1:
+            raise ValueError(f"iters must be a positive int, got {iters!r}")
+        if init not in ("source", "zeros"):
+            raise ValueError(f"init must be 'source' or 'zeros', got {init!r}")
+        if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
+            raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
+        self.patch_size = patch_size
+        self.scale_factor = float(scale_factor)
+        self.coarsest = coarsest
+        self.noise_sigma = float(noise_sigma)
+        self.alpha = float(alpha)
+        self.iters = iters
+        self.init = init
+        self.chunk_size = chunk_size
+        self.tf32 = bool(tf32)
+        self.device = None if device is None else torch.device(device)
+        self.verbose = verbose
+
+    def pyramid_sizes(self, height: int, width: int) -> list[tuple[int, int]]:
+        """Level sizes from finest (the input) to coarsest (short side == ``coarsest``)."""
+        short = min(height, width)
+        n_levels = math.ceil(math.log(short / self.coarsest) / math.log(self.scale_factor) - 1e-9)
+        sizes = [
+            (round(height / self.scale_factor**n), round(width / self.scale_factor**n))
+            for n in range(n_levels)
+        ]
+        scale = self.coarsest / short
+        sizes.append((max(self.coarsest, round(height * scale)), max(self.coarsest, round(width * scale))))
+        return sizes
+
+    def _check_image(self, image: torch.Tensor | np.ndarray) -> torch.Tensor:
+        if isinstance(image, np.ndarray):
+            image = torch.from_numpy(image)
+        if not isinstance(image, torch.Tensor):
+            raise TypeError(
+                f"image must be a torch.Tensor or numpy array (C,H,W), got {type(image).__name__}"
+            )
+        if image.ndim == 4:
+            if image.shape[0] != 1:
+                raise ValueError(f"image: a 4-D image must have shape (1,C,H,W), got {tuple(image.shape)}")
+            image = image[0]
+        if image.ndim != 3:
+            raise ValueError(f"image must have shape (C,H,W) or (1,C,H,W), got shape {tuple(image.shape)}")
+        if not image.is_floating_point():
+            raise TypeError(f"image must have a floating dtype with values in [0,1], got {image.dtype}")
+        if not torch.isfinite(image).all() or image.min() < 0 or image.max() > 1:
+            raise ValueError("image values must be finite and lie in [0,1]")
+        height, width = image.shape[-2:]
+        if min(height, width) < self.coarsest:
+            raise ValueError(
+                f"image is {height}x{width}: its short side must be >= coarsest ({self.coarsest}) "
+                f"and >= patch_size ({self.patch_size})"
+            )
+        return image
+
+    def generate(self, image: torch.Tensor | np.ndarray, n: int, seed: int = 0) -> torch.Tensor:
+        """``n`` variations of ``image`` (C,H,W) in [0,1] -> (n,C,H,W) float32 in [0,1]."""
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+            raise ValueError(f"n must be a positive int (number of variations), got {n!r}")
+        image = self._check_image(image)
+        device = self.device or image.device
+        chunk = self.chunk_size or default_chunk_size(device)
+        source = image.to(device=device, dtype=torch.float32)[None]
+        sizes = self.pyramid_sizes(*source.shape[-2:])
+        pyramid = [_resize(source, size, antialias=True) for size in sizes]
+
+        generator = torch.Generator().manual_seed(int(seed))
+        noise = torch.randn((int(n), 1, *sizes[-1]), generator=generator).to(device) * self.noise_sigma
+        start = pyramid[-1] if self.init == "source" else torch.zeros_like(pyramid[-1])
+        current = start + noise  # (n,C,h,w), noise shared over channels
+
+        precision = torch.get_float32_matmul_precision()
+        if self.tf32 and device.type == "cuda":
+            torch.set_float32_matmul_precision("high")
+        try:
+            return self._synthesise(pyramid, current, chunk).clamp_(0, 1)
+        finally:
+            torch.set_float32_matmul_precision(precision)
+
+    def _synthesise(self, pyramid: list[torch.Tensor], current: torch.Tensor, chunk: int) -> torch.Tensor:
+        """Coarse-to-fine PNN from the coarsest initialisation ``current`` (n,C,h,w)."""
+        p = self.patch_size
+        sizes = [tuple(level.shape[-2:]) for level in pyramid]
+        levels = range(len(sizes) - 1, -1, -1)
+        for level in tqdm(levels, desc="GPNN levels", disable=not self.verbose):
+            size = sizes[level]
+            current = _resize(current, size)
+            blurred = pyramid[level] if level == len(sizes) - 1 else _resize(pyramid[level + 1], size)
+            values = extract_patches(pyramid[level], p)[0]  # (L,d)
+            keys = extract_patches(blurred, p)[0]
+            counts = patch_counts(size, p, current.device)
+            for iteration in range(self.iters):
+                if iteration == 1:
+                    keys = values
+                idx = nearest_neighbours(extract_patches(current, p), keys, self.alpha, chunk)
+                current = fold_patches(values[idx], size, p, counts)
+        return current
