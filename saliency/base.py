@@ -113,7 +113,14 @@ def resolve_targets(targets: Targets, logits: torch.Tensor) -> torch.Tensor:
 
 def class_scores(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Sum over the batch of each image's target logit (per-image gradients stay independent)."""
-    return logits.gather(1, targets[:, None]).sum()
+    with torch.enable_grad():
+        return logits.gather(1, targets[:, None]).sum()
+
+
+def gradients_of(score: torch.Tensor, activations: torch.Tensor) -> tuple[torch.Tensor]:
+    """d score / d activations; works when the caller has gradients turned off."""
+    with torch.enable_grad():
+        return torch.autograd.grad(score, activations)
 
 
 def normalize_maps(maps: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
@@ -149,8 +156,8 @@ class ActivationRecorder:
     """Records the outputs of some layers during one forward pass.
 
     The forward hook returns a clone of the layer output, so a following in-place op (``ReLU(inplace=True)``)
-    changes the clone and the recorded tensor keeps the layer's own output and its place in the graph.
-    Use as a context manager: the hooks are removed on exit, also when the call raises.
+    changes the clone and the recorded tensor keeps the layer's own output. Use as a context manager: the
+    hooks are removed on exit, also when the call raises.
     """
 
     def __init__(self, layers: Sequence[nn.Module]):
@@ -158,14 +165,24 @@ class ActivationRecorder:
         self.outputs: list[torch.Tensor | None] = [None] * len(self.layers)
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
 
+    def _record(self, index: int, output: torch.Tensor) -> torch.Tensor:
+        return output
+
     def _hook(self, index: int) -> Callable:
         def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
             if not isinstance(output, torch.Tensor):
                 raise TypeError(f"target layer {type(module).__name__} must return a tensor")
-            self.outputs[index] = output
-            return output.clone()
+            self.outputs[index] = self._record(index, output)
+            return self.outputs[index].clone()
 
         return hook
+
+    def recorded(self) -> list[torch.Tensor]:
+        """The recorded outputs; a layer the forward pass never reached is an error."""
+        missing = [type(self.layers[i]).__name__ for i, out in enumerate(self.outputs) if out is None]
+        if missing:
+            raise ValueError(f"target layer(s) {missing} were not called in the model's forward pass")
+        return self.outputs
 
     def __enter__(self) -> ActivationRecorder:
         self._handles = [layer.register_forward_hook(self._hook(i)) for i, layer in enumerate(self.layers)]
@@ -175,6 +192,20 @@ class ActivationRecorder:
         for handle in self._handles:
             handle.remove()
         self._handles = []
+
+
+class LayerGradients(ActivationRecorder):
+    """Records one layer's output A as an autograd leaf, for ``torch.autograd.grad(score, rec.recorded())``.
+
+    Run the forward pass under ``torch.no_grad()``: the hook turns gradients on from the layer onwards, so
+    the graph covers only the layers after A. dy/dA is unchanged (it is the gradient the layer's output
+    receives), while nothing before A is kept for backward and the backward pass stops at A. The grad mode
+    is restored when the ``no_grad`` block exits.
+    """
+
+    def _record(self, index: int, output: torch.Tensor) -> torch.Tensor:
+        torch.set_grad_enabled(True)
+        return output.detach().requires_grad_(True)
 
 
 class SaliencyMethod:
@@ -203,11 +234,13 @@ class GradientCAM(SaliencyMethod):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One forward/backward pass: (activations, gradients, logits), all detached."""
         x = check_images(x)
-        with torch.enable_grad(), model_in_eval(self.model), ActivationRecorder([self.target_layer]) as rec:
-            logits = self.model(self.preprocess(x.detach().requires_grad_(True)))
+        with model_in_eval(self.model), LayerGradients([self.target_layer]) as rec:
+            with torch.no_grad():
+                logits = self.model(self.preprocess(x))
             t = resolve_targets(targets, logits)
-            (grads,) = torch.autograd.grad(class_scores(logits, t), rec.outputs)
-        return rec.outputs[0].detach(), grads.detach(), logits.detach()
+            (activations,) = rec.recorded()
+            (grads,) = gradients_of(class_scores(logits, t), activations)
+        return activations.detach(), grads, logits.detach()
 
     def combine(self, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

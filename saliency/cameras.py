@@ -15,11 +15,12 @@ import torch
 from torch import nn
 
 from saliency.base import (
-    ActivationRecorder,
+    LayerGradients,
     SaliencyMethod,
     Targets,
     check_images,
     class_scores,
+    gradients_of,
     model_in_eval,
     normalize_maps,
     resize,
@@ -85,30 +86,32 @@ class CAMERAS(SaliencyMethod):
             return self.model(self.preprocess(x)).argmax(dim=1)
 
     def __call__(self, x: torch.Tensor, targets: Targets = None) -> torch.Tensor:
-        x = check_images(x).detach().clone()
+        x = check_images(x).detach()
         size = (x.shape[2], x.shape[3])
         stored: list[tuple[torch.Tensor, torch.Tensor]] = []  # (A, G) per resolution, masked by `keep`
         counts = torch.zeros(x.shape[0], device=x.device)
         t = None
-        with torch.enable_grad(), model_in_eval(self.model):
+        with model_in_eval(self.model):
             for resolution in self.sizes(*size):
                 is_input = resolution == size
-                x_scaled = (x if is_input else resize(x, resolution, mode="bicubic")).requires_grad_(True)
-                with ActivationRecorder([self.target_layer]) as rec:
-                    logits = self.model(self.preprocess(x_scaled))
+                with LayerGradients([self.target_layer]) as rec:
+                    with torch.no_grad():
+                        x_scaled = x if is_input else resize(x, resolution, mode="bicubic")
+                        logits = self.model(self.preprocess(x_scaled))
                     if t is None:  # the class: given, else predicted on the input resolution
                         t = resolve_targets(
                             targets if targets is not None or is_input else self._predict(x), logits
                         )
-                    (grads,) = torch.autograd.grad(class_scores(logits, t), rec.outputs)
+                    (activations,) = rec.recorded()
+                    (grads,) = gradients_of(class_scores(logits, t), activations)
                 keep = torch.ones_like(counts)
                 if self.same_label and not is_input:
                     keep = (logits.argmax(dim=1) == t).float()
                 counts += keep
                 stored.append(
-                    (self._compact(rec.outputs[0].detach(), keep, size), self._compact(grads, keep, size))
+                    (self._compact(activations.detach(), keep, size), self._compact(grads, keep, size))
                 )
-                del rec, logits, grads
+                del rec, logits, grads, activations
         return normalize_maps(self._fuse(stored, counts, size))
 
     @staticmethod

@@ -141,3 +141,20 @@ def test_normalize_maps_range_and_constant(n, h, w, offset, scale, constant):
             assert (maps[i] == 0).all()
         else:
             assert np.isclose(float(maps[i].max()), 1.0) and float(maps[i].min()) == 0.0
+
+
+@pytest.mark.parametrize("cls", SINGLE_LAYER)
+@pytest.mark.parametrize("grad_mode", [True, False])
+def test_grad_mode_is_restored_and_no_grad_callers_work(cls, small_cnn, images, grad_mode):
+    expected = make(cls, small_cnn)(images, 1)
+    with torch.set_grad_enabled(grad_mode):
+        maps = make(cls, small_cnn)(images, 1)
+        assert torch.is_grad_enabled() == grad_mode
+    torch.testing.assert_close(maps, expected)
+
+
+def test_layer_not_reached_is_reported(small_cnn, images):
+    small_cnn.unused = torch.nn.Conv2d(3, 3, 1)
+    with pytest.raises(ValueError, match="not called"):
+        GradCAM(small_cnn, "unused")(images)
+    assert hook_count(small_cnn) == 0

@@ -1,0 +1,331 @@
+"""Tables from experiment records: a per-(attack, focuser, area) summary as Markdown, JSON and CSV.
+
+The summary statistics (all over the images the model classifies correctly, the only ones attacked in
+earnest):
+
+* ``success_rate``: share of those images whose adversarial prediction differs from the label;
+* ``median_l0`` / ``median_l2`` / ``median_linf``: medians over the *successful* images of the number of
+  changed pixels and the L2 / L-inf norms of the perturbation;
+* ``l2_reduction``: paired reduction against the unfocused attack, ``1 - median(l2_focused / l2_full)``
+  over the images on which *both* attacks succeeded (``n_paired`` of them), so a focused attack is never
+  credited for images it failed on; ``l2_reduction_vs_random``: the same against the random mask of the
+  same area (the control).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from evaluation.metrics import norm_reduction
+from evaluation.runner import RANDOM, UNFOCUSED
+
+#: Columns of the summary table: (key, header, format).
+SUMMARY_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("attack", "attack", "s"),
+    ("focuser", "focuser", "s"),
+    ("area", "area", "area"),
+    ("n", "n", "d"),
+    ("success_rate", "success", "pct"),
+    ("median_l0", "median L0 (px)", ".0f"),
+    ("median_l2", "median L2", ".3f"),
+    ("median_linf", "median Linf", ".3f"),
+    ("l2_reduction", "L2 reduction vs unfocused", "pct"),
+    ("l2_reduction_vs_random", "L2 reduction vs random", "pct"),
+)
+
+
+def _median(values: Sequence[float]) -> float | None:
+    return float(np.median(values)) if len(values) else None
+
+
+def _paired_reduction(
+    focused: dict[int, dict[str, Any]], reference: dict[int, dict[str, Any]], norm: str
+) -> tuple[float | None, int]:
+    """Median per-image reduction ``1 - norm_f / norm_ref`` (a fraction) over the images both attacks fool
+    (with a non-zero reference norm), by :func:`evaluation.metrics.norm_reduction`; ``(None, 0)`` if none."""
+    images = sorted(set(focused) & set(reference))
+    if not images:
+        return None, 0
+
+    def report(group: dict[int, dict[str, Any]]) -> dict[str, np.ndarray]:
+        return {
+            "success": np.array([bool(group[i]["success"]) for i in images]),
+            norm: np.array([float(group[i][norm]) for i in images]),
+        }
+
+    result = norm_reduction(report(focused), report(reference))[norm]
+    return (None, 0) if result["n"] == 0 else (result["median_reduction"] / 100.0, result["n"])
+
+
+def summarize(
+    records: Sequence[dict[str, Any]],
+    norm: str = "l2",
+    attacks: Sequence[str] | None = None,
+    focusers: Sequence[str] | None = None,
+) -> list[dict[str, Any]]:
+    """One row per (attack, focuser, area): counts, success rate, median norms and paired reductions.
+
+    Rows are ordered by attack, then the unfocused row, then the focusers (``attacks`` / ``focusers``
+    give the order; otherwise first appearance), each by increasing area. ``norm`` (a record field:
+    ``l2``, ``linf``, ``l0_pixels``...) picks the norm of the reductions, stored as
+    ``{norm}_reduction`` and ``{norm}_reduction_vs_random``.
+    """
+    groups: dict[tuple[str, str, float], dict[int, dict[str, Any]]] = {}
+    attack_order: list[str] = list(attacks or [])
+    focuser_order: list[str] = list(focusers or [])
+    for r in records:
+        if r["attack"] not in attack_order:
+            attack_order.append(r["attack"])
+        if r["focuser"] not in focuser_order and r["focuser"] != UNFOCUSED:
+            focuser_order.append(r["focuser"])
+        if not r["correct"]:
+            continue
+        groups.setdefault((r["attack"], r["focuser"], float(r["area"])), {})[int(r["image"])] = r
+    for r in records:  # groups with no correctly classified image still get a row
+        groups.setdefault((r["attack"], r["focuser"], float(r["area"])), {})
+
+    def order(key: tuple[str, str, float]) -> tuple[int, int, float]:
+        attack, focuser, area = key
+        f = -1 if focuser == UNFOCUSED else focuser_order.index(focuser)
+        return attack_order.index(attack), f, area
+
+    rows = []
+    for key in sorted(groups, key=order):
+        attack, focuser, area = key
+        group = groups[key]
+        successes = [r for r in group.values() if r["success"]]
+        row: dict[str, Any] = {
+            "attack": attack,
+            "focuser": focuser,
+            "area": area,
+            "n": len(group),
+            "n_success": len(successes),
+            "success_rate": len(successes) / len(group) if group else None,
+            "median_l0": _median([r["l0_pixels"] for r in successes]),
+            "median_l2": _median([r["l2"] for r in successes]),
+            "median_linf": _median([r["linf"] for r in successes]),
+            "median_mask_area": _median([r["mask_area"] for r in group.values()]),
+        }
+        name = norm
+        unfocused = groups.get((attack, UNFOCUSED, 1.0), {})
+        random = groups.get((attack, RANDOM, area), {})
+        if focuser == UNFOCUSED:
+            row[f"{name}_reduction"], row["n_paired"] = 0.0, len(successes)
+        else:
+            row[f"{name}_reduction"], row["n_paired"] = _paired_reduction(group, unfocused, norm)
+        if focuser in (UNFOCUSED, RANDOM) or not random:
+            row[f"{name}_reduction_vs_random"], row["n_paired_random"] = None, 0
+        else:
+            row[f"{name}_reduction_vs_random"], row["n_paired_random"] = _paired_reduction(
+                group, random, norm
+            )
+        rows.append(row)
+    return rows
+
+
+def _format(value: Any, fmt: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if fmt == "pct":
+        return f"{100 * value:.1f}%"
+    if fmt == "area":
+        return "full" if value >= 1.0 else f"{100 * value:g}%"
+    if fmt == "s":
+        return str(value)
+    return format(value, fmt)
+
+
+def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str, str]]) -> str:
+    """A GitHub Markdown table of ``rows`` with ``columns`` = (key, header, format) triples.
+
+    Formats: ``"pct"`` (fraction -> percent), ``"area"`` (1.0 -> "full"), ``"s"`` (str) or any
+    ``format()`` spec; ``None`` prints as an en dash.
+    """
+    header = "| " + " | ".join(h for _, h, _ in columns) + " |"
+    rule = "|" + "|".join("---" if f == "s" else "---:" for _, _, f in columns) + "|"
+    body = ["| " + " | ".join(_format(row.get(k), f) for k, _, f in columns) + " |" for row in rows]
+    return "\n".join([header, rule, *body]) + "\n"
+
+
+def text_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str, str]]) -> str:
+    """The same table aligned in plain text (for the terminal)."""
+    cells = [[h for _, h, _ in columns]] + [[_format(row.get(k), f) for k, _, f in columns] for row in rows]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(columns))]
+    lines = []
+    for n, line in enumerate(cells):
+        parts = [c.ljust(w) if f == "s" else c.rjust(w) for c, w, (_, _, f) in zip(line, widths, columns)]
+        lines.append("  ".join(parts).rstrip())
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines) + "\n"
+
+
+def records_csv(records: Sequence[dict[str, Any]]) -> str:
+    """CSV text of the records; columns are the union of the records' keys (key fields first)."""
+    first = ["image", "name", "attack", "focuser", "area"]
+    keys = sorted({k for r in records for k in r} - set(first))
+    columns = [k for k in first if any(k in r for r in records)] + keys
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for r in records:
+        writer.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in columns})
+    return buffer.getvalue()
+
+
+def write_table(
+    out_dir: str | Path,
+    stem: str,
+    rows: Sequence[dict[str, Any]],
+    columns: Sequence[tuple[str, str, str]],
+    title: str,
+    notes: str = "",
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Path]:
+    """Write ``stem.md`` (title, notes, table), ``stem.json`` (``extra`` + rows) and ``stem.csv``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    md = f"# {title}\n\n" + (notes.strip() + "\n\n" if notes else "") + markdown_table(rows, columns)
+    paths = {"md": out / f"{stem}.md", "json": out / f"{stem}.json", "csv": out / f"{stem}.csv"}
+    paths["md"].write_text(md, encoding="utf-8")
+    paths["json"].write_text(
+        json.dumps({**(extra or {}), "rows": list(rows)}, indent=2) + "\n", encoding="utf-8"
+    )
+    paths["csv"].write_text(records_csv(rows), encoding="utf-8")
+    return paths
+
+
+FAIRNESS = """\
+## How the comparison is kept fair
+
+* Every attack runs on the **same images** (the correctly classified ones; the others count in no
+  statistic), against the **same class** (the label), with the **same hyper-parameters** whether
+  unfocused or focused; only the mask differs.
+* Each image's saliency maps are computed **once**, on the clean image for its label, and reused by
+  every attack and area; the mask keeps exactly the top `area` fraction of pixels (`saliency.masks.top_k`).
+* The norms are those of the **smallest perturbation that succeeds**, not of an imposed budget: PGD and
+  FGSM search the L-inf budget per image by log-space bisection (the smallest eps that fools the
+  model); C&W L2 minimises the L2 norm itself. With a fixed budget, a focused attack would trivially
+  have a smaller L2/L0 simply because it may change fewer pixels.
+* The **random mask of the same area** is the control: it changes as few pixels as the saliency masks,
+  so the saliency-focused row beats it only if the map puts the budget on the pixels that matter.
+* Reading the numbers: a mask shrinks the set of allowed perturbations, so it can never lower the
+  *true* minimal norm of any kind. The L2/L0 reductions of the L-inf attacks (PGD, FGSM) come from not
+  spending the budget on every pixel; for C&W, which already minimises L2, a negative "reduction" is
+  the L2 price of confining the perturbation to `area` of the pixels (in exchange for L0 = `area`).
+* Reductions are **paired** per image, `1 - median(norm_focused / norm_reference)`, over the images on
+  which both attacks succeeded; the success rate is reported beside it, since a focused attack that
+  fails on hard images would otherwise look cheaper.
+"""
+
+
+def settings_text(config: dict[str, Any]) -> str:
+    """A Markdown paragraph describing the attack and GPNN-CAM settings of a run's config."""
+    lines = ["## Settings\n"]
+    params = config.get("attack_params", {})
+    if "pgd" in params:
+        p = params["pgd"]
+        lines.append(
+            f"* PGD (L-inf): {p['max_iter']} iterations of step {p['step_ratio']} x eps; eps searched per "
+            f"image in [{p['eps_min']:.4g}, {p['eps_max']:g}] by {p['search_steps']} log-space bisections."
+        )
+    if "fgsm" in params:
+        p = params["fgsm"]
+        lines.append(
+            f"* FGSM (L-inf): eps searched per image in [{p['eps_min']:.4g}, {p['eps_max']:g}] by "
+            f"{p['search_steps']} log-space bisection steps."
+        )
+    if "cw" in params:
+        p = params["cw"]
+        lines.append(
+            f"* C&W L2: {p['binary_search_steps']} binary-search steps of the constant (initial "
+            f"{p['initial_const']:g}) x {p['max_iter']} gradient iterations (ART's line-search variant) at "
+            f"learning rate {p['learning_rate']:g}, confidence 0; its L2 is minimised by the attack itself."
+        )
+    if "gpnn-cam" in config.get("focusers", []):
+        gpnn = config.get("gpnn_params") or "GPNN-CAM's preset"
+        lines.append(
+            f"* GPNN-CAM: {config.get('gpnn_variations')} variations per image, GPNN settings: {gpnn} "
+            "(a reduced setting trades map quality for CPU time; GPNN-CAM's own default is 100 variations "
+            "from the preset)."
+        )
+    layers = config.get("layers") or "the zoo's default layers (single-layer methods: the top one)"
+    lines.append(f"* Saliency target layers: {layers}.")
+    return "\n".join(lines) + "\n"
+
+
+def _order(config: dict[str, Any] | None) -> dict[str, Any]:
+    """summarize()'s row order from a run's config (attacks and focusers as given)."""
+    config = config or {}
+    return {"attacks": config.get("attacks"), "focusers": config.get("focusers")}
+
+
+def write_report(
+    out_dir: str | Path,
+    records: Sequence[dict[str, Any]],
+    config: dict[str, Any] | None = None,
+    examples: dict[str, np.ndarray] | None = None,
+    notes: str = "",
+    figures: bool = True,
+) -> dict[str, Any]:
+    """Write ``report.md``, ``results.json``, ``records.csv`` and (``figures=True``) figures to ``out_dir``.
+
+    ``examples`` (see :func:`evaluation.plots.attack_grid`) adds the image/map/mask/perturbation grid.
+    Returns ``{"rows": summary rows, "table": plain-text table, "paths": {...}}``.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = summarize(records, **_order(config))
+    paths: dict[str, Path] = {}
+    figure_paths: list[Path] = []
+    if figures and rows:
+        from evaluation import plots
+
+        figure_paths += plots.norm_vs_area(rows, out / "figures")
+        if examples:
+            figure_paths.append(plots.attack_grid(examples, out / "figures" / "examples.png"))
+    parts = ["# Saliency-focused attacks: perturbation norms\n"]
+    if config:
+        summary = ", ".join(
+            f"{k}={config[k]}" for k in ("model", "data", "n", "attacks", "focusers", "areas") if k in config
+        )
+        parts.append(f"Run: {summary}.\n")
+    if notes:
+        parts.append(notes.strip() + "\n")
+    parts.append(markdown_table(rows, SUMMARY_COLUMNS))
+    parts.append(
+        "`n`: correctly classified images attacked; medians over successful attacks; L0 = changed pixels; "
+        "reductions are paired medians (see below).\n"
+    )
+    parts.append(FAIRNESS)
+    if config:
+        parts.append(settings_text(config))
+    if figure_paths:
+        parts.append(
+            "## Figures\n\n"
+            + "\n".join(f"![{p.stem}]({p.relative_to(out).as_posix()})" for p in figure_paths)
+            + "\n"
+        )
+    if config:
+        parts.append(
+            "## Configuration\n\n```json\n" + json.dumps(config, indent=2, sort_keys=True) + "\n```\n"
+        )
+    paths["md"] = out / "report.md"
+    paths["md"].write_text("\n".join(parts), encoding="utf-8")
+    paths["json"] = out / "results.json"
+    paths["json"].write_text(
+        json.dumps({"config": config, "summary": rows}, indent=2) + "\n", encoding="utf-8"
+    )
+    paths["csv"] = out / "records.csv"
+    paths["csv"].write_text(records_csv(records), encoding="utf-8")
+    for i, p in enumerate(figure_paths):
+        paths[f"figure{i}"] = p
+    return {"rows": rows, "table": text_table(rows, SUMMARY_COLUMNS), "paths": paths}

@@ -1,0 +1,732 @@
+"""The experiment runner: attack a model's images unfocused and focused by saliency maps, record the norms.
+
+One experiment is the grid (image x attack x focuser x area). Every cell becomes one JSON record in
+``DIR/records.jsonl`` (see :func:`make_records` for the fields). The run is
+
+* **resumable**: records are appended per batch (one ``write``, ``flush`` and ``fsync``); a rerun skips
+  every (image, attack, focuser, area) already recorded, so nothing is duplicated or lost; a truncated
+  last line left by a crash is dropped and the file repaired;
+* **pinned to its arguments**: ``DIR/config.json`` stores the :class:`ExperimentConfig`; resuming with
+  different arguments fails with :class:`ConfigMismatchError`;
+* **shardable**: under ``torchrun --nproc-per-node K -m evaluation.cli -- evaluate ...`` (the ``--``
+  keeps torchrun from parsing our options) the image batches are dealt round-robin to the
+  ranks, each rank appends to ``records.rank{r}.jsonl``, and after a barrier rank 0 merges them into
+  ``records.jsonl`` and writes the report. A batch always holds the same images whatever the number of
+  ranks, so a sharded run computes exactly what a single process computes.
+
+Each image's saliency maps are computed once per batch and reused for every attack and area.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from evaluation.distributed import DistributedContext, init_distributed, shard
+
+#: Focuser name of the unfocused (whole-image) attack; its records have area 1.0.
+UNFOCUSED = "none"
+#: Focuser name of the control: a uniformly random map per image, i.e. a random mask of the same area.
+RANDOM = "random"
+#: Focuser name of the centre baseline: a Gaussian bump at the image centre.
+CENTRE = "centre"
+#: Attack names understood by the runner.
+ATTACKS = ("pgd", "fgsm", "cw")
+#: Name of the merged records file.
+RECORDS_FILE = "records.jsonl"
+CONFIG_FILE = "config.json"
+#: Arrays for the example figure (first images, first attack, middle area), written by the batch of image 0.
+EXAMPLES_FILE = "examples.npz"
+N_EXAMPLES = 3
+
+Key = tuple[int, str, str, float]
+
+
+# --------------------------------------------------------------------------------------------- records
+def record_key(record: dict[str, Any]) -> Key:
+    """The identity of a record: ``(image, attack, focuser, area)``."""
+    return (int(record["image"]), str(record["attack"]), str(record["focuser"]), float(record["area"]))
+
+
+class RecordLog:
+    """An append-only JSONL file of records, safe against crashes and Ctrl-C.
+
+    :meth:`append` writes a whole batch with one ``write`` call, then flushes and fsyncs, so the file
+    only ever ends inside a line when the process is killed during that call. :meth:`read` drops such a
+    truncated last line and (with ``repair=True``) cuts the file back to its last complete line.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def read(self, repair: bool = False) -> list[dict[str, Any]]:
+        """All complete records. A bad line other than the last one raises ``ValueError`` naming it."""
+        if not self.path.exists():
+            return []
+        data = self.path.read_bytes()
+        lines = data.split(b"\n")
+        records: list[dict[str, Any]] = []
+        good_bytes = 0
+        for number, line in enumerate(lines, start=1):
+            is_last = number == len(lines)
+            if is_last and line == b"":
+                break
+            try:
+                if is_last:  # no newline after it: written only partly
+                    raise ValueError("line is not terminated")
+                record = json.loads(line)
+                if not isinstance(record, dict):
+                    raise ValueError("line is not a JSON object")
+                record_key(record)
+            except (ValueError, KeyError, TypeError) as err:
+                if is_last or (number == len(lines) - 1 and lines[-1] == b""):
+                    # The last line of the file, cut short by a crash: ignore it.
+                    break
+                raise ValueError(f"{self.path}: line {number} is not a valid record ({err})") from None
+            records.append(record)
+            good_bytes += len(line) + 1
+        if repair and good_bytes < len(data):
+            with open(self.path, "r+b") as f:
+                f.truncate(good_bytes)
+                f.flush()
+                os.fsync(f.fileno())
+        return records
+
+    def append(self, records: Sequence[dict[str, Any]]) -> None:
+        """Append ``records`` durably: one write, flush and fsync."""
+        if not records:
+            return
+        payload = "".join(json.dumps(r, sort_keys=True, allow_nan=False) + "\n" for r in records)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def record_files(out_dir: str | Path) -> list[Path]:
+    """``records.jsonl`` (if present) followed by every ``records.rank{r}.jsonl`` in ``out_dir``, by rank."""
+    out = Path(out_dir)
+    ranked = sorted(out.glob("records.rank*.jsonl"), key=lambda p: int(p.name.split(".")[1][4:]))
+    merged = out / RECORDS_FILE
+    return ([merged] if merged.exists() else []) + ranked
+
+
+def unique_records(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Records with duplicate keys removed (first kept), sorted by :func:`record_key`."""
+    by_key: dict[Key, dict[str, Any]] = {}
+    for record in records:
+        by_key.setdefault(record_key(record), record)
+    return [by_key[k] for k in sorted(by_key)]
+
+
+def load_records(out_dir: str | Path) -> list[dict[str, Any]]:
+    """Every record of a run folder (merged file and per-rank files), deduplicated and sorted."""
+    return unique_records(r for path in record_files(out_dir) for r in RecordLog(path).read())
+
+
+def merge_records(out_dir: str | Path) -> list[dict[str, Any]]:
+    """Merge all record files of ``out_dir`` into ``records.jsonl`` (atomically) and delete the rank files."""
+    out = Path(out_dir)
+    files = record_files(out)
+    records = unique_records(r for path in files for r in RecordLog(path).read())
+    text = "".join(json.dumps(r, sort_keys=True, allow_nan=False) + "\n" for r in records)
+    _atomic_write_text(out / RECORDS_FILE, text)
+    for path in files:
+        if path.name != RECORDS_FILE:
+            path.unlink()
+    return records
+
+
+# --------------------------------------------------------------------------------------------- config
+#: Attack hyper-parameters used unless a config overrides them (see ``report.md`` for the reasoning).
+#: PGD and FGSM are L-inf attacks whose eps is searched per image (the smallest eps that succeeds, by
+#: log-space bisection over ``[eps_min, eps_max]`` in ``search_steps`` steps: found within a factor
+#: 1024 ** (2 ** -steps) of the threshold, 24 % for PGD, 2.7 % for FGSM); C&W L2 minimises L2 itself.
+DEFAULT_ATTACK_PARAMS: dict[str, dict[str, Any]] = {
+    "pgd": {"eps_min": 1 / 1024, "eps_max": 1.0, "search_steps": 5, "max_iter": 5, "step_ratio": 0.25},
+    "fgsm": {"eps_min": 1 / 1024, "eps_max": 1.0, "search_steps": 8},
+    "cw": {"max_iter": 10, "binary_search_steps": 3, "learning_rate": 0.1, "initial_const": 1.0},
+}
+
+
+class ConfigMismatchError(ValueError):
+    """A run folder already holds a run made with different arguments."""
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """Everything that determines an experiment's records (the device does not)."""
+
+    model: str = "digits-cnn"
+    weights: str | None = None
+    data: str = "digits"
+    n: int = 200
+    size: int | None = None
+    attacks: tuple[str, ...] = ATTACKS
+    focusers: tuple[str, ...] = ("cameras", "gpnn-cam", "gradcam", RANDOM)
+    areas: tuple[float, ...] = (0.05, 0.1, 0.2)
+    layers: tuple[str, ...] | None = None
+    batch_size: int = 50
+    seed: int = 0
+    gpnn_variations: int = 8
+    gpnn_params: dict[str, Any] = field(default_factory=dict)
+    attack_params: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "attacks", tuple(self.attacks))
+        object.__setattr__(self, "focusers", tuple(self.focusers))
+        object.__setattr__(self, "areas", tuple(float(a) for a in self.areas))
+        if self.layers is not None:
+            object.__setattr__(self, "layers", tuple(self.layers))
+        params = {
+            a: {**DEFAULT_ATTACK_PARAMS.get(a, {}), **self.attack_params.get(a, {})} for a in self.attacks
+        }
+        object.__setattr__(self, "attack_params", params)
+        self.validate()
+
+    def validate(self) -> None:
+        if isinstance(self.n, bool) or not isinstance(self.n, int) or self.n < 1:
+            raise ValueError(f"n must be an integer >= 1, got {self.n!r}")
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ValueError(f"batch_size must be an integer >= 1, got {self.batch_size!r}")
+        if not self.attacks:
+            raise ValueError("attacks: give at least one attack")
+        unknown = [a for a in self.attacks if a not in ATTACKS]
+        if unknown:
+            raise ValueError(f"attacks: unknown attack {unknown[0]!r}; choose from {', '.join(ATTACKS)}")
+        if len(set(self.attacks)) != len(self.attacks) or len(set(self.focusers)) != len(self.focusers):
+            raise ValueError("attacks and focusers must not repeat a name")
+        if UNFOCUSED in self.focusers:
+            raise ValueError(f"focusers: {UNFOCUSED!r} is always run; do not list it")
+        bad = [a for a in self.areas if not (0.0 < a < 1.0)]
+        if bad:
+            raise ValueError(f"areas must lie in (0, 1), got {bad[0]}")
+        if self.focusers and not self.areas:
+            raise ValueError("areas: give at least one area when focusers are given")
+        if self.gpnn_variations < 2:
+            raise ValueError(f"gpnn_variations must be >= 2, got {self.gpnn_variations}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (tuples become lists)."""
+        return json.loads(json.dumps(asdict(self)))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ExperimentConfig:
+        names = {f.name for f in fields(cls)}
+        unknown = set(data) - names
+        if unknown:
+            raise ValueError(f"config: unknown fields {sorted(unknown)}")
+        return cls(**data)
+
+    def jobs(self) -> list[tuple[str, str, float]]:
+        """The (attack, focuser, area) cells per image: each attack unfocused, then per focuser and area."""
+        cells = []
+        for attack in self.attacks:
+            cells.append((attack, UNFOCUSED, 1.0))
+            cells.extend((attack, f, a) for f in self.focusers for a in self.areas)
+        return cells
+
+
+def check_config(out_dir: str | Path, config: ExperimentConfig, write: bool = True) -> None:
+    """Store ``config`` in ``out_dir/config.json``, or check that the stored one equals it.
+
+    Raises :class:`ConfigMismatchError` naming the differing fields when it does not.
+    """
+    path = Path(out_dir) / CONFIG_FILE
+    wanted = config.to_dict()
+    if path.exists():
+        try:
+            stored = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError as err:
+            raise ConfigMismatchError(f"{path} is not valid JSON ({err}); use a new --out folder") from None
+        if stored != wanted:
+            diff = sorted(k for k in set(stored) | set(wanted) if stored.get(k) != wanted.get(k))
+            details = "; ".join(f"{k}: stored {stored.get(k)!r}, now {wanted.get(k)!r}" for k in diff)
+            raise ConfigMismatchError(
+                f"{Path(out_dir)} holds a run made with different arguments ({details}); "
+                "rerun with the same arguments to resume, or choose another --out folder"
+            )
+    elif write:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_write_text(path, json.dumps(wanted, indent=2, sort_keys=True) + "\n")
+
+
+# ----------------------------------------------------------------------------------------------- data
+@dataclass
+class Dataset:
+    """Images (N,C,H,W) float32 in [0,1], labels (N,) (None: use the model's prediction), names."""
+
+    x: np.ndarray
+    y: np.ndarray | None
+    names: list[str]
+    boxes: np.ndarray | None = None
+
+
+def load_dataset(data: str, n: int, size: int, seed: int = 0) -> Dataset:
+    """``"digits"`` (the embedded benchmark's test split, with labels and boxes) or an image folder
+    (:func:`evaluation.datasets.image_folder`, first ``n`` files). Folder images get no labels: their
+    folder indices need not match the model's classes, so the model's clean prediction is attacked."""
+    from evaluation import datasets
+
+    if data == "digits":
+        x, y, boxes = datasets.cluttered_digits(n, "test", size=size, seed=seed)
+        return Dataset(x, y, [f"digits-{i:05d}" for i in range(n)], boxes)
+    loaded = datasets.image_folder(data, size=size)
+    names = [str(Path(p).relative_to(data).with_suffix("")) for p in loaded.paths]
+    return Dataset(np.asarray(loaded.x[:n], dtype=np.float32), None, names[:n])
+
+
+# ------------------------------------------------------------------------------------------- saliency
+def random_maps(image_ids: Sequence[int], shape: tuple[int, int], seed: int) -> np.ndarray:
+    """Uniform random maps (N,H,W), one fixed per (seed, image id): top-k of it is a random mask."""
+    return np.stack(
+        [np.random.default_rng([seed, int(i)]).random(shape, dtype=np.float32) for i in image_ids]
+    )
+
+
+SALIENCY_NAMES_EXTRA = ("gpnn-cam", RANDOM, CENTRE)
+
+
+def saliency_names() -> tuple[str, ...]:
+    """Every focuser / saliency name: ``saliency.METHODS`` keys, gpnn-cam, random and centre."""
+    import saliency
+
+    return tuple(saliency.METHODS) + SALIENCY_NAMES_EXTRA
+
+
+def check_saliency_names(names: Sequence[str], what: str = "saliency") -> None:
+    """Raise ``ValueError`` naming the first unknown method name."""
+    valid = saliency_names()
+    for name in names:
+        if name not in valid:
+            raise ValueError(f"{what}: unknown method {name!r}; choose from {', '.join(valid)}")
+
+
+def gpnn_generator(overrides: dict[str, Any] | None = None) -> Any:
+    """GPNN-CAM's GPNN preset (``saliency.gpnn_cam.gpnn_cam_preset``) with some settings replaced, e.g.
+    ``{"iters": 1, "coarsest": 32, "patch_size": 5}`` for a fast CPU run; None/empty: the preset itself."""
+    from saliency.gpnn import GPNN
+    from saliency.gpnn_cam import gpnn_cam_preset
+
+    preset = gpnn_cam_preset()
+    if not overrides:
+        return preset
+    names = ("patch_size", "scale_factor", "coarsest", "noise_sigma", "alpha", "iters", "init")
+    unknown = set(overrides) - set(names)
+    if unknown:
+        raise ValueError(f"gpnn_params: unknown GPNN settings {sorted(unknown)}; valid: {', '.join(names)}")
+    return GPNN(**{**{k: getattr(preset, k) for k in names}, **overrides})
+
+
+def saliency_method(
+    name: str,
+    model: Any,
+    layers: Sequence[str],
+    seed: int = 0,
+    gpnn_variations: int = 8,
+    gpnn_params: dict[str, Any] | None = None,
+) -> Callable[..., torch.Tensor]:
+    """The saliency method ``name`` on ``model`` as a callable ``maps = method(x, targets)``.
+
+    Single-layer methods use ``layers[0]`` (the top layer); GPNN-CAM uses all ``layers`` with
+    ``gpnn_variations`` image variations from :func:`gpnn_generator` (``gpnn_params``); ``"centre"`` is
+    the centre baseline of
+    :func:`evaluation.saliency_metrics.centre_maps`. (``"random"`` needs image ids: see :func:`compute_maps`.)
+    """
+    import saliency
+
+    if name == "gpnn-cam":
+        return saliency.GPNNCAM(
+            model,
+            list(layers),
+            n_variations=gpnn_variations,
+            batch_variations=min(10, gpnn_variations),
+            gpnn=gpnn_generator(gpnn_params),
+            seed=seed,
+            verbose=False,
+        )
+    if name in saliency.METHODS:
+        return saliency.METHODS[name](model, layers[0])
+    if name == CENTRE:
+        from evaluation.saliency_metrics import centre_maps
+
+        return lambda x, targets=None: torch.from_numpy(centre_maps(len(x), *x.shape[-2:]))
+    check_saliency_names([name])
+    raise ValueError(f"saliency: {name!r} has no method object (it needs image ids)")
+
+
+def compute_maps(
+    method: str,
+    classifier: Any,
+    x: np.ndarray,
+    targets: np.ndarray,
+    image_ids: Sequence[int],
+    layers: Sequence[str],
+    seed: int = 0,
+    gpnn_variations: int = 8,
+    gpnn_params: dict[str, Any] | None = None,
+) -> np.ndarray:
+    """Saliency maps (N,H,W) float32 in [0,1] of ``method`` for ``targets`` on the ART ``classifier``.
+
+    ``"random"`` gives :func:`random_maps` (fixed per image id); every other name :func:`saliency_method`.
+    """
+    if method == RANDOM:
+        return random_maps(image_ids, tuple(x.shape[-2:]), seed)
+    cam = saliency_method(method, classifier, layers, seed, gpnn_variations, gpnn_params)
+    device = getattr(classifier, "device", torch.device("cpu"))
+    xt = torch.from_numpy(np.ascontiguousarray(x)).to(device)
+    maps = cam(xt, targets=torch.as_tensor(np.asarray(targets, dtype=np.int64)).to(device))
+    return torch.as_tensor(maps).detach().cpu().numpy().astype(np.float32)
+
+
+# -------------------------------------------------------------------------------------------- attacks
+def build_attack(name: str, classifier: Any, area: float, params: dict[str, Any], batch_size: int) -> Any:
+    """The attack ``name`` built with the runner's parameters (``area`` matters only with maps)."""
+    import focused_attacks as fa
+
+    if name == "pgd":
+        eps = float(params["eps_max"])
+        return fa.FocusedPGD(
+            classifier,
+            area=area,
+            eps=eps,
+            eps_step=eps * float(params["step_ratio"]),
+            max_iter=int(params["max_iter"]),
+            norm=np.inf,
+            batch_size=batch_size,
+            verbose=False,
+        )
+    if name == "fgsm":
+        return fa.FocusedFGSM(
+            classifier, area=area, eps=float(params["eps_max"]), norm=np.inf, batch_size=batch_size
+        )
+    if name == "cw":
+        return fa.FocusedCarliniL2(
+            classifier,
+            area=area,
+            confidence=0.0,
+            learning_rate=float(params["learning_rate"]),
+            binary_search_steps=int(params["binary_search_steps"]),
+            max_iter=int(params["max_iter"]),
+            initial_const=float(params["initial_const"]),
+            batch_size=batch_size,
+            verbose=False,
+        )
+    raise ValueError(f"attack: unknown attack {name!r}; choose from {', '.join(ATTACKS)}")
+
+
+def minimal_eps_log(
+    attack: Any,
+    x: np.ndarray,
+    y: np.ndarray,
+    maps: np.ndarray | None,
+    eps_min: float,
+    eps_max: float,
+    steps: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-image bisection of an FGSM/PGD budget in **log** space over ``[eps_min, eps_max]``.
+
+    Like :func:`focused_attacks.minimal_eps` (same mask, PGD's step scaling with eps, untargeted
+    success) but each step halves the *ratio* ``high / low``, so the found eps is within a factor
+    ``(eps_max / eps_min) ** (2 ** -steps)`` above the smallest succeeding one on the grid, whatever
+    its size. A linear bisection's absolute resolution ``eps_max / 2 ** steps`` would be coarse for the
+    unfocused attack (small eps) and fine for the focused ones (large eps), biasing the reduction.
+    Returns ``(x_adv, eps)``: eps is NaN (and x_adv = x) where ``eps_max`` fails.
+    """
+    from focused_attacks.base import success_mask
+
+    x = x.astype(np.float32)
+    labels = attack._labels(x, y)
+    mask = attack._resolve_mask(x, labels, None, maps)
+    attack.last_mask_ = mask
+
+    def run(eps: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        adv = attack._attack(
+            x[rows], labels[rows], None if mask is None else mask[rows], eps.astype(np.float32)
+        )
+        return adv, success_mask(attack.estimator, adv, labels[rows], False, attack.batch_size)
+
+    n = len(x)
+    log_high, log_low = np.full(n, np.log(eps_max)), np.full(n, np.log(eps_min))
+    x_adv = x.copy()
+    adv, ok = run(np.exp(log_high), np.arange(n))
+    x_adv[ok] = adv[ok]
+    rows = np.flatnonzero(ok)
+    for _ in range(steps):
+        if rows.size == 0:
+            break
+        middle = (log_low[rows] + log_high[rows]) / 2
+        adv, hit = run(np.exp(middle), rows)
+        log_high[rows[hit]] = middle[hit]
+        x_adv[rows[hit]] = adv[hit]
+        log_low[rows[~hit]] = middle[~hit]
+    return x_adv, np.where(ok, np.exp(log_high), np.nan)
+
+
+def run_attack(
+    name: str,
+    classifier: Any,
+    x: np.ndarray,
+    y: np.ndarray,
+    maps: np.ndarray | None,
+    area: float,
+    params: dict[str, Any],
+    batch_size: int,
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """Attack ``x`` (labels ``y``) focused by the top-``area`` mask of ``maps`` (None: whole image).
+
+    FGSM and PGD: the smallest L-inf budget that fools the model, by :func:`minimal_eps_log` over
+    ``[eps_min, eps_max]`` in ``search_steps`` steps; C&W L2: one run (it minimises L2 itself).
+    Returns ``(x_adv, mask, eps)``: the (N,1,H,W) mask the attack used (None: whole image) and the
+    found eps per image (NaN where none succeeded; None for C&W).
+    """
+    attack = build_attack(name, classifier, area, params, batch_size)
+    if name == "cw":
+        x_adv, eps = attack.generate(x, y, maps=maps), None
+    else:
+        x_adv, eps = minimal_eps_log(
+            attack,
+            x,
+            y,
+            maps,
+            float(params["eps_min"]),
+            float(params["eps_max"]),
+            int(params["search_steps"]),
+        )
+    mask = attack.last_mask_
+    mask = None if mask is None else np.asarray(mask, dtype=np.float32).reshape(len(x), 1, *x.shape[-2:])
+    return np.asarray(x_adv, dtype=np.float32), mask, eps
+
+
+# -------------------------------------------------------------------------------------------- records
+def make_records(
+    image_ids: Sequence[int],
+    names: Sequence[str],
+    attack: str,
+    focuser: str,
+    area: float,
+    x: np.ndarray,
+    x_adv: np.ndarray,
+    labels: np.ndarray,
+    clean_pred: np.ndarray,
+    adv_probs: np.ndarray,
+    mask_area: np.ndarray,
+    eps: np.ndarray | None,
+) -> list[dict[str, Any]]:
+    """One record per image.
+
+    Fields: ``image`` (dataset index), ``name``, ``attack``, ``focuser``, ``area`` (requested mask
+    fraction; 1.0 unfocused), ``label``, ``clean_pred``, ``adv_pred``, ``correct`` (clean prediction ==
+    label), ``success`` (correct and adv_pred != label), ``adv_confidence`` (softmax probability of
+    adv_pred), ``mask_area`` (fraction of pixels the mask lets change; null for images not attacked
+    because the model already misclassifies them), ``eps`` (the searched L-inf budget; null for C&W,
+    when no eps succeeded or the image was not attacked) and the perturbation norms of
+    :func:`evaluation.metrics.perturbation_norms`.
+    """
+    from evaluation.metrics import perturbation_norms
+
+    norms = perturbation_norms(x, x_adv)
+    adv_pred = adv_probs.argmax(axis=1)
+    records = []
+    for j, image in enumerate(image_ids):
+        correct = bool(clean_pred[j] == labels[j])
+        e = None if eps is None or not np.isfinite(eps[j]) else float(eps[j])
+        m = float(mask_area[j]) if np.isfinite(mask_area[j]) else None
+        record = {
+            "image": int(image),
+            "name": str(names[j]),
+            "attack": attack,
+            "focuser": focuser,
+            "area": float(area),
+            "label": int(labels[j]),
+            "clean_pred": int(clean_pred[j]),
+            "adv_pred": int(adv_pred[j]),
+            "correct": correct,
+            "success": bool(correct and adv_pred[j] != labels[j]),
+            "adv_confidence": float(adv_probs[j, adv_pred[j]]),
+            "mask_area": m,
+            "eps": e,
+        }
+        record.update({k: float(np.asarray(v)[j]) for k, v in norms.items()})
+        records.append(record)
+    return records
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _save_examples(out_dir: Path, examples: dict[str, np.ndarray]) -> None:
+    tmp = out_dir / (EXAMPLES_FILE + ".tmp")
+    with open(tmp, "wb") as f:
+        np.savez(f, **examples)
+    os.replace(tmp, out_dir / EXAMPLES_FILE)
+
+
+def load_examples(out_dir: str | Path) -> dict[str, np.ndarray] | None:
+    """The arrays of ``examples.npz`` (see :func:`evaluation.plots.attack_grid`), or None if absent."""
+    path = Path(out_dir) / EXAMPLES_FILE
+    if not path.exists():
+        return None
+    with np.load(path) as data:
+        return {k: data[k] for k in data.files}
+
+
+# --------------------------------------------------------------------------------------------- runner
+@dataclass
+class RunResult:
+    """What :func:`run_experiment` returns: the records (all of them on rank 0, this rank's elsewhere)."""
+
+    records: list[dict[str, Any]]
+    out_dir: Path
+    seconds: float
+    computed: int
+
+
+def _batches(n: int, batch_size: int) -> list[list[int]]:
+    return [list(range(i, min(i + batch_size, n))) for i in range(0, n, batch_size)]
+
+
+def run_experiment(
+    config: ExperimentConfig,
+    out_dir: str | Path,
+    device: str | None = None,
+    verbose: bool = True,
+    report: bool = True,
+) -> RunResult:
+    """Run (or resume) ``config`` into ``out_dir``; under torchrun the batches are sharded over the ranks.
+
+    Rank 0 merges every rank's records into ``records.jsonl`` and, when ``report`` is true, writes the
+    report (``report.md``, ``results.json``, ``records.csv``, figures) with
+    :func:`evaluation.report.write_report`.
+    """
+    from evaluation import zoo
+
+    start = time.perf_counter()
+    ctx: DistributedContext = init_distributed(device)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    check_config(out, config, write=ctx.is_main)
+
+    check_saliency_names(config.focusers, "focusers")
+    size = config.size or zoo.input_size(config.model)[-1]
+    torch.manual_seed(config.seed)  # random weights (weights=None for torchvision) are the same on every rank
+    classifier = zoo.classifier(config.model, config.weights, device=device)
+    layers = list(config.layers) if config.layers else list(zoo.default_layers(config.model))
+    data = load_dataset(config.data, config.n, size, seed=config.seed)
+    n = len(data.x)
+
+    own = RecordLog(out / (f"records.rank{ctx.rank}.jsonl" if ctx.is_distributed else RECORDS_FILE))
+    done: set[Key] = {record_key(r) for r in own.read(repair=True)}
+    for path in record_files(out):
+        if path != own.path:
+            done.update(record_key(r) for r in RecordLog(path).read())
+
+    jobs = config.jobs()
+    example_area = config.areas[len(config.areas) // 2] if config.areas else 1.0
+    examples: dict[str, np.ndarray] = load_examples(out) or {}
+    my_batches = shard(_batches(n, config.batch_size), ctx.rank, ctx.world_size)
+    computed = 0
+    bar = tqdm(
+        total=len(my_batches) * len(jobs),
+        disable=not verbose,
+        desc=f"rank {ctx.rank}" if ctx.is_distributed else "attacks",
+    )
+    for batch in my_batches:
+        pending = [job for job in jobs if any((i, *job) not in done for i in batch)]
+        bar.update(len(jobs) - len(pending))
+        if not pending:
+            continue
+        x = data.x[batch]
+        clean_pred = classifier.predict(x, batch_size=config.batch_size).argmax(axis=1)
+        labels = data.y[batch] if data.y is not None else clean_pred
+        names = [data.names[i] for i in batch]
+        attacked = clean_pred == labels
+        maps: dict[str, np.ndarray] = {}
+        for attack, focuser, area in pending:
+            if focuser != UNFOCUSED and focuser not in maps:
+                # Maps of the attacked images only, computed once and reused by every attack and area.
+                maps[focuser] = np.zeros((len(x), *x.shape[-2:]), np.float32)
+                if attacked.any():
+                    maps[focuser][attacked] = compute_maps(
+                        focuser,
+                        classifier,
+                        x[attacked],
+                        labels[attacked],
+                        [i for i, a in zip(batch, attacked) if a],
+                        layers,
+                        config.seed,
+                        config.gpnn_variations,
+                        config.gpnn_params,
+                    )
+            # Only correctly classified images are attacked; the others keep x_adv = x.
+            x_adv, mask, eps = (
+                x.copy(),
+                np.zeros((len(x), 1, *x.shape[-2:]), np.float32),
+                np.full(len(x), np.nan),
+            )
+            if attacked.any():
+                adv, used_mask, used_eps = run_attack(
+                    attack,
+                    classifier,
+                    x[attacked],
+                    labels[attacked],
+                    None if focuser == UNFOCUSED else maps[focuser][attacked],
+                    area,
+                    config.attack_params[attack],
+                    config.batch_size,
+                )
+                x_adv[attacked] = adv
+                mask[attacked] = 1.0 if used_mask is None else used_mask
+                eps[attacked] = np.nan if used_eps is None else used_eps
+            mask_area = np.where(attacked, mask.reshape(len(x), -1).mean(axis=1), np.nan)
+            if 0 in batch and attack == config.attacks[0] and area in (1.0, example_area):
+                examples[f"adv:{focuser}"] = x_adv[:N_EXAMPLES]
+                if focuser != UNFOCUSED:
+                    examples[f"mask:{focuser}"] = mask[:N_EXAMPLES]
+                    examples[f"map:{focuser}"] = maps[focuser][:N_EXAMPLES]
+            probs = _softmax(classifier.predict(x_adv, batch_size=config.batch_size))
+            records = make_records(
+                batch, names, attack, focuser, area, x, x_adv, labels, clean_pred, probs, mask_area, eps
+            )
+            missing = [r for r in records if record_key(r) not in done]
+            own.append(missing)
+            done.update(record_key(r) for r in missing)
+            computed += len(missing)
+            bar.update(1)
+        if 0 in batch:
+            examples["x"] = x[:N_EXAMPLES]
+            _save_examples(out, examples)
+    bar.close()
+
+    records: list[dict[str, Any]] = own.read()
+    ctx.barrier()
+    if ctx.is_main:
+        records = merge_records(out)
+        if report:
+            from evaluation.report import write_report
+
+            write_report(out, records, config=config.to_dict(), examples=load_examples(out))
+    ctx.barrier()
+    return RunResult(records, out, time.perf_counter() - start, computed)

@@ -1,0 +1,185 @@
+"""The ``focused-attacks`` CLI: help, clear errors (exit code 2, no traceback) and small end-to-end runs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from evaluation.cli import build_parser, main
+
+SUBCOMMANDS = ("saliency", "train", "demo", "evaluate", "pointing-game", "sanity")
+
+
+def _png(path, size=40, seed=0):
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 256, (size, size + 8, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def _error(capsys, argv) -> str:
+    """Run the CLI expecting a user error: exit code 2, a one-line message, no traceback."""
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("\n") == 1
+    return err
+
+
+@pytest.mark.parametrize("command", SUBCOMMANDS)
+def test_every_subcommand_has_help(capsys, command):
+    assert main([command, "--help"]) == 0
+    assert f"usage: focused-attacks {command}" in capsys.readouterr().out
+
+
+def test_parser_lists_all_subcommands():
+    text = build_parser().format_help()
+    assert all(c in text for c in SUBCOMMANDS)
+
+
+def test_missing_arguments_exit_2(capsys):
+    assert main(["saliency"]) == 2
+    assert "the following arguments are required" in capsys.readouterr().err
+
+
+def test_unknown_model(tmp_path, capsys):
+    err = _error(
+        capsys, ["saliency", str(_png(tmp_path / "a.png")), "--model", "resnet5000", "--out", str(tmp_path)]
+    )
+    assert "resnet5000" in err
+
+
+def test_unknown_method(tmp_path, capsys):
+    err = _error(
+        capsys, ["saliency", str(_png(tmp_path / "a.png")), "--method", "gradcamm", "--out", str(tmp_path)]
+    )
+    assert "gradcamm" in err and "cameras" in err
+    err = _error(capsys, ["evaluate", "--saliency", "cameras,bogus", "--out", str(tmp_path / "o")])
+    assert "bogus" in err
+
+
+def test_unknown_attack(tmp_path, capsys):
+    err = _error(capsys, ["evaluate", "--attacks", "pgd,jsma", "--out", str(tmp_path / "o")])
+    assert "jsma" in err
+
+
+def test_missing_and_corrupt_image(tmp_path, capsys):
+    good = _png(tmp_path / "good.png")
+    common = ["--model", "resnet18", "--size", "32", "--out", str(tmp_path / "maps"), "--quiet"]
+    err = _error(capsys, ["saliency", str(good), str(tmp_path / "nope.jpg"), *common])
+    assert "nope.jpg" in err
+    corrupt = tmp_path / "broken.jpg"
+    corrupt.write_bytes(b"\xff\xd8 definitely not a jpeg")
+    err = _error(capsys, ["saliency", str(good), str(corrupt), *common])
+    assert "broken.jpg" in err
+
+
+def test_empty_and_missing_data_folder(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    err = _error(capsys, ["evaluate", "--data", str(empty), "--out", str(tmp_path / "o"), "--quiet"])
+    assert "empty" in err
+    err = _error(capsys, ["evaluate", "--data", str(tmp_path / "absent"), "--out", str(tmp_path / "o2")])
+    assert "absent" in err
+
+
+def test_missing_weights_file(tmp_path, capsys):
+    err = _error(capsys, ["evaluate", "--weights", str(tmp_path / "w.pt"), "--out", str(tmp_path / "o")])
+    assert "w.pt" in err
+
+
+def test_saliency_end_to_end(tmp_path, capsys):
+    paths = [str(_png(tmp_path / f"img{i}.png", seed=i)) for i in range(2)]
+    out = tmp_path / "maps"
+    argv = [
+        "saliency",
+        *paths,
+        "--model",
+        "resnet18",
+        "--size",
+        "64",
+        "--layer",
+        "layer3",
+        "--method",
+        "gradcam",
+    ]
+    argv += ["--class", "3", "--seed", "1"]
+    assert main([*argv, "--out", str(out), "--quiet"]) == 0
+    for i in range(2):
+        saliency_map = np.load(out / f"img{i}.npy")
+        assert saliency_map.shape == (64, 64) and saliency_map.dtype == np.float32
+        assert saliency_map.min() == 0.0 and saliency_map.max() == 1.0
+        assert Image.open(out / f"img{i}.png").size == (64, 64)
+    # Same result as calling the method directly on the zoo classifier with the class.
+    import torch
+
+    from evaluation import zoo
+    from evaluation.cli import load_image
+    from saliency import GradCAM
+
+    x = torch.from_numpy(load_image(paths[0], 64)[None])
+    torch.manual_seed(1)
+    expected = GradCAM(zoo.classifier("resnet18", None, device="cpu"), "layer3")(x, targets=3)[0].numpy()
+    np.testing.assert_allclose(np.load(out / "img0.npy"), expected, atol=1e-5)
+
+
+def test_evaluate_end_to_end_and_resume(tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["evaluate", "--n", "4", "--batch-size", "4", "--attacks", "fgsm", "--saliency", "gradcam,random"]
+    argv += ["--areas", "0.1,0.2", "--out", str(out), "--quiet"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "gradcam" in printed and "random" in printed
+    records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    assert len(records) == 4 * (1 + 2 * 2)
+    results = json.loads((out / "results.json").read_text())
+    assert len(results["summary"]) == 5
+    assert (out / "report.md").exists() and (out / "records.csv").exists()
+    assert (out / "figures" / "norm_vs_area_fgsm.png").exists()
+    assert (out / "figures" / "examples.png").exists()
+    # Rerun: resumes, computes nothing; other arguments: refused with a clear error.
+    assert main(argv) == 0
+    assert "(0 computed now)" in capsys.readouterr().out
+    err = _error(capsys, [a if a != "0.1,0.2" else "0.1" for a in argv])
+    assert "different arguments" in err
+
+
+def test_pointing_game_end_to_end(tmp_path, capsys):
+    from evaluation.datasets import cluttered_digits
+    from evaluation.saliency_metrics import centre_maps, pointing_game
+
+    out = tmp_path / "pg"
+    argv = ["pointing-game", "--methods", "centre,gradcam", "--n", "12", "--out", str(out), "--quiet"]
+    assert main(argv) == 0
+    assert "gradcam" in capsys.readouterr().out
+    rows = {r["method"]: r for r in json.loads((out / "pointing_game.json").read_text())["rows"]}
+    assert set(rows) == {"centre", "gradcam"} and rows["gradcam"]["n"] == 12
+    _, _, boxes = cluttered_digits(12, "test")
+    expected = pointing_game(centre_maps(12, 64, 64), boxes, tolerance=15 * 64 / 224)["accuracy"]
+    assert rows["centre"]["accuracy"] == pytest.approx(expected)
+    assert 0.0 <= rows["gradcam"]["accuracy"] <= 1.0 and 0.0 <= rows["gradcam"]["energy"] <= 1.0
+    assert (out / "pointing_game.md").read_text().count("|") > 10
+
+
+def test_sanity_end_to_end(tmp_path, capsys):
+    out = tmp_path / "sanity"
+    assert main(["sanity", "--method", "gradcam", "--n", "3", "--out", str(out), "--quiet"]) == 0
+    rows = json.loads((out / "sanity.json").read_text())["rows"]
+    assert rows[0]["layer"] == "none" and rows[0]["mean_spearman"] == pytest.approx(1.0)
+    assert len(rows) > 2
+    err = _error(capsys, ["sanity", "--method", "random", "--out", str(out)])
+    assert "random" in err
+
+
+def test_evaluate_on_an_image_folder_attacks_the_clean_prediction(tmp_path, capsys):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(2):
+        _png(folder / f"p{i}.png", size=70, seed=i)
+    out = tmp_path / "run"
+    argv = ["evaluate", "--data", str(folder), "--n", "2", "--attacks", "fgsm", "--saliency", "random"]
+    assert main([*argv, "--areas", "0.1", "--out", str(out), "--quiet"]) == 0
+    records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    assert len(records) == 2 * 2 and {r["name"] for r in records} == {"p0", "p1"}
+    assert all(r["correct"] and r["label"] == r["clean_pred"] for r in records)

@@ -1,0 +1,139 @@
+"""Report tables from hand-made records: statistics against a direct computation, and the written files."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from evaluation.report import (
+    SUMMARY_COLUMNS,
+    markdown_table,
+    records_csv,
+    summarize,
+    text_table,
+    write_report,
+)
+
+
+def _record(image, attack, focuser, area, l2, success=True, correct=True, **extra):
+    return {
+        "image": image,
+        "name": f"img{image}",
+        "attack": attack,
+        "focuser": focuser,
+        "area": area,
+        "label": 1,
+        "clean_pred": 1 if correct else 2,
+        "adv_pred": 3 if success else 1,
+        "correct": correct,
+        "success": success and correct,
+        "adv_confidence": 0.9,
+        "mask_area": area,
+        "eps": None,
+        "l0": 3 * 10 * area,
+        "l0_pixels": 10 * area,
+        "l1": 2 * l2,
+        "l2": l2,
+        "linf": l2 / 4,
+        **extra,
+    }
+
+
+@pytest.fixture
+def records():
+    """4 images; image 3 is misclassified; cameras fails on image 2; random fails on image 0."""
+    recs = []
+    full = [1.0, 2.0, 4.0, 8.0]
+    cam = [0.5, 0.5, 9.0, 1.0]
+    rnd = [2.0, 1.0, 2.0, 1.0]
+    for i in range(4):
+        correct = i != 3
+        recs.append(_record(i, "pgd", "none", 1.0, full[i], correct=correct))
+        recs.append(_record(i, "pgd", "cameras", 0.1, cam[i], success=i != 2, correct=correct))
+        recs.append(_record(i, "pgd", "random", 0.1, rnd[i], success=i != 0, correct=correct))
+    return recs
+
+
+def test_summary_matches_direct_computation(records):
+    rows = {(r["attack"], r["focuser"], r["area"]): r for r in summarize(records)}
+    assert list(rows) == [("pgd", "none", 1.0), ("pgd", "cameras", 0.1), ("pgd", "random", 0.1)]
+    full, cam, rnd = rows[("pgd", "none", 1.0)], rows[("pgd", "cameras", 0.1)], rows[("pgd", "random", 0.1)]
+    # Only images 0..2 are correctly classified.
+    assert full["n"] == cam["n"] == rnd["n"] == 3
+    assert full["success_rate"] == 1.0 and cam["success_rate"] == pytest.approx(2 / 3)
+    assert full["median_l2"] == pytest.approx(np.median([1.0, 2.0, 4.0]))
+    assert cam["median_l2"] == pytest.approx(np.median([0.5, 0.5]))  # image 2 failed: not in the median
+    assert cam["median_linf"] == pytest.approx(0.125)
+    # Paired reduction: images where both succeeded: 0 and 1 -> ratios 0.5, 0.25.
+    assert cam["l2_reduction"] == pytest.approx(1 - np.median([0.5, 0.25]))
+    assert cam["n_paired"] == 2
+    # Against random: both succeeded only on image 1 -> ratio 0.5.
+    assert cam["l2_reduction_vs_random"] == pytest.approx(0.5)
+    assert cam["n_paired_random"] == 1
+    assert rnd["l2_reduction"] == pytest.approx(1 - np.median([1.0 / 2.0, 2.0 / 4.0]))  # images 1, 2
+    assert rnd["l2_reduction_vs_random"] is None
+    assert full["l2_reduction"] == 0.0
+
+
+def test_summary_order_is_independent_of_record_order(records):
+    rng = np.random.default_rng(0)
+    shuffled = [records[i] for i in rng.permutation(len(records))]
+    first = {(r["attack"], r["focuser"], r["area"]): r for r in summarize(records)}
+    second = {(r["attack"], r["focuser"], r["area"]): r for r in summarize(shuffled)}
+    assert first == second
+
+
+def test_group_without_correct_images_has_empty_statistics():
+    recs = [_record(0, "fgsm", "none", 1.0, 1.0, correct=False)]
+    (row,) = summarize(recs)
+    assert row["n"] == 0 and row["success_rate"] is None and row["median_l2"] is None
+    assert "–" in markdown_table([row], SUMMARY_COLUMNS)
+
+
+def test_markdown_and_text_tables_have_one_line_per_row(records):
+    rows = summarize(records)
+    md = markdown_table(rows, SUMMARY_COLUMNS).strip().splitlines()
+    assert len(md) == 2 + len(rows)
+    assert all(line.count("|") == len(SUMMARY_COLUMNS) + 1 for line in md)
+    assert "| pgd | cameras | 10% | 3 | 66.7% |" in md[3]
+    assert "full" in md[2]
+    text = text_table(rows, SUMMARY_COLUMNS).splitlines()
+    assert len(text) == 2 + len(rows) and len({len(line) for line in text[:2]}) == 1
+
+
+def test_records_csv_round_trips(records):
+    rows = list(csv.DictReader(records_csv(records).splitlines()))
+    assert len(rows) == len(records)
+    assert [float(r["l2"]) for r in rows] == [r["l2"] for r in records]
+    assert rows[0]["eps"] == ""  # None is written as an empty cell
+
+
+def test_write_report_writes_consistent_files(tmp_path, records):
+    result = write_report(tmp_path, records, config={"model": "m", "n": 4}, figures=True)
+    assert (tmp_path / "report.md").read_text().count("| pgd |") == 3
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert data["config"] == {"model": "m", "n": 4}
+    assert data["summary"] == json.loads(json.dumps(result["rows"]))
+    assert (tmp_path / "figures" / "norm_vs_area_pgd.png").stat().st_size > 0
+    assert len((tmp_path / "records.csv").read_text().splitlines()) == len(records) + 1
+
+
+def test_attack_grid_figure(tmp_path):
+    from evaluation.plots import attack_grid
+
+    rng = np.random.default_rng(0)
+    x = rng.random((2, 3, 16, 16), dtype=np.float32)
+    examples = {
+        "x": x,
+        "adv:none": x * 0.9,
+        "adv:cameras": x * 0.95,
+        "map:cameras": rng.random((2, 16, 16), dtype=np.float32),
+        "mask:cameras": (rng.random((2, 1, 16, 16)) > 0.9).astype(np.float32),
+    }
+    path = attack_grid(examples, tmp_path / "grid.png")
+    assert path.stat().st_size > 0
+    with pytest.raises(ValueError, match="adv"):
+        attack_grid({"x": x}, tmp_path / "empty.png")
