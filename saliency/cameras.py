@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from saliency.base import (
@@ -51,10 +52,12 @@ class CAMERAS(SaliencyMethod):
         resolution always counts.
 
     ``maps = CAMERAS(model, "layer4")(x, targets)``: x (N,C,H,W) float, maps (N,H,W) float32 in [0,1].
-    All N images go through each resolution together. Memory: each resolution's activations and
-    gradients are kept at the smaller of the layer's and the input's resolution (for a late layer, tens
-    of times smaller than a running sum at input size, which for ResNet ``layer4`` is 2 x 512 x H x W floats
-    per image); they are fused at the input size a chunk of channels at a time.
+    All N images go through each resolution together; the forward pass runs without a graph up to the
+    target layer, so the backward pass starts at the logits and stops at the layer. Memory: each
+    resolution's activations and gradients are kept at the smaller of the layer's and the input's
+    resolution (never as running sums at input size, which for ResNet ``layer4`` would be 2 x 512 x H x W
+    floats per image). They are fused at the input size either in factored form (late, small layers:
+    no channel is ever up-sampled) or a chunk of channels at a time.
     """
 
     def __init__(
@@ -122,14 +125,50 @@ class CAMERAS(SaliencyMethod):
 
     @staticmethod
     def _fuse(stored: list[tuple[torch.Tensor, torch.Tensor]], counts: torch.Tensor, size: tuple[int, int]):
-        """ReLU(sum_k mean_r(up(A_r,k)) * mean_r(up(G_r,k))), computed a chunk of channels at a time so that
-        only (N, chunk, H, W) tensors are ever materialised at the input size."""
-        n, channels = stored[0][0].shape[:2]
-        chunk = max(1, _FUSE_BUDGET // (n * size[0] * size[1]))
-        cam = torch.zeros(n, *size, device=counts.device)
-        for k in range(0, channels, chunk):
-            mean_a = sum(resize(a[:, k : k + chunk], size) for a, _ in stored)
-            mean_g = sum(resize(g[:, k : k + chunk], size) for _, g in stored)
-            cam += (mean_a * mean_g).sum(dim=1)
-            del mean_a, mean_g
+        """ReLU(sum_k mean_r(up(A_r,k)) * mean_r(up(G_r,k))) at the input size (N,H,W)."""
+        rows = sum(a.shape[2] for a, _ in stored)
+        if rows < min(size):
+            cam = _fuse_factored(stored, size)
+        else:
+            cam = _fuse_chunked(stored, size)
         return torch.relu(cam / counts.clamp(min=1)[:, None, None] ** 2)
+
+
+def interpolation_matrix(n_in: int, n_out: int, device: torch.device) -> torch.Tensor:
+    """(n_out, n_in) weights of 1-D bilinear resizing with align_corners=False, as ``F.interpolate``."""
+    eye = torch.eye(n_in, device=device)[None, None]
+    return F.interpolate(eye, size=(n_out, n_in), mode="bilinear", align_corners=False)[0, 0]
+
+
+def _fuse_chunked(stored: list[tuple[torch.Tensor, torch.Tensor]], size: tuple[int, int]) -> torch.Tensor:
+    """sum_k (sum_r up(A_r,k)) * (sum_r up(G_r,k)), a chunk of channels at a time, so that only
+    (N, chunk, H, W) tensors are ever materialised at the input size."""
+    n, channels = stored[0][0].shape[:2]
+    chunk = max(1, _FUSE_BUDGET // (n * size[0] * size[1]))
+    cam = torch.zeros(n, *size, device=stored[0][0].device)
+    for k in range(0, channels, chunk):
+        sum_a = sum(resize(a[:, k : k + chunk], size) for a, _ in stored)
+        sum_g = sum(resize(g[:, k : k + chunk], size) for _, g in stored)
+        cam += (sum_a * sum_g).sum(dim=1)
+    return cam
+
+
+def _fuse_factored(stored: list[tuple[torch.Tensor, torch.Tensor]], size: tuple[int, int]) -> torch.Tensor:
+    """The same sum without up-sampling any channel to the input size, for late (small) layers.
+
+    Bilinear resizing is separable, up(A_r) = Ry_r A_r Rx_r^T. Stacking the resolutions' rows, the summed
+    activations are Ry B with Ry = [Ry_1 .. Ry_R] (H,K) and B = [A_1 Rx_1^T; ..; A_R Rx_R^T] (K,W), likewise
+    Ry D for the gradients, so sum_k (Ry B_k)(Ry D_k) at (y,x) = sum_ab Ry[y,a] Ry[y,b] E[x,a,b] with
+    E[x,a,b] = sum_k B_k[a,x] D_k[b,x]: O(N W K^2 C) work instead of O(N C H W R); used when K < min(H,W).
+    """
+    height, width = size
+    device = stored[0][0].device
+    ry = torch.cat([interpolation_matrix(a.shape[2], height, device) for a, _ in stored], dim=1)
+    rx = [interpolation_matrix(a.shape[3], width, device).T for a, _ in stored]
+    cams = []
+    for i in range(stored[0][0].shape[0]):  # one image at a time keeps the (W,K,C) factors small
+        b = torch.cat([a[i] @ m for (a, _), m in zip(stored, rx)], dim=1).permute(2, 1, 0)  # (W,K,C)
+        d = torch.cat([g[i] @ m for (_, g), m in zip(stored, rx)], dim=1).permute(2, 0, 1)  # (W,C,K)
+        e = b @ d  # (W,K,K)
+        cams.append(((ry @ e) * ry).sum(dim=-1).T)  # (H,W): sum_ab Ry[y,a] E[x,a,b] Ry[y,b]
+    return torch.stack(cams)

@@ -215,3 +215,18 @@ def test_art_classifier_uses_its_preprocessing(small_cnn, images):
             small_cnn, "features.5", **({"resolutions": [32, 48]} if isinstance(method, CAMERAS) else {})
         )
         torch.testing.assert_close(method(images, 3), reference(normalised, 3), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("layer_sizes", [[(2, 3), (3, 4), (4, 6)], [(7, 7)], [(5, 9), (1, 1)]])
+def test_cameras_factored_fusion_equals_upsampled_sum(layer_sizes):
+    """The factored fusion (late layers) equals up-sampling every channel and summing (the chunked one)."""
+    from saliency.cameras import _fuse_chunked, _fuse_factored
+
+    g = torch.Generator().manual_seed(len(layer_sizes))
+    stored = [
+        (torch.randn(3, 6, h, w, generator=g), torch.randn(3, 6, h, w, generator=g)) for h, w in layer_sizes
+    ]
+    size = (23, 31)
+    torch.testing.assert_close(
+        _fuse_factored(stored, size), _fuse_chunked(stored, size), atol=1e-4, rtol=1e-4
+    )
