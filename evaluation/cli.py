@@ -445,7 +445,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", default="digits_cnn.pt", help="where to save the state_dict (default digits_cnn.pt)"
     )
     p.add_argument("--epochs", type=_positive_int, default=6, help="epochs (default 6)")
-    p.add_argument("--n-train", type=_positive_int, default=12000, help="fresh training images per epoch")
+    p.add_argument(
+        "--n-train", type=_positive_int, default=8000, help="training images, visited --epochs times (8000)"
+    )
     common(p, device=False)
     p.set_defaults(func=cmd_train)
 
