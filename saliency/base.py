@@ -229,24 +229,23 @@ class GradientCAM(SaliencyMethod):
         super().__init__(model)
         self.target_layer_name, self.target_layer = resolve_layer(self.model, target_layer)
 
-    def activations_and_gradients(
+    def _activations_and_gradients(
         self, x: torch.Tensor, targets: Targets
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One forward/backward pass: (activations, gradients, logits), all detached."""
-        x = check_images(x)
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One forward/backward pass on validated images: (activations, gradients), detached."""
         with model_in_eval(self.model), LayerGradients([self.target_layer]) as rec:
             with torch.no_grad():
                 logits = self.model(self.preprocess(x))
             t = resolve_targets(targets, logits)
             (activations,) = rec.recorded()
             (grads,) = gradients_of(class_scores(logits, t), activations)
-        return activations.detach(), grads, logits.detach()
+        return activations.detach(), grads
 
     def combine(self, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
     def __call__(self, x: torch.Tensor, targets: Targets = None) -> torch.Tensor:
         x = check_images(x)
-        activations, gradients, _ = self.activations_and_gradients(x, targets)
+        activations, gradients = self._activations_and_gradients(x, targets)
         cam = self.combine(activations, gradients)
         return normalize_maps(resize(cam[:, None], tuple(x.shape[-2:]))[:, 0])
