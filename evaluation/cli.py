@@ -396,6 +396,32 @@ def cmd_sanity(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------------------- parser
+#: Help of --gpnn-variations where its default is presented as the reduced CPU setting (demo, evaluate).
+GPNN_VARIATIONS_HELP = (
+    f"GPNN-CAM variations per image (default {DEMO_GPNN_VARIATIONS}, a reduced CPU setting)"
+)
+
+
+def add_saliency_args(
+    parser: argparse.ArgumentParser,
+    size_help: str = "image side (default: the model's)",
+    gpnn_variations_help: str = "GPNN-CAM variations",
+) -> None:
+    """Add the saliency options shared by ``evaluate``, ``pointing-game`` and ``sanity`` to ``parser``:
+    ``--size`` (default None: the model's input size), ``--layer`` (repeatable; default None: the zoo's
+    layers), ``--gpnn-variations`` (default :data:`DEMO_GPNN_VARIATIONS`) and ``--gpnn-fast``
+    (:data:`DEMO_GPNN_PARAMS`). Only the help texts of ``--size`` and ``--gpnn-variations`` differ
+    between the sub-commands."""
+    parser.add_argument("--size", type=_positive_int, default=None, help=size_help)
+    parser.add_argument("--layer", action="append", help="target layer(s) (default: the zoo's)")
+    parser.add_argument(
+        "--gpnn-variations", type=_positive_int, default=DEMO_GPNN_VARIATIONS, help=gpnn_variations_help
+    )
+    parser.add_argument(
+        "--gpnn-fast", action="store_true", help=f"the demo's reduced GPNN {DEMO_GPNN_PARAMS}"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -454,12 +480,6 @@ def build_parser() -> argparse.ArgumentParser:
     def attack_args(p: argparse.ArgumentParser, n: int) -> None:
         p.add_argument("--n", type=_positive_int, default=n, help=f"number of images (default {n})")
         p.add_argument("--batch-size", type=_positive_int, default=50, help="images per batch (default 50)")
-        p.add_argument(
-            "--gpnn-variations",
-            type=_positive_int,
-            default=DEMO_GPNN_VARIATIONS,
-            help=f"GPNN-CAM variations per image (default {DEMO_GPNN_VARIATIONS}, a reduced CPU setting)",
-        )
 
     p = sub.add_parser(
         "demo",
@@ -470,6 +490,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     attack_args(p, DEMO_N)
+    p.add_argument(
+        "--gpnn-variations", type=_positive_int, default=DEMO_GPNN_VARIATIONS, help=GPNN_VARIATIONS_HELP
+    )
     common(p)
     p.set_defaults(func=cmd_demo)
 
@@ -482,15 +505,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     model_args(p, "digits-cnn")
     p.add_argument("--data", default="digits", help="'digits' (embedded benchmark) or an image folder")
-    p.add_argument(
-        "--size", type=_positive_int, default=None, help="image side (default: the model's input size)"
-    )
     p.add_argument("--attacks", default="pgd,fgsm,cw", help="comma-separated: pgd, fgsm, cw")
     p.add_argument("--saliency", default=",".join(DEMO_FOCUSERS), help="comma-separated focusers")
     p.add_argument("--areas", type=_areas, default=[0.05, 0.1, 0.2], help="comma-separated mask fractions")
-    p.add_argument("--layer", action="append", help="target layer(s) (default: the zoo's)")
+    add_saliency_args(
+        p,
+        size_help="image side (default: the model's input size)",
+        gpnn_variations_help=GPNN_VARIATIONS_HELP,
+    )
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--gpnn-fast", action="store_true", help=f"the demo's reduced GPNN {DEMO_GPNN_PARAMS}")
     attack_args(p, 200)
     common(p)
     p.set_defaults(func=cmd_evaluate)
@@ -508,14 +531,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated methods (centre = the centre baseline)",
     )
     p.add_argument("--n", type=_positive_int, default=1000, help="number of images (default 1000)")
-    p.add_argument("--size", type=_positive_int, default=None, help="image side (default: the model's)")
     p.add_argument("--tolerance", type=float, default=None, help="hit radius in px (default 15 * size / 224)")
-    p.add_argument("--layer", action="append", help="target layer(s) (default: the zoo's)")
     p.add_argument("--batch-size", type=_positive_int, default=50, help="images per batch (default 50)")
-    p.add_argument(
-        "--gpnn-variations", type=_positive_int, default=DEMO_GPNN_VARIATIONS, help="GPNN-CAM variations"
-    )
-    p.add_argument("--gpnn-fast", action="store_true", help=f"the demo's reduced GPNN {DEMO_GPNN_PARAMS}")
+    add_saliency_args(p)
     p.add_argument("--out", default="runs/pointing_game", help="output folder (default runs/pointing_game)")
     common(p)
     p.set_defaults(func=cmd_pointing_game)
@@ -530,12 +548,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--n", type=_positive_int, default=32, help="number of cluttered-digit images (default 32)"
     )
-    p.add_argument("--size", type=_positive_int, default=None, help="image side (default: the model's)")
-    p.add_argument("--layer", action="append", help="target layer(s) (default: the zoo's)")
-    p.add_argument(
-        "--gpnn-variations", type=_positive_int, default=DEMO_GPNN_VARIATIONS, help="GPNN-CAM variations"
-    )
-    p.add_argument("--gpnn-fast", action="store_true", help=f"the demo's reduced GPNN {DEMO_GPNN_PARAMS}")
+    add_saliency_args(p)
     p.add_argument("--out", default="runs/sanity", help="output folder (default runs/sanity)")
     common(p)
     p.set_defaults(func=cmd_sanity)

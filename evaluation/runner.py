@@ -330,7 +330,17 @@ def gpnn_generator(overrides: dict[str, Any] | None = None) -> Any:
     preset = gpnn_cam_preset()
     if not overrides:
         return preset
-    names = ("patch_size", "scale_factor", "coarsest", "noise_sigma", "alpha", "iters", "init")
+    names = (
+        "patch_size",
+        "scale_factor",
+        "coarsest",
+        "noise_sigma",
+        "alpha",
+        "iters",
+        "init",
+        "fold",
+        "search",
+    )
     unknown = set(overrides) - set(names)
     if unknown:
         raise ValueError(f"gpnn_params: unknown GPNN settings {sorted(unknown)}; valid: {', '.join(names)}")
@@ -434,54 +444,6 @@ def build_attack(name: str, classifier: Any, area: float, params: dict[str, Any]
     raise ValueError(f"attack: unknown attack {name!r}; choose from {', '.join(ATTACKS)}")
 
 
-def minimal_eps_log(
-    attack: Any,
-    x: np.ndarray,
-    y: np.ndarray,
-    maps: np.ndarray | None,
-    eps_min: float,
-    eps_max: float,
-    steps: int,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per-image bisection of an FGSM/PGD budget in **log** space over ``[eps_min, eps_max]``.
-
-    Like :func:`focused_attacks.minimal_eps` (same mask, PGD's step scaling with eps, untargeted
-    success) but each step halves the *ratio* ``high / low``, so the found eps is within a factor
-    ``(eps_max / eps_min) ** (2 ** -steps)`` above the smallest succeeding one on the grid, whatever
-    its size. A linear bisection's absolute resolution ``eps_max / 2 ** steps`` would be coarse for the
-    unfocused attack (small eps) and fine for the focused ones (large eps), biasing the reduction.
-    Returns ``(x_adv, eps)``: eps is NaN (and x_adv = x) where ``eps_max`` fails.
-    """
-    from focused_attacks.base import success_mask
-
-    x = x.astype(np.float32)
-    labels = attack._labels(x, y)
-    mask = attack._resolve_mask(x, labels, None, maps)
-    attack.last_mask_ = mask
-
-    def run(eps: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        adv = attack._attack(
-            x[rows], labels[rows], None if mask is None else mask[rows], eps.astype(np.float32)
-        )
-        return adv, success_mask(attack.estimator, adv, labels[rows], False, attack.batch_size)
-
-    n = len(x)
-    log_high, log_low = np.full(n, np.log(eps_max)), np.full(n, np.log(eps_min))
-    x_adv = x.copy()
-    adv, ok = run(np.exp(log_high), np.arange(n))
-    x_adv[ok] = adv[ok]
-    rows = np.flatnonzero(ok)
-    for _ in range(steps):
-        if rows.size == 0:
-            break
-        middle = (log_low[rows] + log_high[rows]) / 2
-        adv, hit = run(np.exp(middle), rows)
-        log_high[rows[hit]] = middle[hit]
-        x_adv[rows[hit]] = adv[hit]
-        log_low[rows[~hit]] = middle[~hit]
-    return x_adv, np.where(ok, np.exp(log_high), np.nan)
-
-
 def run_attack(
     name: str,
     classifier: Any,
@@ -494,25 +456,36 @@ def run_attack(
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
     """Attack ``x`` (labels ``y``) focused by the top-``area`` mask of ``maps`` (None: whole image).
 
-    FGSM and PGD: the smallest L-inf budget that fools the model, by :func:`minimal_eps_log` over
-    ``[eps_min, eps_max]`` in ``search_steps`` steps; C&W L2: one run (it minimises L2 itself).
+    FGSM and PGD: the smallest L-inf budget that fools the model, by a per-image bisection of eps in
+    **log** space over ``[eps_min, eps_max]`` in ``search_steps`` steps
+    (:func:`focused_attacks.minimal_eps` with ``scale="log"``): each step halves the *ratio*
+    ``high / low``, so the found eps is within a factor ``(eps_max / eps_min) ** (2 ** -steps)`` above the
+    smallest succeeding one on the grid, whatever its size. A linear bisection's absolute resolution
+    ``eps_max / 2 ** steps`` would be coarse for the unfocused attack (small eps) and fine for the
+    focused ones (large eps), biasing the reduction. C&W L2: one run (it minimises L2 itself).
     Returns ``(x_adv, mask, eps)``: the (N,1,H,W) mask the attack used (None: whole image) and the
-    found eps per image (NaN where none succeeded; None for C&W).
+    found eps per image (NaN where none succeeded, x_adv = x there; None for C&W).
     """
+    from focused_attacks import minimal_eps
+
     attack = build_attack(name, classifier, area, params, batch_size)
     if name == "cw":
         x_adv, eps = attack.generate(x, y, maps=maps), None
+        mask = attack.last_mask_
     else:
-        x_adv, eps = minimal_eps_log(
+        found = minimal_eps(
             attack,
             x,
             y,
-            maps,
-            float(params["eps_min"]),
-            float(params["eps_max"]),
-            int(params["search_steps"]),
+            low=float(params["eps_min"]),
+            high=float(params["eps_max"]),
+            steps=int(params["search_steps"]),
+            maps=maps,
+            scale="log",
         )
-    mask = attack.last_mask_
+        x_adv, eps = found.x_adv, found.eps
+        # Unfocused: None (the whole image), as minimal_eps stores an all-ones mask there.
+        mask = None if maps is None else attack.last_mask_
     mask = None if mask is None else np.asarray(mask, dtype=np.float32).reshape(len(x), 1, *x.shape[-2:])
     return np.asarray(x_adv, dtype=np.float32), mask, eps
 

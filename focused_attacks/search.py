@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from art.config import ART_NUMPY_DTYPE
@@ -84,6 +85,13 @@ def minimal_area(
     return SearchResult(area=found, x_adv=x_adv.astype(x.dtype, copy=False), success=~np.isnan(found))
 
 
+#: Spaces :func:`minimal_eps` can bisect eps in: (to the space, back to eps).
+_EPS_SCALES: dict[str, tuple[Callable[[Any], Any], Callable[[Any], Any]]] = {
+    "linear": (lambda v: v, lambda v: v),
+    "log": (np.log, np.exp),
+}
+
+
 def minimal_eps(
     attack: FocusedFGSM | FocusedPGD,
     x: np.ndarray,
@@ -93,20 +101,36 @@ def minimal_eps(
     steps: int = 8,
     mask: np.ndarray | None = None,
     maps: np.ndarray | None = None,
+    scale: str = "linear",
 ) -> SearchResult:
     """Per-image bisection of eps in [low, high] (``high`` defaults to ``attack.eps``) with the focus mask
-    fixed (resolved once, as in ``generate``); PGD's eps_step scales with eps.
+    fixed (resolved once, as in ``generate``, and kept in ``attack.last_mask_``); PGD's eps_step scales
+    with eps.
 
-    Returns the smallest eps found to succeed after ``steps`` halvings, nan where ``high`` fails.
+    :param x: (N,C,H,W) images; ``y``: (N,) or one-hot (N,K) labels (untargeted; default the clean
+        prediction) or targets (targeted). ``mask`` / ``maps`` (N,H,W) as in ``generate``.
+    :param low: lower end, ``0 <= low < high`` (``0 < low`` with ``scale="log"``).
+    :param steps: number of halvings (>= 0) after the run at ``high``.
+    :param scale: ``"linear"``: each step halves ``high - low`` (absolute resolution
+        ``(high - low) / 2 ** steps``); ``"log"``: each step halves ``log(high) - log(low)``, i.e. the
+        ratio, so the found eps is within a factor ``(high / low) ** (2 ** -steps)`` of the threshold
+        whatever its size.
+    :return: :class:`SearchResult` whose ``eps`` (N,) is the smallest eps found to succeed (nan where
+        ``high`` fails) and ``x_adv`` (N,C,H,W) the adversarial example at that eps (x where none).
     """
     if not isinstance(attack, (FocusedFGSM, FocusedPGD)):
         raise TypeError(f"attack must be a FocusedFGSM or FocusedPGD, got {type(attack).__name__}")
+    if scale not in _EPS_SCALES:
+        raise ValueError(f"scale must be one of {', '.join(map(repr, _EPS_SCALES))}, got {scale!r}")
     x32, labels = _prepare(attack, x, y)
     high = float(attack.eps if high is None else high)
     if not 0.0 <= low < high or not np.isfinite(high):
         raise ValueError(f"low and high must satisfy 0 <= low < high < inf, got low={low}, high={high}")
+    if scale == "log" and low <= 0.0:
+        raise ValueError(f"low must be > 0 with scale='log', got low={low}")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise ValueError(f"steps must be a non-negative integer, got {steps!r}")
+    to_scale, from_scale = _EPS_SCALES[scale]
     resolved = attack._resolve_mask(x32, labels, mask, maps)
     attack.last_mask_ = (
         resolved if resolved is not None else np.ones((x.shape[0], 1, *x.shape[2:]), ART_NUMPY_DTYPE)
@@ -117,11 +141,12 @@ def minimal_eps(
         adv = attack._attack(x32[rows], labels[rows], sub_mask, eps.astype(ART_NUMPY_DTYPE))
         return adv, success_mask(attack.estimator, adv, labels[rows], attack.targeted, attack.batch_size)
 
+    # The bounds live in the search space (eps or log eps); eps = from_scale(bound).
     n = len(x)
-    upper = np.full(n, high)
-    lower = np.full(n, float(low))
+    upper = np.full(n, to_scale(high))
+    lower = np.full(n, to_scale(float(low)))
     x_adv = x32.copy()
-    adv, ok = run(upper, np.arange(n))
+    adv, ok = run(from_scale(upper), np.arange(n))
     x_adv[ok] = adv[ok]
     rows = np.flatnonzero(ok)
     for _ in tqdm(
@@ -130,9 +155,9 @@ def minimal_eps(
         if rows.size == 0:
             break
         middle = (lower[rows] + upper[rows]) / 2
-        adv, hit = run(middle, rows)
+        adv, hit = run(from_scale(middle), rows)
         upper[rows[hit]] = middle[hit]
         x_adv[rows[hit]] = adv[hit]
         lower[rows[~hit]] = middle[~hit]
-    found = np.where(ok, upper, np.nan)
+    found = np.where(ok, from_scale(upper), np.nan)
     return SearchResult(area=found, x_adv=x_adv.astype(x.dtype, copy=False), success=ok)

@@ -335,6 +335,68 @@ def test_minimal_eps(clf, x):
     np.testing.assert_array_equal(fooled, fgsm.success)
 
 
+def _log_bisection(attack, x, y, maps, low, high, steps):
+    """Direct per-image log-space bisection of eps (the computation the runner's search must equal)."""
+    from focused_attacks.base import success_mask
+
+    x = x.astype(np.float32)
+    labels = attack._labels(x, y)
+    mask = attack._resolve_mask(x, labels, None, maps)
+
+    def run(eps, rows):
+        adv = attack._attack(
+            x[rows], labels[rows], None if mask is None else mask[rows], eps.astype(np.float32)
+        )
+        return adv, success_mask(attack.estimator, adv, labels[rows], False, attack.batch_size)
+
+    n = len(x)
+    log_high, log_low = np.full(n, np.log(high)), np.full(n, np.log(low))
+    x_adv = x.copy()
+    adv, ok = run(np.exp(log_high), np.arange(n))
+    x_adv[ok] = adv[ok]
+    rows = np.flatnonzero(ok)
+    for _ in range(steps):
+        if rows.size == 0:
+            break
+        middle = (log_low[rows] + log_high[rows]) / 2
+        adv, hit = run(np.exp(middle), rows)
+        log_high[rows[hit]] = middle[hit]
+        x_adv[rows[hit]] = adv[hit]
+        log_low[rows[~hit]] = middle[~hit]
+    return x_adv, np.where(ok, np.exp(log_high), np.nan), mask
+
+
+@pytest.mark.parametrize("focused", [False, True])
+@pytest.mark.parametrize(
+    "make_attack",
+    [
+        lambda clf: FocusedFGSM(clf, area=0.2, eps=1.0, batch_size=2),
+        lambda clf: FocusedPGD(
+            clf, area=0.2, eps=0.5, eps_step=0.125, max_iter=3, batch_size=2, verbose=False
+        ),
+    ],
+    ids=["fgsm", "pgd"],
+)
+def test_minimal_eps_log_equals_direct_bisection(clf, x, make_attack, focused):
+    """scale="log" (the runner's search) is bit-identical to a direct log-space bisection."""
+    y = clf.predict(x).argmax(1)
+    maps = np.random.default_rng(7).random((len(x), 32, 32), dtype=np.float32) if focused else None
+    attack = make_attack(clf)
+    low, high, steps = 1 / 512, float(attack.eps), 6
+    result = minimal_eps(attack, x, y, low=low, high=high, steps=steps, maps=maps, scale="log")
+    x_adv, eps, mask = _log_bisection(make_attack(clf), x, y, maps, low, high, steps)
+    assert result.success.any()
+    np.testing.assert_array_equal(result.eps, eps)
+    np.testing.assert_array_equal(result.x_adv, x_adv)
+    np.testing.assert_array_equal(result.success, np.isfinite(eps))
+    expected_mask = np.ones((len(x), 1, 32, 32), np.float32) if mask is None else mask
+    np.testing.assert_array_equal(attack.last_mask_, expected_mask)
+    # Every found eps lies on the log grid high * ratio**-k.
+    ratio = (high / low) ** (2.0**-steps)
+    k = np.log(high / eps[result.success]) / np.log(ratio)
+    np.testing.assert_allclose(k, np.round(k), atol=1e-6)
+
+
 def test_search_argument_errors(clf, x):
     with pytest.raises(ValueError, match="focus"):
         minimal_area(FocusedPGD(clf, focus="soft", verbose=False), x, maps=np.ones((5, 32, 32), np.float32))
@@ -344,3 +406,7 @@ def test_search_argument_errors(clf, x):
         minimal_eps(FocusedCarliniL2(clf, verbose=False), x)
     with pytest.raises(ValueError, match="low and high"):
         minimal_eps(FocusedFGSM(clf, eps=0.1), x, low=0.2)
+    with pytest.raises(ValueError, match="scale"):
+        minimal_eps(FocusedFGSM(clf, eps=0.1), x, scale="exp")
+    with pytest.raises(ValueError, match="low must be > 0"):
+        minimal_eps(FocusedFGSM(clf, eps=0.1), x, scale="log")

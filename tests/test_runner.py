@@ -235,11 +235,12 @@ def test_resume_into_folder_of_other_arguments_is_refused(reference_run):
         runner.run_experiment(ExperimentConfig(**{**TINY, "areas": (0.2,)}), out, verbose=False, report=False)
 
 
-def test_minimal_eps_log_brackets_the_threshold():
-    """The found eps fools the model, eps / r (the bracket's lower end, r = the final ratio) does not."""
+def test_log_eps_search_brackets_the_threshold():
+    """The runner's search (minimal_eps, scale="log"): the found eps fools the model, eps / r (the
+    bracket's lower end, r = the final ratio) does not."""
     from evaluation import zoo
     from evaluation.datasets import cluttered_digits
-    from focused_attacks import FocusedFGSM
+    from focused_attacks import FocusedFGSM, minimal_eps
 
     classifier = zoo.classifier("digits-cnn", device="cpu")
     x, y, _ = cluttered_digits(6, "test", seed=3)
@@ -248,7 +249,8 @@ def test_minimal_eps_log_brackets_the_threshold():
     maps = runner.random_maps(range(len(x)), (64, 64), seed=0)
     attack = FocusedFGSM(classifier, area=0.2, eps=1.0)
     eps_min, eps_max, steps = 1 / 256, 1.0, 5
-    x_adv, eps = runner.minimal_eps_log(attack, x, y, maps, eps_min, eps_max, steps)
+    result = minimal_eps(attack, x, y, low=eps_min, high=eps_max, steps=steps, maps=maps, scale="log")
+    x_adv, eps = result.x_adv, result.eps
     ratio = (eps_max / eps_min) ** (2.0**-steps)
     found = np.isfinite(eps)
     assert found.any()
