@@ -2,11 +2,13 @@
 
 Prints three tables, each configuration measured in its own subprocess (so peak memory is per config):
 
-1. GPNN: seconds per variation (a batch of ``--n`` generated together) and peak memory at each size.
-2. One PNN step at the finest level (queries = a variation, keys = the source): the chunked exact NN
-   against the naive full distance matrix, at sizes where the naive one fits (``--naive-max``): the
-   share of identical indices, the largest relative float64 score difference where they differ (float32
-   near-ties), seconds, speed ratio naive/chunked, peak memory.
+1. GPNN: seconds per variation (a batch of ``--n`` generated together) and peak memory at each size, for
+   each exact NN search (``--search``: shifts, the CPU default, and matmul).
+2. One PNN step at the finest level (queries = a variation, keys = the source): each exact search
+   (matmul in tiles of ``--chunk``; shifts on CPU) against the naive full distance matrix, at sizes where
+   the naive one fits (``--naive-max``): the share of indices equal to the float64 naive answer, the
+   largest relative float64 score difference where they differ (float32 near-ties), seconds, speed ratio
+   naive/search, peak memory.
 3. GPNN-CAM: seconds per image with ``--cam-variations`` variations (torchvision ResNet-50 with random
    weights, layers layer4/layer3/layer2; timings do not depend on the weights).
 
@@ -56,11 +58,11 @@ def _peak_end(device: torch.device, start: float) -> float:
 
 
 def _warm_up(device: torch.device) -> None:
+    """CUDA context and kernels, or the numba search kernels on CPU (compiled once, then loaded)."""
     from saliency import GPNN
 
-    if device.type == "cuda":
-        GPNN(iters=1).generate(_photo(32).to(device), 2)
-        _sync(device)
+    GPNN(iters=1).generate(_photo(32).to(device), 2)
+    _sync(device)
 
 
 def _score_gap(
@@ -87,12 +89,13 @@ def worker(config: dict) -> dict:
     """Run one configuration and return its measurements."""
     from saliency import GPNN
     from saliency.gpnn import extract_patches, nearest_neighbours, nearest_neighbours_naive
+    from saliency.shifted_nn import nearest_neighbours_shifted
 
     device = torch.device(config["device"])
     image = _photo(config["size"]).to(device)
     _warm_up(device)
     if config["kind"] == "gpnn":
-        gpnn = GPNN(iters=config["iters"], tf32=config["tf32"])
+        gpnn = GPNN(iters=config["iters"], tf32=config["tf32"], search=config["search"])
         start_mem = _peak_start(device)
         start = time.perf_counter()
         gpnn.generate(image, config["n"], seed=0)
@@ -102,34 +105,40 @@ def worker(config: dict) -> dict:
     if config["kind"] == "nn":
         variation = GPNN(iters=1).generate(image, config["n"], seed=0)
         queries, keys = extract_patches(variation, 7), extract_patches(image[None], 7)[0]
-        out = {}
-        for name in ("chunked", "naive"):
+        # smallest memory first: peak RSS only grows, so each search is measured over the last one's peak
+        searches = {}
+        if device.type == "cpu":
+            searches["shifts"] = lambda: nearest_neighbours_shifted(variation, image, 7, 0.005)
+        searches["matmul"] = lambda: nearest_neighbours(queries, keys, 0.005, config["chunk"])
+        searches["naive"] = lambda: nearest_neighbours_naive(queries, keys, 0.005)
+        out, found = {}, {}
+        for name, search in searches.items():
             start_mem = _peak_start(device)
             start = time.perf_counter()
-            if name == "chunked":
-                idx = nearest_neighbours(queries, keys, 0.005, config["chunk"])
-            else:
-                idx = nearest_neighbours_naive(queries, keys, 0.005)
+            found[name] = search()
             _sync(device)
             out[name] = {"seconds": time.perf_counter() - start, "peak_mib": _peak_end(device, start_mem)}
-            out[name + "_idx"] = idx
-        chunked, naive = out.pop("chunked_idx"), out.pop("naive_idx")
-        out["equal"] = float((chunked == naive).double().mean())
-        out["score_gap"] = _score_gap(queries, keys, 0.005, chunked, naive)
+        exact = nearest_neighbours_naive(queries.double(), keys.double(), 0.005)
+        for name, idx in found.items():
+            out[name]["equal"] = float((idx == exact).double().mean())
+            out[name]["score_gap"] = _score_gap(queries, keys, 0.005, idx, exact)
         return out
     if config["kind"] == "cam":
         import torchvision
 
         from saliency import GPNNCAM
+        from saliency.gpnn_cam import gpnn_cam_preset
 
         torch.manual_seed(0)
         model = torchvision.models.resnet50(weights=None).eval().to(device)
+        gpnn = gpnn_cam_preset()
+        gpnn.iters, gpnn.tf32 = config["iters"], config["tf32"]
         cam = GPNNCAM(
             model,
             ["layer4", "layer3", "layer2"],
             n_variations=config["n"],
             batch_variations=min(10, config["n"]),
-            gpnn=GPNN(noise_sigma=3.0, init="zeros", iters=config["iters"], tf32=config["tf32"]),
+            gpnn=gpnn,
         )
         start_mem = _peak_start(device)
         start = time.perf_counter()
@@ -158,6 +167,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--n", type=int, default=None, help="variations per batch (default 1 CPU, 10 CUDA)")
     parser.add_argument("--iters", type=int, nargs="+", default=[10], help="PNN iterations per level")
+    parser.add_argument(
+        "--search", nargs="+", default=None, help="NN searches (default: shifts matmul on CPU)"
+    )
     parser.add_argument("--naive-max", type=int, default=None, help="largest size for the naive NN")
     parser.add_argument("--chunk", type=int, default=2**24, help="tile size of the chunked NN")
     parser.add_argument("--cam-size", type=int, default=None, help="GPNN-CAM image size (default: last size)")
@@ -176,49 +188,43 @@ def main(argv: list[str] | None = None) -> None:
     name = torch.cuda.get_device_name(args.device) if cuda else f"CPU, {torch.get_num_threads()} threads"
     print(f"device: {name}; torch {torch.__version__}")
 
+    searches = args.search or (["matmul"] if cuda else ["shifts", "matmul"])
     print(f"\nGPNN generation (batch of {n} variations, p=7, r=4/3, coarsest 14, alpha 0.005)")
     tf32_modes = [False, True] if (args.tf32 and cuda) else [False]
-    print(f"{'size':>5} {'iters':>5} {'tf32':>5} {'s/variation':>12} {'peak MiB':>9}")
+    print(f"{'size':>5} {'iters':>5} {'search':>7} {'tf32':>5} {'s/variation':>12} {'peak MiB':>9}")
     for size in args.sizes:
         for iters in args.iters:
-            for tf32 in tf32_modes:
-                config = {
-                    "kind": "gpnn",
-                    "device": args.device,
-                    "size": size,
-                    "n": n,
-                    "iters": iters,
-                    "tf32": tf32,
-                }
-                r = run(config)
-                if "error" in r:
-                    print(f"{size:>5} {iters:>5} {str(tf32):>5} {r['error']}")
-                    continue
-                print(
-                    f"{size:>5} {iters:>5} {str(tf32):>5} {r['s_per_variation']:>12.3f} {r['peak_mib']:>9.0f}"
-                )
+            for search in searches:
+                for tf32 in tf32_modes if search == "matmul" else [False]:
+                    config = {"kind": "gpnn", "device": args.device, "size": size, "n": n, "iters": iters}
+                    r = run({**config, "tf32": tf32, "search": search})
+                    row = f"{size:>5} {iters:>5} {search:>7} {str(tf32):>5}"
+                    if "error" in r:
+                        print(f"{row} {r['error']}")
+                        continue
+                    print(f"{row} {r['s_per_variation']:>12.3f} {r['peak_mib']:>9.0f}")
 
     print(
-        f"\nOne PNN step at the finest level, {n} variation(s): "
-        f"chunked (tile {args.chunk}) vs naive full distance matrix"
+        f"\nOne PNN step at the finest level, {n} variation(s): exact searches vs the naive full distance "
+        f"matrix (matmul in tiles of {args.chunk}; 'same idx': share equal to the float64 naive answer)"
     )
     print(
-        f"{'size':>5} {'same idx':>8} {'score gap':>9} {'chunked s':>10} {'naive s':>9} "
-        f"{'naive/chunked':>13} {'MiB chunked':>11} {'MiB naive':>9}"
+        f"{'size':>5} {'search':>7} {'same idx':>8} {'score gap':>9} {'seconds':>8} "
+        f"{'naive/this':>10} {'peak MiB':>9}"
     )
     for size in [s for s in args.sizes if s <= naive_max]:
         r = run({"kind": "nn", "device": args.device, "size": size, "n": n, "chunk": args.chunk})
         if "error" in r:
             print(f"{size:>5} {r['error']}")
             continue
-        c, v = r["chunked"], r["naive"]
-        print(
-            f"{size:>5} {r['equal']:>8.2%} {r['score_gap']:>9.1e} {c['seconds']:>10.3f} {v['seconds']:>9.3f} "
-            f"{v['seconds'] / c['seconds']:>13.2f} {c['peak_mib']:>11.0f} {v['peak_mib']:>9.0f}"
-        )
+        for name, m in r.items():
+            print(
+                f"{size:>5} {name:>7} {m['equal']:>8.2%} {m['score_gap']:>9.1e} {m['seconds']:>8.3f} "
+                f"{r['naive']['seconds'] / m['seconds']:>10.2f} {m['peak_mib']:>9.0f}"
+            )
 
     cam_size = args.cam_size or args.sizes[-1]
-    print(f"\nGPNN-CAM (ResNet-50, 3 layers, batches of <= 10, GPNN preset) on one {cam_size} px image")
+    print(f"\nGPNN-CAM (ResNet-50, 3 layers, batches of <= 10, its GPNN preset) on one {cam_size} px image")
     print(f"{'N':>5} {'iters':>5} {'tf32':>5} {'seconds':>8} {'peak MiB':>9}")
     for n_cam in [v for v in cam_variations if v > 0]:
         for iters in args.iters:

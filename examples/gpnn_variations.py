@@ -36,12 +36,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", type=int, default=48, help="short side of the photos in pixels")
     parser.add_argument("--n", type=int, default=4, help="variations per photo")
     parser.add_argument("--iters", type=int, default=10, help="PNN iterations per pyramid level")
+    parser.add_argument("--fold", default="uniform", choices=["uniform", "distance"], help="patch averaging")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", default="gpnn_variations.png", help="output PNG path")
     args = parser.parse_args(argv)
 
-    gpnn = GPNN(iters=args.iters, device=args.device, verbose=True)
+    gpnn = GPNN(iters=args.iters, fold=args.fold, device=args.device, verbose=True)
     n_rows, n_cols = len(PHOTOS), args.n + 1
     fig, axes = plt.subplots(n_rows, n_cols, figsize=(2 * n_cols, 2 * n_rows), squeeze=False)
     for row, name in enumerate(PHOTOS):

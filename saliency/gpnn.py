@@ -1,41 +1,49 @@
 """GPNN (Granot et al., "Drop the GAN", CVPR 2022): image variations by coarse-to-fine patch nearest
 neighbours with the completeness-normalised score.
 
-Choices (reference/gpnn_cam.md, 1.10), all written from the algorithm:
+Choices (reference/gpnn_cam.md, 1.2-1.5), all written from the algorithm:
 
-* Pyramid: antialiased bilinear down-sizing of the source to ``round(H / r**n), round(W / r**n)``;
-  ``N = ceil(log(min(H, W) / coarsest) / log r)`` levels below the input, the coarsest forced to a short
-  side of exactly ``coarsest`` pixels (aspect ratio kept).
+* Pyramid: ``N = ceil(log(min(H, W) / coarsest) / log r)`` levels (10 for 224 px): the input and its
+  antialiased bilinear down-sizings to ``round(H / r**n), round(W / r**n)`` for n < N-1, then the coarsest
+  level, forced to a short side of exactly ``coarsest`` pixels (aspect ratio kept).
 * Initialisation: the coarsest source (``init="source"``, the paper) or zeros (``init="zeros"``, the
   GPNN-CAM preset) plus Gaussian noise of std ``noise_sigma`` in [0,1] units, one value per pixel shared
   over the channels, drawn from a CPU ``torch.Generator`` seeded with ``seed`` (so outputs do not depend
   on the device's random stream).
-* Distance: D(i,j) = mean squared difference per element between query patch i and key patch j, computed
-  as (||q||^2 + ||k||^2 - 2 q.k) / d with matmuls, clamped at 0. Score S(i,j) = D(i,j) / (alpha +
-  min_l D(l,j)), the minimum over the queries of the *same* variation; NN(i) = argmin_j S(i,j) (first
-  index on ties, like ``torch.argmin``).
+* Distance: D(i,j) = mean squared difference per element between query patch i and key patch j. Score
+  S(i,j) = D(i,j) / (alpha + min_l D(l,j)), the minimum over the queries of the *same* variation;
+  NN(i) = argmin_j S(i,j) (first index on ties, like ``torch.argmin``).
+* Exact NN, two passes (column minima per variation, then the argmin of the normalised score), never a
+  queries x keys matrix at once. ``search="shifts"`` (the CPU default): per-pixel differences shared by
+  all patch pairs containing them (``saliency.shifted_nn``, numba). ``search="matmul"`` (the CUDA
+  default): tiles of at most ``chunk_size`` distances, each one matmul of augmented patch vectors
+  (:func:`nearest_neighbours`); ``tf32=True`` trades exactness for speed there (TF32 tensor cores).
 * Keys: at every level, iteration 0 uses the coarser source bilinearly up-sampled to this level (the
   source itself at the coarsest level), later iterations the sharp source; values are always the sharp
   source patches. ``iters`` iterations at every level (iyttor's schedule).
-* Patches p x p with stride 1, folded back by the uniform average of all overlapping patches; bilinear
-  up-sampling (align_corners=False) of the output between levels. The output is a convex combination of
-  source pixels, so it lies in the source's range (clamped to [0,1] against rounding).
-* Exact NN in tiles of at most ``chunk_size`` distance entries (two passes: column minima per variation,
-  then the argmin of the normalised score), each tile one float32 matmul of augmented patch vectors;
-  when a variation's whole (queries, keys) matrix fits in one tile it is computed once and used for both
-  passes. ``tf32=True`` trades exactness for speed on CUDA (TF32 tensor-core matmuls).
-* Ours: no FAISS/PCA (exact NN only), the same number of iterations at every level, no NN field returned.
+* Patches p x p with stride 1, folded back by the uniform average of all overlapping patches
+  (``fold="uniform"``, the paper) or by GPNN-CAM's distance-weighted average (``fold="distance"``: weight
+  exp(-D_q / sigma) per chosen patch, sigma the std of that image's NN distances, or their minimum if the
+  std is 0, or 1 if that is 0 too); bilinear up-sampling (align_corners=False) between levels. The output
+  is a convex combination of source pixels, so it lies in the source's range (clamped to [0,1] against
+  rounding).
+* ``generate(..., return_field=True)`` also returns the final NN field (the source patch of every output
+  patch) and its distances: GPNN-CAM's older variant maps CAMs back through it.
+* Ours: no FAISS/PCA (exact NN only), the same number of iterations at every level.
 """
 
 from __future__ import annotations
 
 import math
 import os
+from typing import NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
+
+from saliency.shifted_nn import nearest_neighbours_shifted
 
 #: Smallest and largest default tile sizes in distance entries (64 MiB and 1 GiB of float32).
 MIN_DEFAULT_CHUNK = 2**24
@@ -82,6 +90,41 @@ def fold_patches(
     if counts is None:
         counts = patch_counts(size, patch_size, patches.device)
     return F.fold(patches.transpose(1, 2), size, patch_size) / counts
+
+
+def distance_weights(distances: torch.Tensor) -> torch.Tensor:
+    """GPNN-CAM's patch weights exp(-d / sigma): distances (B, L) >= 0 -> (B, L) in (0, 1].
+
+    sigma is the std of each row (or its minimum where the std is 0, or 1 where that is 0 too). The
+    weights are scaled by exp(min d / sigma) per row, which leaves every weighted average unchanged and
+    keeps the best patch at weight 1 (no underflow to 0/0); they are kept above float32's smallest
+    normal number.
+    """
+    sigma = distances.std(dim=1, keepdim=True, correction=0)
+    low = distances.amin(dim=1, keepdim=True)
+    sigma = torch.where(sigma > 0, sigma, torch.where(low > 0, low, torch.ones_like(low)))
+    return torch.exp(-(distances - low) / sigma).clamp_min(torch.finfo(distances.dtype).tiny)
+
+
+def fold_patches_weighted(
+    patches: torch.Tensor, weights: torch.Tensor, size: tuple[int, int], patch_size: int
+) -> torch.Tensor:
+    """Weighted average of overlapping patches: patches (B, L, C*p*p), weights (B, L) > 0 -> (B,C,H,W)."""
+    total = F.fold((patches * weights[..., None]).transpose(1, 2), size, patch_size)
+    return total / F.fold(weights[:, None, :].expand(-1, patch_size**2, -1), size, patch_size)
+
+
+class GPNNOutput(NamedTuple):
+    """``GPNN.generate(..., return_field=True)``: the variations and the final NN field.
+
+    ``images`` (n,C,H,W) in [0,1]; ``field`` (n, L) long, for every output patch (row-major positions,
+    L = (H-p+1)(W-p+1)) the index of the source patch pasted there; ``distances`` (n, L) float32, the
+    score's D (mean squared difference) between that patch's key and the query patch it was matched to.
+    """
+
+    images: torch.Tensor
+    field: torch.Tensor
+    distances: torch.Tensor
 
 
 def nearest_neighbours_naive(queries: torch.Tensor, keys: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -181,8 +224,12 @@ class GPNN:
     :param alpha: completeness parameter (distances are per-element MSE); large alpha -> plain NN.
     :param iters: PNN iterations per level.
     :param init: ``"source"`` (coarsest source + noise, the paper) or ``"zeros"`` (noise only, GPNN-CAM).
-    :param chunk_size: most distance entries per tile (None: :func:`default_chunk_size`).
-    :param tf32: on CUDA, compute the distance matmuls with TF32 tensor cores (faster, but the NN is then
+    :param fold: ``"uniform"`` (plain average of overlapping patches, the paper) or ``"distance"``
+        (GPNN-CAM's distance-weighted average, :func:`distance_weights`).
+    :param search: exact NN algorithm: ``"shifts"`` (CPU only, :func:`nearest_neighbours_shifted`),
+        ``"matmul"`` (:func:`nearest_neighbours`, CPU or CUDA) or ``"auto"`` (shifts on CPU, matmul on CUDA).
+    :param chunk_size: most distance entries per tile of the matmul search (None: :func:`default_chunk_size`).
+    :param tf32: on CUDA, compute the matmul search with TF32 tensor cores (faster, but the NN is then
         approximate: near-ties can resolve differently). Off by default: exact float32.
     :param device: where to compute (None: the image's device).
     :param verbose: tqdm bar over pyramid levels.
@@ -200,6 +247,8 @@ class GPNN:
         alpha: float = 0.005,
         iters: int = 10,
         init: str = "source",
+        fold: str = "uniform",
+        search: str = "auto",
         chunk_size: int | None = None,
         tf32: bool = False,
         device: str | torch.device | None = None,
@@ -219,6 +268,10 @@ class GPNN:
             raise ValueError(f"iters must be a positive int, got {iters!r}")
         if init not in ("source", "zeros"):
             raise ValueError(f"init must be 'source' or 'zeros', got {init!r}")
+        if fold not in ("uniform", "distance"):
+            raise ValueError(f"fold must be 'uniform' or 'distance', got {fold!r}")
+        if search not in ("auto", "shifts", "matmul"):
+            raise ValueError(f"search must be 'auto', 'shifts' or 'matmul', got {search!r}")
         if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
             raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
         self.patch_size = patch_size
@@ -228,18 +281,22 @@ class GPNN:
         self.alpha = float(alpha)
         self.iters = iters
         self.init = init
+        self.fold = fold
+        self.search = search
         self.chunk_size = chunk_size
         self.tf32 = bool(tf32)
         self.device = None if device is None else torch.device(device)
         self.verbose = verbose
 
     def pyramid_sizes(self, height: int, width: int) -> list[tuple[int, int]]:
-        """Level sizes from finest (the input) to coarsest (short side == ``coarsest``)."""
+        """Level sizes from finest (the input) to coarsest (short side == ``coarsest``): N levels."""
         short = min(height, width)
-        n_levels = math.ceil(math.log(short / self.coarsest) / math.log(self.scale_factor) - 1e-9)
+        n_levels = max(1, math.ceil(math.log(short / self.coarsest) / math.log(self.scale_factor) - 1e-9))
+        if n_levels == 1:
+            return [(height, width)]
         sizes = [
             (round(height / self.scale_factor**n), round(width / self.scale_factor**n))
-            for n in range(n_levels)
+            for n in range(n_levels - 1)
         ]
         scale = self.coarsest / short
         sizes.append((max(self.coarsest, round(height * scale)), max(self.coarsest, round(width * scale))))
@@ -270,13 +327,20 @@ class GPNN:
             )
         return image
 
-    def generate(self, image: torch.Tensor | np.ndarray, n: int, seed: int = 0) -> torch.Tensor:
-        """``n`` variations of ``image`` (C,H,W) in [0,1] -> (n,C,H,W) float32 in [0,1]."""
+    def generate(
+        self, image: torch.Tensor | np.ndarray, n: int, seed: int = 0, return_field: bool = False
+    ) -> torch.Tensor | GPNNOutput:
+        """``n`` variations of ``image`` (C,H,W) in [0,1] -> (n,C,H,W) float32 in [0,1].
+
+        With ``return_field=True``: a :class:`GPNNOutput` with the variations, the final NN field and its
+        distances.
+        """
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
             raise ValueError(f"n must be a positive int (number of variations), got {n!r}")
         image = self._check_image(image)
         device = self.device or image.device
-        chunk = self.chunk_size or default_chunk_size(device)
+        if self.search == "shifts" and device.type != "cpu":
+            raise ValueError(f"search='shifts' runs on the CPU; use search='matmul' or 'auto' on {device}")
         source = image.to(device=device, dtype=torch.float32)[None]
         sizes = self.pyramid_sizes(*source.shape[-2:])
         pyramid = [_resize(source, size, antialias=True) for size in sizes]
@@ -290,11 +354,21 @@ class GPNN:
         if self.tf32 and device.type == "cuda":
             torch.set_float32_matmul_precision("high")
         try:
-            return self._synthesise(pyramid, current, chunk).clamp_(0, 1)
+            out = self._synthesise(pyramid, current)
         finally:
             torch.set_float32_matmul_precision(precision)
+        out.images.clamp_(0, 1)
+        return out if return_field else out.images
 
-    def _synthesise(self, pyramid: list[torch.Tensor], current: torch.Tensor, chunk: int) -> torch.Tensor:
+    def _nearest(self, current: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        """NN field (n, L) of the patches of ``current`` (n,C,h,w) among those of ``keys`` (1,C,h,w)."""
+        if self.search == "shifts" or (self.search == "auto" and current.device.type == "cpu"):
+            return nearest_neighbours_shifted(current, keys[0], self.patch_size, self.alpha)
+        p = self.patch_size
+        chunk = self.chunk_size or default_chunk_size(current.device)
+        return nearest_neighbours(extract_patches(current, p), extract_patches(keys, p)[0], self.alpha, chunk)
+
+    def _synthesise(self, pyramid: list[torch.Tensor], current: torch.Tensor) -> GPNNOutput:
         """Coarse-to-fine PNN from the coarsest initialisation ``current`` (n,C,h,w)."""
         p = self.patch_size
         sizes = [tuple(level.shape[-2:]) for level in pyramid]
@@ -302,13 +376,19 @@ class GPNN:
         for level in tqdm(levels, desc="GPNN levels", disable=not self.verbose):
             size = sizes[level]
             current = _resize(current, size)
-            blurred = pyramid[level] if level == len(sizes) - 1 else _resize(pyramid[level + 1], size)
+            keys = pyramid[level] if level == len(sizes) - 1 else _resize(pyramid[level + 1], size)
             values = extract_patches(pyramid[level], p)[0]  # (L,d)
-            keys = extract_patches(blurred, p)[0]
             counts = patch_counts(size, p, current.device)
             for iteration in range(self.iters):
                 if iteration == 1:
-                    keys = values
-                idx = nearest_neighbours(extract_patches(current, p), keys, self.alpha, chunk)
-                current = fold_patches(values[idx], size, p, counts)
-        return current
+                    keys = pyramid[level]
+                field = self._nearest(current, keys)
+                distances = None
+                if self.fold == "distance" or (level == 0 and iteration == self.iters - 1):
+                    key_patches = extract_patches(keys, p)[0]
+                    distances = (extract_patches(current, p) - key_patches[field]).pow_(2).mean(-1)
+                if self.fold == "distance":
+                    current = fold_patches_weighted(values[field], distance_weights(distances), size, p)
+                else:
+                    current = fold_patches(values[field], size, p, counts)
+        return GPNNOutput(current, field, distances)

@@ -4,7 +4,7 @@ variations of the image, applied to the original image's activations (reference/
 Follows the authors' final ("gpnn-loadgen-mycam") pipeline:
 
 * GPNN preset: noise std 3.0 on a zero initialisation, shared over channels; alpha 0.005; p 7; r 4/3;
-  coarsest 14; 10 iterations per level; 100 variations in batches of 10.
+  coarsest 14; 10 iterations per level; distance-weighted fold; 100 variations in batches of 10.
 * Phase 1: ridge regression (intercept, penalty 0.01, sklearn's unscaled objective) of the target *logit*
   of the variations on their spatially summed top-layer activations, each channel standardised with its
   mean/std over the variations' batch and positions; map = ReLU(sum_c w_c X_c), bias dropped.
@@ -15,8 +15,8 @@ Follows the authors' final ("gpnn-loadgen-mycam") pipeline:
 
 Ours (not in, or differing from, the authors' code):
 
-* GPNN uses the exact alpha-normalised NN with a uniform fold (the authors: FAISS IVF on PCA-30, which
-  ignores alpha, and a distance-weighted fold), with the per-variation column minimum.
+* GPNN uses the exact alpha-normalised NN with the per-variation column minimum (the authors: FAISS IVF
+  on PCA-30, which ignores alpha); the fold weights use its exact distances (theirs: PCA-space ones).
 * Each factor of a Phase 2 target is resized bilinearly to the layer's grid and then multiplied.
 * Standard deviations are population std (ddof 0); a channel with std 0 gets std 1.
 * The closed-form ridge runs in float64 (dual form when samples < features, else primal normal
@@ -49,8 +49,9 @@ from saliency.gpnn import GPNN
 
 
 def gpnn_cam_preset() -> GPNN:
-    """GPNN as configured by GPNN-CAM: zero initialisation with noise std 3.0, other settings default."""
-    return GPNN(noise_sigma=3.0, init="zeros")
+    """GPNN as configured by GPNN-CAM: zero initialisation with noise std 3.0, distance-weighted fold,
+    other settings default."""
+    return GPNN(noise_sigma=3.0, init="zeros", fold="distance")
 
 
 def ridge_regression(

@@ -13,11 +13,14 @@ from hypothesis import strategies as st
 
 from saliency import GPNN
 from saliency.gpnn import (
+    distance_weights,
     extract_patches,
     fold_patches,
+    fold_patches_weighted,
     nearest_neighbours,
     nearest_neighbours_naive,
 )
+from saliency.shifted_nn import nearest_neighbours_shifted
 
 FAST = dict(patch_size=5, coarsest=14, iters=2)
 
@@ -62,10 +65,12 @@ def test_reproduces_input_without_noise_and_large_alpha(cat: torch.Tensor) -> No
 
 
 def test_pyramid_sizes() -> None:
+    # the reference's list for 224 px: 224, 168, 126, 94.5, 70.9, 53.2, 39.9, 29.9, 22.4, then 14
+    shorts = [min(s) for s in GPNN().pyramid_sizes(224, 224)]
+    assert shorts == [224, 168, 126, 95, 71, 53, 40, 30, 22, 14]
     sizes = GPNN().pyramid_sizes(224, 300)
-    assert sizes[0] == (224, 300) and min(sizes[-1]) == 14
-    shorts = [min(s) for s in sizes]
-    assert all(1.0 < a / b <= 4 / 3 + 0.05 for a, b in zip(shorts, shorts[1:]))
+    assert sizes[0] == (224, 300) and sizes[-1] == (14, 19) and len(sizes) == 10
+    assert all(abs(h / w - 224 / 300) < 0.03 for h, w in sizes)
     assert GPNN().pyramid_sizes(14, 20) == [(14, 20)]
 
 
@@ -126,6 +131,101 @@ def test_column_minima_are_per_variation() -> None:
     assert not torch.equal(coupled[:2], together[:2])
 
 
+def _scores64(queries: torch.Tensor, keys: torch.Tensor, p: int, alpha: float) -> torch.Tensor:
+    """Float64 normalised scores (B, Lq, Lk) of images queries (B,C,H,W) against keys (C,H',W')."""
+    q, k = extract_patches(queries.double(), p), extract_patches(keys[None].double(), p)[0]
+    dist = torch.cdist(q, k).pow(2) / q.shape[-1]
+    return dist / (alpha + dist.amin(dim=1, keepdim=True))
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    batch=st.integers(1, 3),
+    channels=st.integers(1, 4),
+    p=st.sampled_from([1, 2, 5]),  # each patch size is one compiled kernel
+    query_size=st.tuples(st.integers(0, 9), st.integers(0, 9)),
+    key_size=st.tuples(st.integers(0, 9), st.integers(0, 9)),
+    alpha=st.sampled_from([1e-4, 0.005, 1.0, 1e3]),
+    seed=st.integers(0, 2**16),
+)
+def test_shifted_nn_is_the_exact_normalised_argmin(
+    batch, channels, p, query_size, key_size, alpha, seed
+) -> None:
+    g = torch.Generator().manual_seed(seed)
+    queries = torch.rand(batch, channels, p + query_size[0], p + query_size[1], generator=g)
+    keys = torch.rand(channels, p + key_size[0], p + key_size[1], generator=g)
+    idx = nearest_neighbours_shifted(queries, keys, p, alpha)
+    score = _scores64(queries, keys, p, alpha)
+    assert idx.shape == score.shape[:2] and idx.dtype == torch.long
+    chosen, best = score.gather(2, idx[..., None])[..., 0], score.amin(2)
+    torch.testing.assert_close(chosen, best, rtol=1e-5, atol=1e-9)
+    # random data: float32 rounding decides at most a rare near-tie
+    assert (idx == score.argmin(2)).double().mean() >= 0.98
+
+
+def test_shifted_nn_on_gpnn_patches_equals_naive_float64(cat: torch.Tensor) -> None:
+    variations = GPNN(**FAST).generate(cat, 2, seed=1)
+    idx = nearest_neighbours_shifted(variations, cat, 5, 0.005)
+    naive = nearest_neighbours_naive(
+        extract_patches(variations.double(), 5), extract_patches(cat[None].double(), 5)[0], 0.005
+    )
+    assert torch.equal(idx, naive)
+
+
+def test_shifted_nn_ties_take_the_first_key_and_minima_are_per_variation() -> None:
+    flat = torch.full((1, 3, 9, 9), 0.5)
+    assert torch.equal(
+        nearest_neighbours_shifted(flat, flat[0], 3, 0.005), torch.zeros(1, 49, dtype=torch.long)
+    )
+    g = torch.Generator().manual_seed(3)
+    keys = torch.rand(3, 10, 12, generator=g)
+    queries = torch.rand(3, 3, 10, 12, generator=g)
+    queries[2] = keys  # an exact copy: a batch-wide minimum would be 0 for every key
+    together = nearest_neighbours_shifted(queries, keys, 5, 0.005)
+    alone = torch.cat([nearest_neighbours_shifted(queries[b : b + 1], keys, 5, 0.005) for b in range(3)])
+    assert torch.equal(together, alone)
+    assert torch.equal(together[2], torch.arange(48))
+
+
+def test_search_algorithms_give_the_same_variations(cat: torch.Tensor) -> None:
+    shifts = GPNN(search="shifts", **FAST).generate(cat, 2, seed=5)
+    matmul = GPNN(search="matmul", **FAST).generate(cat, 2, seed=5)
+    assert (shifts - matmul).abs().mean() < 1e-3
+
+
+def test_return_field_reproduces_the_output(cat: torch.Tensor) -> None:
+    out = GPNN(**FAST).generate(cat, 2, seed=4, return_field=True)
+    assert torch.equal(out.images, GPNN(**FAST).generate(cat, 2, seed=4))
+    n_patches = (24 - 4) * (36 - 4)
+    assert out.field.shape == (2, n_patches) and out.distances.shape == (2, n_patches)
+    values = extract_patches(cat[None], 5)[0]
+    torch.testing.assert_close(fold_patches(values[out.field], (24, 36), 5), out.images)
+    assert out.distances.min() >= 0
+
+
+def test_distance_weighted_fold(cat: torch.Tensor) -> None:
+    patches = extract_patches(torch.rand(2, 3, 12, 10, generator=torch.Generator().manual_seed(0)), 5)
+    equal = torch.full(patches.shape[:2], 0.3)
+    torch.testing.assert_close(
+        fold_patches_weighted(patches, equal, (12, 10), 5), fold_patches(patches, (12, 10), 5)
+    )
+    d = torch.tensor([[0.0, 1.0, 2.0, 3.0], [2.0, 2.0, 2.0, 2.0], [0.0, 0.0, 0.0, 0.0]])
+    sigma = d[0].std(correction=0)
+    torch.testing.assert_close(distance_weights(d)[0], torch.exp(-d[0] / sigma))
+    torch.testing.assert_close(distance_weights(d)[1:], torch.ones(2, 4))  # std 0: sigma = min d, or 1
+    far = torch.tensor([[0.0, 1e6]])
+    assert distance_weights(far)[0, 1] > 0  # no underflow to 0 (a 0/0 in the fold)
+    weighted = GPNN(fold="distance", **FAST).generate(cat, 2, seed=2, return_field=True)
+    uniform = GPNN(**FAST).generate(cat, 2, seed=2)
+    assert weighted.images.min() >= 0 and weighted.images.max() <= 1
+    assert (weighted.images - uniform).abs().mean() > 1e-4
+    values = extract_patches(cat[None], 5)[0]
+    refolded = fold_patches_weighted(
+        values[weighted.field], distance_weights(weighted.distances), (24, 36), 5
+    )
+    torch.testing.assert_close(refolded.clamp(0, 1), weighted.images)
+
+
 @pytest.mark.parametrize("size", [(7, 7), (9, 13), (20, 16)])
 def test_fold_of_extract_is_identity(size: tuple[int, int]) -> None:
     x = torch.rand(2, 3, *size, generator=torch.Generator().manual_seed(0))
@@ -171,6 +271,14 @@ def test_bad_input(cat: torch.Tensor) -> None:
         GPNN(init="noise")
     with pytest.raises(ValueError, match="chunk_size"):
         GPNN(chunk_size=0)
+    with pytest.raises(ValueError, match="fold"):
+        GPNN(fold="median")
+    with pytest.raises(ValueError, match="search"):
+        GPNN(search="faiss")
+    with pytest.raises(ValueError, match="CPU"):
+        GPNN(search="shifts", device="cuda", **FAST).generate(cat, 1)
+    with pytest.raises(ValueError, match="keys"):
+        nearest_neighbours_shifted(torch.rand(1, 3, 8, 8), torch.rand(2, 8, 8), 5, 0.1)
     with pytest.raises(ValueError, match="chunk_size"):
         nearest_neighbours(torch.rand(1, 3, 2), torch.rand(3, 2), 0.1, 0)
 

@@ -87,12 +87,13 @@ def test_fit_and_map_matches_direct_computation(small_cnn: nn.Module) -> None:
 
 def test_preset() -> None:
     gpnn = gpnn_cam_preset()
-    assert (gpnn.noise_sigma, gpnn.init, gpnn.alpha, gpnn.patch_size, gpnn.iters) == (
+    assert (gpnn.noise_sigma, gpnn.init, gpnn.alpha, gpnn.patch_size, gpnn.iters, gpnn.fold) == (
         3.0,
         "zeros",
         0.005,
         7,
         10,
+        "distance",
     )
 
 
