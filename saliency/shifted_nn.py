@@ -14,10 +14,12 @@ along its diagonals (the horizontal patch extent) into a ring of the last p bloc
 queries x keys is ever formed.
 
 Pass 1 takes every key's minimum over the queries, pass 2 the argmin over keys of
-D_ij / (alpha d + min_l D_lj) (the first index on ties, as ``torch.argmin``). Row offsets are dealt out
-to the numba threads, each with its own partial result, merged at the end. The patch size
-is a compile-time constant (passed as the length of a tuple), so the box sums unroll and vectorise;
-compiled kernels are cached on disk (one per patch size).
+D_ij / (alpha d + min_l D_lj) (the first index on ties, as ``torch.argmin``); each lays its blocks out
+with the patches it updates innermost (pass 2 builds them with the roles of the two images swapped), so
+the running minimum / argmin is an element-wise, vectorised update. Row offsets are dealt out to the
+numba threads, each with its own partial result, merged at the end. The patch size is a compile-time
+constant (passed as the length of a tuple), so the box sums unroll and vectorise; compiled kernels are
+cached on disk (one per patch size).
 """
 
 from __future__ import annotations
@@ -60,61 +62,51 @@ def _box_row_pair(queries, keys, query_row, key_row, p, diff, box):
             box_row[t] = acc
 
 
-@njit(cache=True, fastmath={"nnan", "ninf", "nsz"})  # lets the reduction vectorise; inputs are finite
-def _minimum(values):
-    """Smallest of the finite values (at least one)."""
-    low = values[0]
-    for i in range(1, values.shape[0]):
-        low = min(low, values[i])
-    return low
-
-
 @njit(parallel=True, cache=True, boundscheck=False)
 def _scan(queries, keys, patch, key_scale, argmin_pass, n_threads):
     """One pass over every (query patch, key patch) pair, row offset dy by row offset.
 
     ``argmin_pass`` False: the (hk, wk) float32 minima over the queries of D for every key (key_scale
-    unused). True: the (hq * wq,) int64 first argmin over the keys of D * key_scale (hk, wk) per query.
-    Returns (minima, argmin); the one not asked for is left unfilled.
+    unused). True: the (hq * wq,) int32 first argmin over the keys of D * key_scale (hk, wk) per query.
+    Returns (minima, argmin); the one not asked for is left unfilled. The innermost loop runs over the
+    patches whose result it updates (keys, then queries), so both reductions vectorise.
     """
     p = len(patch)
     hq, wq = queries.shape[1] - p + 1, queries.shape[2] - p + 1
     hk, wk = keys.shape[1] - p + 1, keys.shape[2] - p + 1
     minima = np.full((n_threads, hk, wk), np.inf, dtype=np.float32)
     best = np.full((n_threads, hq, wq), np.inf, dtype=np.float32)
-    best_index = np.zeros((n_threads, hq, wq), dtype=np.int64)
+    best_index = np.zeros((n_threads, hq, wq), dtype=np.int32)
+    outer, inner = (wk, wq) if argmin_pass else (wq, wk)
     for thread in prange(n_threads):
-        diff = np.empty((queries.shape[2], keys.shape[2]), dtype=np.float32)
-        ring = np.empty((p, wq, wk), dtype=np.float32)
-        row = np.empty(wk, dtype=np.float32)
+        width = max(queries.shape[2], keys.shape[2])
+        diff = np.empty((width, width), dtype=np.float32)
+        ring = np.empty((p, outer, inner), dtype=np.float32)  # ring[r, outer patch, inner patch]
         for dy in range(-(hq - 1) + thread, hk, n_threads):  # ascending key rows: first index kept on ties
             y_start, y_stop = max(0, -dy), min(hq, hk - dy)
             for pixel_row in range(y_start, y_stop + p - 1):
-                _box_row_pair(queries, keys, pixel_row, pixel_row + dy, p, diff, ring[pixel_row % p])
+                if argmin_pass:
+                    _box_row_pair(keys, queries, pixel_row + dy, pixel_row, p, diff, ring[pixel_row % p])
+                else:
+                    _box_row_pair(queries, keys, pixel_row, pixel_row + dy, p, diff, ring[pixel_row % p])
                 y = pixel_row - p + 1
                 if y < y_start:
                     continue
                 key_minima, scale = minima[thread, y + dy], key_scale[y + dy]
-                for x in range(wq):
-                    if not argmin_pass:
-                        for t in range(wk):
-                            acc = ring[y % p, x, t]
-                            for u in range(1, p):
-                                acc += ring[(y + u) % p, x, t]
-                            key_minima[t] = min(key_minima[t], acc)
-                        continue
-                    for t in range(wk):
-                        acc = ring[y % p, x, t]
+                best_row, index_row = best[thread, y], best_index[thread, y]
+                for a in range(outer):  # a query patch x (minima pass) or a key patch t (argmin pass)
+                    weight, key = scale[a], np.int32((y + dy) * wk + a)
+                    for b in range(inner):
+                        acc = ring[y % p, a, b]
                         for u in range(1, p):
-                            acc += ring[(y + u) % p, x, t]
-                        row[t] = acc * scale[t]
-                    low = _minimum(row)
-                    if low < best[thread, y, x]:
-                        best[thread, y, x] = low
-                        t = 0
-                        while row[t] != low:
-                            t += 1
-                        best_index[thread, y, x] = (y + dy) * wk + t
+                            acc += ring[(y + u) % p, a, b]
+                        if argmin_pass:
+                            score, low = acc * weight, best_row[b]
+                            better = score < low
+                            best_row[b] = score if better else low
+                            index_row[b] = key if better else index_row[b]
+                        else:
+                            key_minima[b] = min(key_minima[b], acc)
     for thread in range(1, n_threads):
         minima[0] = np.minimum(minima[0], minima[thread])
         for y in range(hq):
@@ -154,4 +146,4 @@ def nearest_neighbours_shifted(
         minima = _scan(image, key_image, patch, unused, False, threads)[0]
         scale = np.float32(1.0) / (minima + offset)
         indices.append(_scan(image, key_image, patch, scale, True, threads)[1])
-    return torch.from_numpy(np.stack(indices)).to(queries.device)
+    return torch.from_numpy(np.stack(indices)).to(queries.device, torch.long)
