@@ -360,13 +360,13 @@ class GPNN:
         out.images.clamp_(0, 1)
         return out if return_field else out.images
 
-    def _nearest(self, current: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-        """NN field (n, L) of the patches of ``current`` (n,C,h,w) among those of ``keys`` (1,C,h,w)."""
+    def _nearest(self, current: torch.Tensor, keys: torch.Tensor, key_patches: torch.Tensor) -> torch.Tensor:
+        """NN field (n, L) of the patches of ``current`` (n,C,h,w) among those of ``keys`` (1,C,h,w),
+        whose patches are ``key_patches`` (L, d)."""
         if self.search == "shifts" or (self.search == "auto" and current.device.type == "cpu"):
             return nearest_neighbours_shifted(current, keys[0], self.patch_size, self.alpha)
-        p = self.patch_size
         chunk = self.chunk_size or default_chunk_size(current.device)
-        return nearest_neighbours(extract_patches(current, p), extract_patches(keys, p)[0], self.alpha, chunk)
+        return nearest_neighbours(extract_patches(current, self.patch_size), key_patches, self.alpha, chunk)
 
     def _synthesise(self, pyramid: list[torch.Tensor], current: torch.Tensor) -> GPNNOutput:
         """Coarse-to-fine PNN from the coarsest initialisation ``current`` (n,C,h,w)."""
@@ -376,16 +376,17 @@ class GPNN:
         for level in tqdm(levels, desc="GPNN levels", disable=not self.verbose):
             size = sizes[level]
             current = _resize(current, size)
-            keys = pyramid[level] if level == len(sizes) - 1 else _resize(pyramid[level + 1], size)
-            values = extract_patches(pyramid[level], p)[0]  # (L,d)
+            sharp = pyramid[level]
+            keys = sharp if level == len(sizes) - 1 else _resize(pyramid[level + 1], size)
+            values = extract_patches(sharp, p)[0]  # (L,d)
+            key_patches = values if keys is sharp else extract_patches(keys, p)[0]
             counts = patch_counts(size, p, current.device)
             for iteration in range(self.iters):
                 if iteration == 1:
-                    keys = pyramid[level]
-                field = self._nearest(current, keys)
+                    keys, key_patches = sharp, values
+                field = self._nearest(current, keys, key_patches)
                 distances = None
                 if self.fold == "distance" or (level == 0 and iteration == self.iters - 1):
-                    key_patches = extract_patches(keys, p)[0]
                     distances = (extract_patches(current, p) - key_patches[field]).pow_(2).mean(-1)
                 if self.fold == "distance":
                     current = fold_patches_weighted(values[field], distance_weights(distances), size, p)
