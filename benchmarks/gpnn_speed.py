@@ -3,19 +3,22 @@
 Prints three tables, each configuration measured in its own subprocess (so peak memory is per config):
 
 1. GPNN: seconds per variation (a batch of ``--n`` generated together) and peak memory at each size, for
-   each exact NN search (``--search``: shifts, the CPU default, and matmul).
+   each exact NN search (``--search``: shifts and matmul on CPU; matmul and triton on CUDA).
 2. One PNN step at the finest level (queries = a variation, keys = the source): each exact search
-   (matmul in tiles of ``--chunk``; shifts on CPU) against the naive full distance matrix, at sizes where
-   the naive one fits (``--naive-max``): the share of indices equal to the float64 naive answer, the
-   largest relative float64 score difference where they differ (float32 near-ties), seconds, speed ratio
-   naive/search, peak memory.
-3. GPNN-CAM: seconds per image with ``--cam-variations`` variations (torchvision ResNet-50 with random
-   weights, layers layer4/layer3/layer2; timings do not depend on the weights).
+   (matmul in tiles of ``--chunk``; shifts on CPU; with ``triton`` among the searches, the fused Triton
+   kernels with float32 and with 3xTF32 dot products) against the naive full distance matrix, at sizes
+   where the naive one fits (``--naive-max``): the share of indices equal to the float64 naive answer,
+   the largest relative float64 score difference where they differ (float32 near-ties), seconds, speed
+   ratio naive/search, peak memory.
+3. GPNN-CAM: seconds per image with ``--cam-variations`` variations for each search (the first one on
+   CPU; torchvision ResNet-50 with random weights, layers layer4/layer3/layer2; timings do not depend on
+   the weights).
 
 Peak memory: ``torch.cuda.max_memory_allocated`` on CUDA; on CPU the growth of the process's max RSS
 (``resource.getrusage``) over its value after setup, which includes allocator overhead.
 
-Example: ``python benchmarks/gpnn_speed.py --sizes 64 128 --device cpu``.
+Example: ``python benchmarks/gpnn_speed.py --sizes 64 128 --device cpu``. The Triton search runs on CPU only
+in Triton's interpreter (``TRITON_INTERPRET=1``), too slowly to time: a smoke test of the benchmark.
 """
 
 from __future__ import annotations
@@ -90,6 +93,7 @@ def worker(config: dict) -> dict:
     from saliency import GPNN
     from saliency.gpnn import extract_patches, nearest_neighbours, nearest_neighbours_naive
     from saliency.shifted_nn import nearest_neighbours_shifted
+    from saliency.triton_nn import nearest_neighbours_triton
 
     device = torch.device(config["device"])
     image = _photo(config["size"]).to(device)
@@ -110,6 +114,9 @@ def worker(config: dict) -> dict:
         if device.type == "cpu":
             searches["shifts"] = lambda: nearest_neighbours_shifted(variation, image, 7, 0.005)
         searches["matmul"] = lambda: nearest_neighbours(queries, keys, 0.005, config["chunk"])
+        if "triton" in config["searches"]:
+            searches["triton"] = lambda: nearest_neighbours_triton(queries, keys, 0.005)
+            searches["triton-3xtf32"] = lambda: nearest_neighbours_triton(queries, keys, 0.005, "tf32x3")
         searches["naive"] = lambda: nearest_neighbours_naive(queries, keys, 0.005)
         out, found = {}, {}
         for name, search in searches.items():
@@ -132,7 +139,7 @@ def worker(config: dict) -> dict:
         torch.manual_seed(0)
         model = torchvision.models.resnet50(weights=None).eval().to(device)
         gpnn = gpnn_cam_preset()
-        gpnn.iters, gpnn.tf32 = config["iters"], config["tf32"]
+        gpnn.iters, gpnn.tf32, gpnn.search = config["iters"], config["tf32"], config["search"]
         cam = GPNNCAM(
             model,
             ["layer4", "layer3", "layer2"],
@@ -168,7 +175,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n", type=int, default=None, help="variations per batch (default 1 CPU, 10 CUDA)")
     parser.add_argument("--iters", type=int, nargs="+", default=[10], help="PNN iterations per level")
     parser.add_argument(
-        "--search", nargs="+", default=None, help="NN searches (default: shifts matmul on CPU)"
+        "--search",
+        nargs="+",
+        default=None,
+        help="NN searches (default: shifts matmul on CPU, matmul triton on CUDA)",
     )
     parser.add_argument("--naive-max", type=int, default=None, help="largest size for the naive NN")
     parser.add_argument("--chunk", type=int, default=2**24, help="tile size of the chunked NN")
@@ -188,14 +198,14 @@ def main(argv: list[str] | None = None) -> None:
     name = torch.cuda.get_device_name(args.device) if cuda else f"CPU, {torch.get_num_threads()} threads"
     print(f"device: {name}; torch {torch.__version__}")
 
-    searches = args.search or (["matmul"] if cuda else ["shifts", "matmul"])
+    searches = args.search or (["matmul", "triton"] if cuda else ["shifts", "matmul"])
     print(f"\nGPNN generation (batch of {n} variations, p=7, r=4/3, coarsest 14, alpha 0.005)")
     tf32_modes = [False, True] if (args.tf32 and cuda) else [False]
     print(f"{'size':>5} {'iters':>5} {'search':>7} {'tf32':>5} {'s/variation':>12} {'peak MiB':>9}")
     for size in args.sizes:
         for iters in args.iters:
             for search in searches:
-                for tf32 in tf32_modes if search == "matmul" else [False]:
+                for tf32 in tf32_modes if search != "shifts" else [False]:
                     config = {"kind": "gpnn", "device": args.device, "size": size, "n": n, "iters": iters}
                     r = run({**config, "tf32": tf32, "search": search})
                     row = f"{size:>5} {iters:>5} {search:>7} {str(tf32):>5}"
@@ -209,32 +219,35 @@ def main(argv: list[str] | None = None) -> None:
         f"matrix (matmul in tiles of {args.chunk}; 'same idx': share equal to the float64 naive answer)"
     )
     print(
-        f"{'size':>5} {'search':>7} {'same idx':>8} {'score gap':>9} {'seconds':>8} "
+        f"{'size':>5} {'search':>13} {'same idx':>8} {'score gap':>9} {'seconds':>8} "
         f"{'naive/this':>10} {'peak MiB':>9}"
     )
     for size in [s for s in args.sizes if s <= naive_max]:
-        r = run({"kind": "nn", "device": args.device, "size": size, "n": n, "chunk": args.chunk})
+        config = {"kind": "nn", "device": args.device, "size": size, "n": n, "chunk": args.chunk}
+        r = run({**config, "searches": searches})
         if "error" in r:
             print(f"{size:>5} {r['error']}")
             continue
         for name, m in r.items():
             print(
-                f"{size:>5} {name:>7} {m['equal']:>8.2%} {m['score_gap']:>9.1e} {m['seconds']:>8.3f} "
+                f"{size:>5} {name:>13} {m['equal']:>8.2%} {m['score_gap']:>9.1e} {m['seconds']:>8.3f} "
                 f"{r['naive']['seconds'] / m['seconds']:>10.2f} {m['peak_mib']:>9.0f}"
             )
 
     cam_size = args.cam_size or args.sizes[-1]
     print(f"\nGPNN-CAM (ResNet-50, 3 layers, batches of <= 10, its GPNN preset) on one {cam_size} px image")
-    print(f"{'N':>5} {'iters':>5} {'tf32':>5} {'seconds':>8} {'peak MiB':>9}")
+    print(f"{'N':>5} {'iters':>5} {'search':>7} {'tf32':>5} {'seconds':>8} {'peak MiB':>9}")
     for n_cam in [v for v in cam_variations if v > 0]:
         for iters in args.iters:
-            for tf32 in tf32_modes:
-                config = {"kind": "cam", "device": args.device, "size": cam_size, "n": n_cam, "iters": iters}
-                r = run({**config, "tf32": tf32})
-                if "error" in r:
-                    print(f"{n_cam:>5} {iters:>5} {str(tf32):>5} {r['error']}")
-                    continue
-                print(f"{n_cam:>5} {iters:>5} {str(tf32):>5} {r['seconds']:>8.2f} {r['peak_mib']:>9.0f}")
+            for search in searches if cuda else searches[:1]:
+                for tf32 in tf32_modes if search != "shifts" else [False]:
+                    config = {"kind": "cam", "device": args.device, "size": cam_size, "n": n_cam}
+                    r = run({**config, "iters": iters, "tf32": tf32, "search": search})
+                    row = f"{n_cam:>5} {iters:>5} {search:>7} {str(tf32):>5}"
+                    if "error" in r:
+                        print(f"{row} {r['error']}")
+                        continue
+                    print(f"{row} {r['seconds']:>8.2f} {r['peak_mib']:>9.0f}")
 
 
 if __name__ == "__main__":

@@ -18,6 +18,8 @@ Choices (reference/gpnn_cam.md, 1.2-1.5), all written from the algorithm:
   all patch pairs containing them (``saliency.shifted_nn``, numba). ``search="matmul"`` (the CUDA
   default): tiles of at most ``chunk_size`` distances, each one matmul of augmented patch vectors
   (:func:`nearest_neighbours`); ``tf32=True`` trades exactness for speed there (TF32 tensor cores).
+  ``search="triton"`` (CUDA): the matmul search's tiles reduced in registers by two fused Triton kernels
+  (``saliency.triton_nn``), no tile written to memory.
 * Keys: at every level, iteration 0 uses the coarser source bilinearly up-sampled to this level (the
   source itself at the coarsest level), later iterations the sharp source; values are always the sharp
   source patches. ``iters`` iterations at every level (iyttor's schedule).
@@ -43,6 +45,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from saliency import triton_nn
 from saliency.shifted_nn import nearest_neighbours_shifted
 
 #: Smallest and largest default tile sizes in distance entries (64 MiB and 1 GiB of float32).
@@ -227,10 +230,11 @@ class GPNN:
     :param fold: ``"uniform"`` (plain average of overlapping patches, the paper) or ``"distance"``
         (GPNN-CAM's distance-weighted average, :func:`distance_weights`).
     :param search: exact NN algorithm: ``"shifts"`` (CPU only, :func:`nearest_neighbours_shifted`),
-        ``"matmul"`` (:func:`nearest_neighbours`, CPU or CUDA) or ``"auto"`` (shifts on CPU, matmul on CUDA).
+        ``"matmul"`` (:func:`nearest_neighbours`, CPU or CUDA), ``"triton"`` (CUDA only,
+        :func:`~saliency.triton_nn.nearest_neighbours_triton`) or ``"auto"`` (shifts on CPU, matmul on CUDA).
     :param chunk_size: most distance entries per tile of the matmul search (None: :func:`default_chunk_size`).
-    :param tf32: on CUDA, compute the matmul search with TF32 tensor cores (faster, but the NN is then
-        approximate: near-ties can resolve differently). Off by default: exact float32.
+    :param tf32: on CUDA, compute the matmul or Triton search with TF32 tensor cores (faster, but the NN is
+        then approximate: near-ties can resolve differently). Off by default: exact float32.
     :param device: where to compute (None: the image's device).
     :param verbose: tqdm bar over pyramid levels.
 
@@ -270,8 +274,8 @@ class GPNN:
             raise ValueError(f"init must be 'source' or 'zeros', got {init!r}")
         if fold not in ("uniform", "distance"):
             raise ValueError(f"fold must be 'uniform' or 'distance', got {fold!r}")
-        if search not in ("auto", "shifts", "matmul"):
-            raise ValueError(f"search must be 'auto', 'shifts' or 'matmul', got {search!r}")
+        if search not in ("auto", "shifts", "matmul", "triton"):
+            raise ValueError(f"search must be 'auto', 'shifts', 'matmul' or 'triton', got {search!r}")
         if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
             raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
         self.patch_size = patch_size
@@ -341,6 +345,8 @@ class GPNN:
         device = self.device or image.device
         if self.search == "shifts" and device.type != "cpu":
             raise ValueError(f"search='shifts' runs on the CPU; use search='matmul' or 'auto' on {device}")
+        if self.search == "triton":
+            triton_nn.check_device(device)
         source = image.to(device=device, dtype=torch.float32)[None]
         sizes = self.pyramid_sizes(*source.shape[-2:])
         pyramid = [_resize(source, size, antialias=True) for size in sizes]
@@ -365,6 +371,11 @@ class GPNN:
         whose patches are ``key_patches`` (L, d)."""
         if self.search == "shifts" or (self.search == "auto" and current.device.type == "cpu"):
             return nearest_neighbours_shifted(current, keys[0], self.patch_size, self.alpha)
+        if self.search == "triton":
+            precision = "tf32" if self.tf32 else "ieee"
+            return triton_nn.nearest_neighbours_triton(
+                extract_patches(current, self.patch_size), key_patches, self.alpha, precision
+            )
         chunk = self.chunk_size or default_chunk_size(current.device)
         return nearest_neighbours(extract_patches(current, self.patch_size), key_patches, self.alpha, chunk)
 

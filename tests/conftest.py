@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
+
+# Without a CUDA device, Triton kernels (saliency.triton_nn) run in Triton's interpreter on CPU tensors. It
+# must be chosen before Triton is first imported (importing torch does not import it).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 # The benchmarks' reference implementations double as test oracles (``benchmarks.reference_cameras``).
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
