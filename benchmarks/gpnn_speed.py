@@ -60,12 +60,16 @@ def _peak_end(device: torch.device, start: float) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10 - start
 
 
-def _warm_up(device: torch.device) -> None:
-    """CUDA context and kernels, or the numba search kernels on CPU (compiled once, then loaded)."""
-    from saliency import GPNN
-
-    GPNN(iters=1).generate(_photo(32).to(device), 2)
-    _sync(device)
+def _warm_up(gpnn, image: torch.Tensor) -> None:
+    """CUDA context and kernels, the numba kernels (compiled once, then loaded) or the Triton kernels
+    (compiled per specialisation of the level sizes): one iteration of ``gpnn`` on ``image``."""
+    iters = gpnn.iters
+    gpnn.iters = 1
+    try:
+        gpnn.generate(image, 2)
+    finally:
+        gpnn.iters = iters
+    _sync(image.device)
 
 
 def _score_gap(
@@ -97,9 +101,9 @@ def worker(config: dict) -> dict:
 
     device = torch.device(config["device"])
     image = _photo(config["size"]).to(device)
-    _warm_up(device)
     if config["kind"] == "gpnn":
         gpnn = GPNN(iters=config["iters"], tf32=config["tf32"], search=config["search"])
+        _warm_up(gpnn, image)
         start_mem = _peak_start(device)
         start = time.perf_counter()
         gpnn.generate(image, config["n"], seed=0)
@@ -107,6 +111,7 @@ def worker(config: dict) -> dict:
         seconds = time.perf_counter() - start
         return {"s_per_variation": seconds / config["n"], "peak_mib": _peak_end(device, start_mem)}
     if config["kind"] == "nn":
+        _warm_up(GPNN(), image)
         variation = GPNN(iters=1).generate(image, config["n"], seed=0)
         queries, keys = extract_patches(variation, 7), extract_patches(image[None], 7)[0]
         # smallest memory first: peak RSS only grows, so each search is measured over the last one's peak
@@ -120,6 +125,8 @@ def worker(config: dict) -> dict:
         searches["naive"] = lambda: nearest_neighbours_naive(queries, keys, 0.005)
         out, found = {}, {}
         for name, search in searches.items():
+            if name.startswith("triton"):
+                search()  # compiles the kernels
             start_mem = _peak_start(device)
             start = time.perf_counter()
             found[name] = search()
@@ -140,6 +147,7 @@ def worker(config: dict) -> dict:
         model = torchvision.models.resnet50(weights=None).eval().to(device)
         gpnn = gpnn_cam_preset()
         gpnn.iters, gpnn.tf32, gpnn.search = config["iters"], config["tf32"], config["search"]
+        _warm_up(gpnn, image)
         cam = GPNNCAM(
             model,
             ["layer4", "layer3", "layer2"],
