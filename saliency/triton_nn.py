@@ -30,8 +30,8 @@ except ImportError:  # CPU-only PyTorch builds come without Triton
     triton = None
 
 #: Per input precision: tile sizes (queries, keys, patch-vector chunk; tl.dot needs each >= 16) and warps.
-#: Chosen as the largest tiles that compile for sm_90 without register spills (ptxas); not yet tuned by
-#: timing on a GPU.
+#: Picked among tiles that compile for sm_90 without register spills (ptxas); not yet tuned by timing on a
+#: GPU.
 CONFIGS = {
     "ieee": dict(BLOCK_Q=64, BLOCK_K=64, BLOCK_D=32, num_warps=8),
     "tf32": dict(BLOCK_Q=128, BLOCK_K=64, BLOCK_D=32, num_warps=8),
