@@ -21,6 +21,8 @@ visible), the same kernels run in Triton's interpreter (numpy) on CPU tensors: s
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 try:
@@ -105,11 +107,19 @@ if triton is not None:
         tl.store(index_ptr + batch * n_q + rq, best_index, rq < n_q)
 
 
+def _interpreted() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
 def check_device(device: torch.device) -> None:
-    """Raise unless Triton is installed and can run on ``device``: CUDA, or the CPU in the interpreter."""
-    if triton is None:
-        raise ImportError("search='triton' needs the triton package (it ships with CUDA builds of PyTorch)")
-    if device.type != "cuda" and not triton.knobs.runtime.interpret:
+    """Raise unless Triton >= 3.0 is installed and can run on ``device``: CUDA, or the CPU in the
+    interpreter."""
+    if triton is None or int(triton.__version__.split(".")[0]) < 3:
+        found = "none" if triton is None else triton.__version__
+        raise ImportError(
+            f"search='triton' needs triton >= 3.0 (in CUDA builds of PyTorch >= 2.4), found {found}"
+        )
+    if device.type != "cuda" and not _interpreted():
         raise ValueError(
             f"search='triton' runs on CUDA, got device {device} (the CPU only in Triton's interpreter, "
             "TRITON_INTERPRET=1, for tests); use search='shifts' or 'auto' on the CPU"
@@ -150,7 +160,7 @@ def nearest_neighbours_triton(
     index = torch.empty((batch, n_q), dtype=torch.long, device=queries.device)
 
     config = dict(CONFIGS[input_precision], PRECISION=input_precision)
-    if triton.knobs.runtime.interpret:
+    if _interpreted():
         del config["num_warps"]
     else:
         config["num_stages"] = NUM_STAGES

@@ -119,9 +119,7 @@ def test_triton_nn_bad_input() -> None:
 
 
 def test_triton_search_needs_cuda_without_the_interpreter(monkeypatch) -> None:
-    import triton
-
-    monkeypatch.setattr(triton.knobs.runtime, "interpret", False)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     with pytest.raises(ValueError, match="search='triton' runs on CUDA"):
         nearest_neighbours_triton(torch.rand(1, 4, 3), torch.rand(5, 3), 0.005)
     with pytest.raises(ValueError, match="search='triton' runs on CUDA"):
@@ -139,3 +137,11 @@ def test_kernels_compile_for_ampere_and_hopper() -> None:
     rows = [json.loads(line) for line in done.stdout.splitlines()]
     assert len(rows) == 2 * 2 * len(CONFIGS)
     assert all(row["cubin_bytes"] > 0 for row in rows)
+
+
+def test_triton_search_needs_triton_3(monkeypatch) -> None:
+    import triton
+
+    monkeypatch.setattr(triton, "__version__", "2.3.1")
+    with pytest.raises(ImportError, match=r"triton >= 3.0 .* found 2.3.1"):
+        nearest_neighbours_triton(torch.rand(1, 4, 3, device=DEVICE), torch.rand(5, 3, device=DEVICE), 0.005)
