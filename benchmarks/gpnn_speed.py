@@ -61,8 +61,11 @@ def _peak_end(device: torch.device, start: float) -> float:
 
 
 def _warm_up(gpnn, image: torch.Tensor) -> None:
-    """CUDA context and kernels, the numba kernels (compiled once, then loaded) or the Triton kernels
-    (compiled per specialisation of the level sizes): one iteration of ``gpnn`` on ``image``."""
+    """One iteration of ``gpnn`` on ``image``: CUDA context and kernels, the Triton kernels (compiled per
+    specialisation of the level sizes). On CPU (numba kernels: compiled once, then loaded) on a 32 px
+    image instead: peak RSS only grows, so a full-size warm-up would hide the measured run's peak."""
+    if image.device.type == "cpu":
+        image = _photo(32)
     iters = gpnn.iters
     gpnn.iters = 1
     try:
