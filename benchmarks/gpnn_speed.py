@@ -24,6 +24,7 @@ in Triton's interpreter (``TRITON_INTERPRET=1``), too slowly to time: a smoke te
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import resource
 import subprocess
@@ -66,12 +67,9 @@ def _warm_up(gpnn, image: torch.Tensor) -> None:
     image instead: peak RSS only grows, so a full-size warm-up would hide the measured run's peak."""
     if image.device.type == "cpu":
         image = _photo(32)
-    iters = gpnn.iters
-    gpnn.iters = 1
-    try:
-        gpnn.generate(image, 2)
-    finally:
-        gpnn.iters = iters
+    warm = copy.copy(gpnn)
+    warm.iters = 1
+    warm.generate(image, 2)
     _sync(image.device)
 
 
@@ -114,8 +112,7 @@ def worker(config: dict) -> dict:
         seconds = time.perf_counter() - start
         return {"s_per_variation": seconds / config["n"], "peak_mib": _peak_end(device, start_mem)}
     if config["kind"] == "nn":
-        _warm_up(GPNN(), image)
-        variation = GPNN(iters=1).generate(image, config["n"], seed=0)
+        variation = GPNN(iters=1).generate(image, config["n"], seed=0)  # also the warm-up
         queries, keys = extract_patches(variation, 7), extract_patches(image[None], 7)[0]
         # smallest memory first: peak RSS only grows, so each search is measured over the last one's peak
         searches = {}

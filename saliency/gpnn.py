@@ -371,13 +371,12 @@ class GPNN:
         whose patches are ``key_patches`` (L, d)."""
         if self.search == "shifts" or (self.search == "auto" and current.device.type == "cpu"):
             return nearest_neighbours_shifted(current, keys[0], self.patch_size, self.alpha)
+        queries = extract_patches(current, self.patch_size)
         if self.search == "triton":
             precision = "tf32" if self.tf32 else "ieee"
-            return triton_nn.nearest_neighbours_triton(
-                extract_patches(current, self.patch_size), key_patches, self.alpha, precision
-            )
+            return triton_nn.nearest_neighbours_triton(queries, key_patches, self.alpha, precision)
         chunk = self.chunk_size or default_chunk_size(current.device)
-        return nearest_neighbours(extract_patches(current, self.patch_size), key_patches, self.alpha, chunk)
+        return nearest_neighbours(queries, key_patches, self.alpha, chunk)
 
     def _synthesise(self, pyramid: list[torch.Tensor], current: torch.Tensor) -> GPNNOutput:
         """Coarse-to-fine PNN from the coarsest initialisation ``current`` (n,C,h,w)."""

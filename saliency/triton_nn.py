@@ -21,8 +21,6 @@ visible), the same kernels run in Triton's interpreter (numpy) on CPU tensors: s
 
 from __future__ import annotations
 
-import os
-
 import torch
 
 try:
@@ -107,8 +105,8 @@ if triton is not None:
         tl.store(index_ptr + batch * n_q + rq, best_index, rq < n_q)
 
 
-def _interpreted() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+#: Whether the kernels were built for Triton's interpreter (``TRITON_INTERPRET=1`` when Triton was imported).
+INTERPRETED = triton is not None and not isinstance(_argmin_kernel, triton.runtime.JITFunction)
 
 
 def check_device(device: torch.device) -> None:
@@ -119,7 +117,7 @@ def check_device(device: torch.device) -> None:
         raise ImportError(
             f"search='triton' needs triton >= 3.0 (in CUDA builds of PyTorch >= 2.4), found {found}"
         )
-    if device.type != "cuda" and not _interpreted():
+    if device.type != "cuda" and not INTERPRETED:
         raise ValueError(
             f"search='triton' runs on CUDA, got device {device} (the CPU only in Triton's interpreter, "
             "TRITON_INTERPRET=1, for tests); use search='shifts' or 'auto' on the CPU"
@@ -160,7 +158,7 @@ def nearest_neighbours_triton(
     index = torch.empty((batch, n_q), dtype=torch.long, device=queries.device)
 
     config = dict(CONFIGS[input_precision], PRECISION=input_precision)
-    if _interpreted():
+    if INTERPRETED:
         del config["num_warps"]
     else:
         config["num_stages"] = NUM_STAGES

@@ -137,7 +137,9 @@ def test_triton_nn_bad_input() -> None:
 
 
 def test_triton_search_needs_cuda_without_the_interpreter(monkeypatch) -> None:
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    from saliency import triton_nn
+
+    monkeypatch.setattr(triton_nn, "INTERPRETED", False)
     with pytest.raises(ValueError, match="search='triton' runs on CUDA"):
         nearest_neighbours_triton(torch.rand(1, 4, 3), torch.rand(5, 3), 0.005)
     with pytest.raises(ValueError, match="search='triton' runs on CUDA"):
