@@ -366,12 +366,21 @@ class GPNN:
         out.images.clamp_(0, 1)
         return out if return_field else out.images
 
-    def _nearest(self, current: torch.Tensor, keys: torch.Tensor, key_patches: torch.Tensor) -> torch.Tensor:
-        """NN field (n, L) of the patches of ``current`` (n,C,h,w) among those of ``keys`` (1,C,h,w),
-        whose patches are ``key_patches`` (L, d)."""
-        if self.search == "shifts" or (self.search == "auto" and current.device.type == "cpu"):
+    def _uses_shifts(self, device: torch.device) -> bool:
+        return self.search == "shifts" or (self.search == "auto" and device.type == "cpu")
+
+    def _nearest(
+        self,
+        current: torch.Tensor,
+        queries: torch.Tensor | None,
+        keys: torch.Tensor,
+        key_patches: torch.Tensor,
+    ) -> torch.Tensor:
+        """NN field (n, L) of the patches of ``current`` (n,C,h,w), which are ``queries`` (n, L, d; may be
+        None for the shift search), among those of ``keys`` (1,C,h,w), whose patches are ``key_patches``
+        (L, d)."""
+        if self._uses_shifts(current.device):
             return nearest_neighbours_shifted(current, keys[0], self.patch_size, self.alpha)
-        queries = extract_patches(current, self.patch_size)
         if self.search == "triton":
             precision = "tf32" if self.tf32 else "ieee"
             return triton_nn.nearest_neighbours_triton(queries, key_patches, self.alpha, precision)
@@ -394,10 +403,14 @@ class GPNN:
             for iteration in range(self.iters):
                 if iteration == 1:
                     keys, key_patches = sharp, values
-                field = self._nearest(current, keys, key_patches)
+                need_distances = self.fold == "distance" or (level == 0 and iteration == self.iters - 1)
+                queries = None
+                if need_distances or not self._uses_shifts(current.device):
+                    queries = extract_patches(current, p)
+                field = self._nearest(current, queries, keys, key_patches)
                 distances = None
-                if self.fold == "distance" or (level == 0 and iteration == self.iters - 1):
-                    distances = (extract_patches(current, p) - key_patches[field]).pow_(2).mean(-1)
+                if need_distances:
+                    distances = (queries - key_patches[field]).pow_(2).mean(-1)
                 if self.fold == "distance":
                     current = fold_patches_weighted(values[field], distance_weights(distances), size, p)
                 else:
