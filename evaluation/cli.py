@@ -193,7 +193,7 @@ def _run(config: Any, args: argparse.Namespace) -> int:
     from evaluation.runner import run_experiment
 
     result = run_experiment(config, args.out, device=args.device, verbose=not args.quiet)
-    if result.records:  # rank 0 (or a single process)
+    if result.is_main:  # rank 0 prints the merged table; the other ranks hold only their own records
         rows = summarize(result.records, attacks=config.attacks, focusers=config.focusers)
         print(text_table(rows, SUMMARY_COLUMNS), end="")
         print(

@@ -7,8 +7,11 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
-#: An element counts as changed when |x_adv - x| exceeds this (float32 round-off stays below it).
-CHANGE_TOLERANCE = 1e-8
+#: An element counts as changed when |x_adv - x| > CHANGE_ULPS * eps32 * max(1, |x|): 9.5e-7 for images in
+#: [0,1], several float32 round-offs of the value (a round trip such as C&W's tanh change of variables
+#: leaves a few units of eps32 = 1.2e-7 on pixels it did not move) and far below one 8-bit grey level
+#: (3.9e-3).
+CHANGE_ULPS = 8
 NORMS = ("l0", "l0_pixels", "l1", "l2", "linf")
 
 
@@ -26,7 +29,8 @@ def perturbation_norms(
     """Per-sample norms of ``delta = x_adv - x`` for images (N,C,H,W), computed in float64.
 
     Returns a dict of (N,) arrays:
-        ``l0``: number of changed elements (C*H*W values with |delta| > :data:`CHANGE_TOLERANCE`), int64;
+        ``l0``: number of changed elements (C*H*W values with |delta| above float32 round-off,
+        :data:`CHANGE_ULPS`), int64;
         ``l0_pixels``: number of changed pixels (H*W positions where any channel changed; this is what a
         mask's area bounds), int64;
         ``l1``: sum |delta|; ``l2``: sqrt(sum delta^2); ``linf``: max |delta| (all float64).
@@ -39,7 +43,8 @@ def perturbation_norms(
     delta = np.abs(x_adv.astype(np.float64) - x.astype(np.float64))
     if not np.isfinite(delta).all():
         raise ValueError("x and x_adv must be finite")
-    changed = delta > CHANGE_TOLERANCE
+    tolerance = CHANGE_ULPS * np.finfo(np.float32).eps * np.maximum(1.0, np.abs(x.astype(np.float64)))
+    changed = delta > tolerance
     flat = delta.reshape(len(delta), -1)
     return {
         "l0": changed.reshape(len(delta), -1).sum(axis=1).astype(np.int64),

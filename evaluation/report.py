@@ -7,9 +7,10 @@ earnest):
 * ``median_l0`` / ``median_l2`` / ``median_linf``: medians over the *successful* images of the number of
   changed pixels and the L2 / L-inf norms of the perturbation;
 * ``l2_reduction``: paired reduction against the unfocused attack, ``1 - median(l2_focused / l2_full)``
-  over the images on which *both* attacks succeeded (``n_paired`` of them), so a focused attack is never
-  credited for images it failed on; ``l2_reduction_vs_random``: the same against the random mask of the
-  same area (the control).
+  over the images on which *both* attacks succeeded (``n_paired`` of them, the "pairs" column), so a
+  focused attack is never credited for images it failed on; ``l2_reduction_vs_random``: the same against
+  the random mask of the same area (the control; ``n_paired_random`` images). Both are None (printed as
+  a dash) on the unfocused row, where the reduction would compare the attack with itself.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from evaluation.metrics import norm_reduction
-from evaluation.runner import RANDOM, UNFOCUSED
+from evaluation.runner import RANDOM, UNFOCUSED, Key, record_key
 
 #: Columns of the summary table: (key, header, format).
 SUMMARY_COLUMNS: tuple[tuple[str, str, str], ...] = (
@@ -34,11 +35,13 @@ SUMMARY_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("area", "area", "area"),
     ("n", "n", "d"),
     ("success_rate", "success", "pct"),
-    ("median_l0", "median L0 (px)", ".0f"),
+    ("median_l0", "median L0 (px)", "count"),
     ("median_l2", "median L2", ".3f"),
     ("median_linf", "median Linf", ".3f"),
     ("l2_reduction", "L2 reduction vs unfocused", "pct"),
+    ("n_paired", "pairs", "d"),
     ("l2_reduction_vs_random", "L2 reduction vs random", "pct"),
+    ("n_paired_random", "pairs", "d"),
 )
 
 
@@ -81,7 +84,11 @@ def summarize(
     groups: dict[tuple[str, str, float], dict[int, dict[str, Any]]] = {}
     attack_order: list[str] = list(attacks or [])
     focuser_order: list[str] = list(focusers or [])
+    seen: set[Key] = set()
     for r in records:
+        if record_key(r) in seen:  # a duplicate keeps its first record, as in runner.unique_records
+            continue
+        seen.add(record_key(r))
         if r["attack"] not in attack_order:
             attack_order.append(r["attack"])
         if r["focuser"] not in focuser_order and r["focuser"] != UNFOCUSED:
@@ -118,11 +125,11 @@ def summarize(
         unfocused = groups.get((attack, UNFOCUSED, 1.0), {})
         random = groups.get((attack, RANDOM, area), {})
         if focuser == UNFOCUSED:
-            row[f"{name}_reduction"], row["n_paired"] = 0.0, len(successes)
+            row[f"{name}_reduction"], row["n_paired"] = None, None
         else:
             row[f"{name}_reduction"], row["n_paired"] = _paired_reduction(group, unfocused, norm)
         if focuser in (UNFOCUSED, RANDOM) or not random:
-            row[f"{name}_reduction_vs_random"], row["n_paired_random"] = None, 0
+            row[f"{name}_reduction_vs_random"], row["n_paired_random"] = None, None
         else:
             row[f"{name}_reduction_vs_random"], row["n_paired_random"] = _paired_reduction(
                 group, random, norm
@@ -135,7 +142,12 @@ def _format(value: Any, fmt: str) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
     if fmt == "pct":
-        return f"{100 * value:.1f}%"
+        text = f"{100 * value:.1f}"
+        if text == "100.0" and value < 1:  # not every one: never round up to "all"
+            return ">99.9%"
+        return ("0.0" if text == "-0.0" else text) + "%"
+    if fmt == "count":  # a whole number, or a median halfway between two
+        return f"{value:.0f}" if float(value).is_integer() else f"{value:.1f}"
     if fmt == "area":
         return "full" if value >= 1.0 else f"{100 * value:g}%"
     if fmt == "s":
@@ -146,8 +158,9 @@ def _format(value: Any, fmt: str) -> str:
 def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str, str]]) -> str:
     """A GitHub Markdown table of ``rows`` with ``columns`` = (key, header, format) triples.
 
-    Formats: ``"pct"`` (fraction -> percent), ``"area"`` (1.0 -> "full"), ``"s"`` (str) or any
-    ``format()`` spec; ``None`` prints as an en dash.
+    Formats: ``"pct"`` (fraction -> percent with one decimal; ">99.9%" below 1 that would round to
+    100, never "-0.0%"), ``"count"`` (whole number, or one decimal for a half), ``"area"`` (1.0 ->
+    "full"), ``"s"`` (str) or any ``format()`` spec; ``None`` prints as an en dash.
     """
     header = "| " + " | ".join(h for _, h, _ in columns) + " |"
     rule = "|" + "|".join("---" if f == "s" else "---:" for _, _, f in columns) + "|"
@@ -303,7 +316,7 @@ def write_report(
     parts.append(markdown_table(rows, SUMMARY_COLUMNS))
     parts.append(
         "`n`: correctly classified images attacked; medians over successful attacks; L0 = changed pixels; "
-        "reductions are paired medians (see below).\n"
+        "reductions are paired medians over the `pairs` images both attacks fool (see below).\n"
     )
     parts.append(FAIRNESS)
     if config:

@@ -539,7 +539,7 @@ def make_records(
             "mask_area": m,
             "eps": e,
         }
-        record.update({k: float(np.asarray(v)[j]) for k, v in norms.items()})
+        record.update({k: np.asarray(v)[j].item() for k, v in norms.items()})
         records.append(record)
     return records
 
@@ -575,6 +575,20 @@ class RunResult:
     out_dir: Path
     seconds: float
     computed: int
+    is_main: bool = True
+
+
+def _check_names(records: Sequence[dict[str, Any]], names: Sequence[str], data: str) -> None:
+    """Records are keyed by dataset index: refuse to resume when an index now names another image (files
+    added to or removed from an image folder since the run started)."""
+    for r in records:
+        image = int(r["image"])
+        now = names[image] if image < len(names) else None
+        if now != r["name"]:
+            raise ConfigMismatchError(
+                f"data {data!r} changed since this run started: image {image} was {r['name']!r}, now "
+                f"{now!r}; choose another --out folder"
+            )
 
 
 def _batches(n: int, batch_size: int) -> list[list[int]]:
@@ -611,10 +625,12 @@ def run_experiment(
     n = len(data.x)
 
     own = RecordLog(out / (f"records.rank{ctx.rank}.jsonl" if ctx.is_distributed else RECORDS_FILE))
-    done: set[Key] = {record_key(r) for r in own.read(repair=True)}
+    stored = own.read(repair=True)
     for path in record_files(out):
         if path != own.path:
-            done.update(record_key(r) for r in RecordLog(path).read())
+            stored += RecordLog(path).read()
+    _check_names(stored, data.names, config.data)
+    done: set[Key] = {record_key(r) for r in stored}
 
     jobs = config.jobs()
     example_area = config.areas[len(config.areas) // 2] if config.areas else 1.0
@@ -702,4 +718,4 @@ def run_experiment(
 
             write_report(out, records, config=config.to_dict(), examples=load_examples(out))
     ctx.barrier()
-    return RunResult(records, out, time.perf_counter() - start, computed)
+    return RunResult(records, out, time.perf_counter() - start, computed, ctx.is_main)

@@ -145,6 +145,21 @@ def test_evaluate_end_to_end_and_resume(tmp_path, capsys):
     assert "different arguments" in err
 
 
+def test_evaluate_prints_the_table_on_rank_0_only(tmp_path, capsys, monkeypatch):
+    """Under torchrun, ranks other than 0 hold only their own records: their partial table would
+    contradict rank 0's merged one, so they print nothing."""
+    from evaluation import runner
+
+    own = [{"image": 1, "name": "b", "attack": "fgsm", "focuser": "none", "area": 1.0, "correct": False}]
+    argv = ["evaluate", "--n", "2", "--attacks", "fgsm", "--saliency", "random", "--out", str(tmp_path)]
+    for is_main in (False, True):
+        result = runner.RunResult(own, tmp_path, 0.1, 1, is_main=is_main)
+        monkeypatch.setattr(runner, "run_experiment", lambda *args, result=result, **kwargs: result)
+        assert main([*argv, "--quiet"]) == 0
+        printed = capsys.readouterr().out
+        assert ("1 records (1 computed now)" in printed) == is_main
+
+
 def test_pointing_game_end_to_end(tmp_path, capsys):
     from evaluation.datasets import cluttered_digits
     from evaluation.saliency_metrics import centre_maps, pointing_game

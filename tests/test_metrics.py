@@ -32,6 +32,21 @@ def test_norms_of_a_hand_made_delta():
     assert norms["l0"].dtype == np.int64 and norms["l2"].dtype == np.float64
 
 
+def test_float32_round_off_is_not_a_changed_pixel():
+    rng = np.random.default_rng(0)
+    x = rng.random((2, 3, 16, 16), dtype=np.float32)
+    round_trip = (x + np.float32(0.1)) - np.float32(0.1)  # a few ulps off on many elements
+    assert (round_trip != x).any()
+    assert perturbation_norms(x, round_trip)["l0"].tolist() == [0, 0]
+    x_adv = x.copy()
+    x_adv[0, 1, 3, 4] += 2e-6  # well above round-off, far below a grey level: a change
+    x_adv[1, 0, 0, 0] = x[1, 0, 0, 0] + 1.0 if x[1, 0, 0, 0] < 0.5 else x[1, 0, 0, 0] - 1.0
+    assert perturbation_norms(x, x_adv)["l0_pixels"].tolist() == [1, 1]
+    # The tolerance scales with the values (e.g. images in [0,255]): their round-off is no change either.
+    x255 = 255 * x
+    assert perturbation_norms(x255, (x255 + np.float32(25.5)) - np.float32(25.5))["l0"].tolist() == [0, 0]
+
+
 def test_norms_accept_torch_tensors():
     x = torch.zeros(1, 1, 2, 2)
     norms = perturbation_norms(x, x + 0.5)

@@ -75,7 +75,29 @@ def test_summary_matches_direct_computation(records):
     assert cam["n_paired_random"] == 1
     assert rnd["l2_reduction"] == pytest.approx(1 - np.median([1.0 / 2.0, 2.0 / 4.0]))  # images 1, 2
     assert rnd["l2_reduction_vs_random"] is None
-    assert full["l2_reduction"] == 0.0
+    assert full["l2_reduction"] is None and full["n_paired"] is None  # not compared with itself
+
+
+def test_duplicate_records_keep_the_first_as_the_runner_does(records):
+    duplicate = _record(0, "pgd", "cameras", 0.1, 100.0)
+    assert summarize([*records, duplicate]) == summarize(records)
+
+
+@pytest.mark.parametrize(
+    ("value", "fmt", "text"),
+    [
+        (0.9995, "pct", ">99.9%"),  # not every attack succeeded: never printed as 100.0%
+        (1.0, "pct", "100.0%"),
+        (-0.0004, "pct", "0.0%"),  # no "-0.0%"
+        (-0.0006, "pct", "-0.1%"),
+        (0.141, "pct", "14.1%"),
+        (204.5, "count", "204.5"),  # a median halfway between two counts is not rounded to even
+        (205.0, "count", "205"),
+        (None, "count", "–"),
+    ],
+)
+def test_cell_formats(value, fmt, text):
+    assert markdown_table([{"v": value}], [("v", "v", fmt)]).splitlines()[-1] == f"| {text} |"
 
 
 def test_summary_order_is_independent_of_record_order(records):
@@ -99,6 +121,8 @@ def test_markdown_and_text_tables_have_one_line_per_row(records):
     assert len(md) == 2 + len(rows)
     assert all(line.count("|") == len(SUMMARY_COLUMNS) + 1 for line in md)
     assert "| pgd | cameras | 10% | 3 | 66.7% |" in md[3]
+    assert md[3].endswith("| 62.5% | 2 | 50.0% | 1 |")  # each reduction with its number of pairs
+    assert md[2].endswith("| – | – | – | – |")  # the unfocused row is not compared with itself
     assert "full" in md[2]
     text = text_table(rows, SUMMARY_COLUMNS).splitlines()
     assert len(text) == 2 + len(rows) and len({len(line) for line in text[:2]}) == 1

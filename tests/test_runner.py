@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -233,6 +234,24 @@ def test_resume_into_folder_of_other_arguments_is_refused(reference_run):
     out, _ = reference_run
     with pytest.raises(ConfigMismatchError, match="areas"):
         runner.run_experiment(ExperimentConfig(**{**TINY, "areas": (0.2,)}), out, verbose=False, report=False)
+
+
+def test_resume_refuses_a_dataset_whose_images_moved(reference_run, tmp_path):
+    """Records are keyed by dataset index: if an index now names another image (files added to a
+    folder), resuming would pair records of different images, so it is refused."""
+    out, _ = reference_run
+    shutil.copytree(out, tmp_path / "run")
+    records = _lines(tmp_path / "run" / "records.jsonl")
+    records[0]["name"] = "another-image"
+    (tmp_path / "run" / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    with pytest.raises(ConfigMismatchError, match="changed since this run started: image 0"):
+        runner.run_experiment(ExperimentConfig(**TINY), tmp_path / "run", verbose=False, report=False)
+
+
+def test_records_store_counts_as_ints(reference_run):
+    out, _ = reference_run
+    for r in _lines(out / "records.jsonl"):
+        assert isinstance(r["l0"], int) and isinstance(r["l0_pixels"], int) and isinstance(r["l2"], float)
 
 
 def test_log_eps_search_brackets_the_threshold():
