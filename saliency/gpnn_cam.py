@@ -4,7 +4,8 @@ variations of the image, applied to the original image's activations (reference/
 Follows the authors' final ("gpnn-loadgen-mycam") pipeline:
 
 * GPNN preset: noise std 3.0 on a zero initialisation, shared over channels; alpha 0.005; p 7; r 4/3;
-  coarsest 14; 10 iterations per level; distance-weighted fold; 100 variations in batches of 10.
+  coarsest 14; 10 iterations per level; distance-weighted fold; 100 variations in batches of 10 (the
+  config default; the batch size of the final runs could not be determined, reference 2.10).
 * Phase 1: ridge regression (intercept, penalty 0.01, sklearn's unscaled objective) of the target *logit*
   of the variations on their spatially summed top-layer activations, each channel standardised with its
   mean/std over the variations' batch and positions; map = ReLU(sum_c w_c X_c), bias dropped.
@@ -12,17 +13,25 @@ Follows the authors' final ("gpnn-loadgen-mycam") pipeline:
   the target prod_k sigmoid(M_hat_k - 0.5) of the layers above, M_hat = map / its global max over the
   batch; maps on the original image use the variations' mean/std; fusion by the product of
   sigmoid(M_hat - 0.5) at the finest layer grid; bilinear up-sampling; plain mean over the batches.
+* A model returning spatial logits (N,K,h,w) has them averaged over space (as for the VOC models).
 
 Ours (not in, or differing from, the authors' code):
 
 * GPNN uses the exact alpha-normalised NN with the per-variation column minimum (the authors: FAISS IVF
   on PCA-30, which ignores alpha); the fold weights use its exact distances (theirs: PCA-space ones).
+  Its other choices follow the paper's re-implementation (:mod:`saliency.gpnn`), where the authors' fork
+  differs: keys switch to the sharp source after iteration 0 (theirs: after iteration 1), levels are
+  up-sampled bilinearly (theirs: nearest), and the coarsest level keeps the aspect ratio (theirs: forced
+  square; the same for square inputs).
 * Each factor of a Phase 2 target is resized bilinearly to the layer's grid and then multiplied.
-* Standard deviations are population std (ddof 0); a channel with std 0 gets std 1.
+* Standard deviations are population std (ddof 0); a channel with std 0 gets std 1 (the authors), and so
+  does one constant up to float32 round-off (std <= 1e-5 |mean|, ours, as sklearn's scaler does): its
+  rounding noise would otherwise be scaled up to unit variance and could dominate the map.
 * The closed-form ridge runs in float64 (dual form when samples < features, else primal normal
   equations), the maps at the end are min-max normalised, and the batches of variations have (nearly)
   equal sizes: ``n_variations // batch_variations`` of them.
-* A model returning spatial logits (N,K,h,w) has them averaged over space (as for the VOC models).
+* The GPNN seed of each (image, batch) derives from ``seed`` and the image's index in ``x``, so a map is
+  reproducible for the same batch of images, not for the same image at another position.
 """
 
 from __future__ import annotations
@@ -47,6 +56,10 @@ from saliency.base import (
 )
 from saliency.gpnn import GPNN
 
+#: A regression target, or an activation channel, whose spread around its mean is at most this fraction
+#: of its magnitude (about 80 float32 round-offs) is treated as constant.
+CONSTANT_RTOL = 1e-5
+
 
 def gpnn_cam_preset() -> GPNN:
     """GPNN as configured by GPNN-CAM: zero initialisation with noise std 3.0, distance-weighted fold,
@@ -61,13 +74,17 @@ def ridge_regression(
 
     features (n, C), target (n,) -> (w (C,) float64, intercept). Closed form on centred data in float64:
     the dual ``Xc^T (Xc Xc^T + penalty I)^-1 yc`` when n < C, else the primal normal equations
-    ``(Xc^T Xc + penalty I)^-1 Xc^T yc``.
+    ``(Xc^T Xc + penalty I)^-1 Xc^T yc``. A target constant up to :data:`CONSTANT_RTOL` (float32
+    round-off, e.g. a bilinearly resized constant gate) gets w = 0: fitting its rounding noise would give
+    a map of noise that max-normalisation then stretches to full contrast.
     """
     x = features.double()
     y = target.double()
     x_mean, y_mean = x.mean(0), y.mean()
     xc, yc = x - x_mean, y - y_mean
     n, c = xc.shape
+    if yc.abs().max() <= CONSTANT_RTOL * y.abs().max():  # nothing to explain but round-off
+        return torch.zeros(c, dtype=torch.float64, device=x.device), float(y_mean)
     if n < c:
         gram = xc @ xc.T
         gram.diagonal().add_(penalty)
@@ -80,10 +97,15 @@ def ridge_regression(
 
 
 def _standardise(acts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel mean and std (ddof 0; 0 -> 1) over batch and positions of (B,C,h,w), shaped (1,C,1,1)."""
+    """Per-channel mean and std (ddof 0) over batch and positions of (B,C,h,w), shaped (1,C,1,1).
+
+    A constant channel (std 0, or at most :data:`CONSTANT_RTOL` x |mean|: round-off) gets std 1, so its
+    rounding noise is not scaled up to unit variance.
+    """
     mean = acts.mean(dim=(0, 2, 3), keepdim=True)
     std = acts.std(dim=(0, 2, 3), keepdim=True, correction=0)
-    return mean, torch.where(std > 0, std, torch.ones_like(std))
+    constant = (std == 0) | (std <= CONSTANT_RTOL * mean.abs())
+    return mean, torch.where(constant, torch.ones_like(std), std)
 
 
 def _max_normalise(maps: torch.Tensor) -> torch.Tensor:
@@ -160,7 +182,13 @@ class GPNNCAM(SaliencyMethod):
             logits = self.model(self.preprocess(x))
         if logits.ndim > 2:
             logits = logits.flatten(2).mean(-1)
-        return logits, [a.float() for a in rec.outputs]
+        acts = rec.recorded()
+        for name, a in zip(self.target_layer_names, acts):
+            if a.ndim != 4:
+                raise ValueError(
+                    f"target layer {name!r} must output feature maps (B,C,h,w), got shape {tuple(a.shape)}"
+                )
+        return logits, [a.float() for a in acts]
 
     def fit_and_map(
         self,

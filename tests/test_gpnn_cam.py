@@ -70,6 +70,35 @@ def _reference_fused(var_acts, scores, orig_acts, ridge_top, ridge_lower) -> np.
     return fused[0]
 
 
+def test_ridge_of_a_target_constant_up_to_round_off_is_zero() -> None:
+    """A float32 target that varies only by round-off (a resized constant gate) explains nothing: w = 0,
+    the intercept is its mean. A target that varies by more is fitted as usual."""
+    features = torch.randn(50, 8, generator=torch.Generator().manual_seed(0))
+    level = torch.full((50,), 0.3775407)
+    rounding = level + torch.randint(-2, 3, (50,), generator=torch.Generator().manual_seed(1)) * 3e-8
+    assert rounding.unique().numel() > 1
+    w, intercept = ridge_regression(features, rounding, 1e-4)
+    assert (w == 0).all() and intercept == pytest.approx(0.3775407, rel=1e-6)
+    w, _ = ridge_regression(features, level + 1e-3 * features[:, 0], 1e-4)
+    assert w[0] == pytest.approx(1e-3, rel=1e-2)
+
+
+def test_a_channel_constant_up_to_round_off_is_not_scaled_up(small_cnn: nn.Module) -> None:
+    """A channel at 0.5 up to 1e-6 noise in the variations (std ~1e-6) must not be divided by that std:
+    where the original differs there by 0.1, it would outweigh every other channel by orders of
+    magnitude."""
+    g = torch.Generator().manual_seed(1)
+    acts = [torch.rand(6, 8, 4, 4, generator=g)]
+    scores = acts[0][:, 1].sum((1, 2)) + 0.1 * torch.rand(6, generator=g)
+    original = [acts[0][2:3].clone()]
+    cam = fast_cam(small_cnn)
+    reference = cam.fit_and_map(acts, scores, original)
+    acts[0][:, 3] = 0.5 + 1e-6 * torch.randn(6, 4, 4, generator=g)
+    original[0][0, 3] = 0.5
+    original[0][0, 3, 0, 0] = 0.6
+    torch.testing.assert_close(cam.fit_and_map(acts, scores, original), reference, atol=0.05, rtol=0)
+
+
 def test_fit_and_map_matches_direct_computation(small_cnn: nn.Module) -> None:
     g = torch.Generator().manual_seed(0)
     shapes = [(6, 4, 4), (5, 8, 8), (3, 16, 16)]  # top first: (C, h, w); B=7 < C_top for Phase 1's dual
@@ -171,6 +200,41 @@ def test_bad_input(small_cnn: nn.Module, images: torch.Tensor) -> None:
         cam(images[:1] * 3)
     with pytest.raises(ValueError, match="targets"):
         cam(images[:2], targets=[1, 2, 3])
+
+
+def test_layers_that_give_no_feature_maps_are_named(small_cnn: nn.Module, images: torch.Tensor) -> None:
+    with pytest.raises(ValueError, match=r"target layer 'fc' must output feature maps \(B,C,h,w\)"):
+        fast_cam(small_cnn, layers=["fc"])(images[:1])
+    unused = nn.Conv2d(3, 3, 1)
+    small_cnn.add_module("unused", unused)
+    try:
+        with pytest.raises(ValueError, match="not called in the model's forward pass"):
+            fast_cam(small_cnn, layers=["unused"])(images[:1])
+    finally:
+        del small_cnn.unused
+
+
+def test_a_model_blind_to_the_image_gives_a_blank_map() -> None:
+    """With the last layer zeroed the logits do not depend on the image, every ridge weight is 0 and the
+    fused map is constant up to the rounding of its bilinear resizings (three grids, a 24x32 image): the
+    result must be blank, not that rounding noise stretched to [0,1]."""
+    torch.manual_seed(0)
+    blind = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(8, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(16, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 5),
+    ).eval()
+    nn.init.zeros_(blind[-1].weight)
+    x = torch.rand(1, 3, 24, 32, generator=torch.Generator().manual_seed(0))
+    assert (fast_cam(blind, layers=["7", "3", "0"])(x) == 0).all()
 
 
 def test_batches_are_nearly_equal(small_cnn: nn.Module) -> None:
