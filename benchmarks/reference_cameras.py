@@ -5,7 +5,8 @@ As the reference code does: one image at a time; the input up-sampled bicubicall
 every resolution's activations and logit gradients kept (captured with hooks); then each is up-sampled
 bilinearly to the input size, averaged over the accepted resolutions, multiplied, summed over channels,
 ReLU, min-max. Ours only: a full backward hook instead of the deprecated module backward hook, the class
-given explicitly, and the rule of ``saliency.CAMERAS`` for accepting resolutions (the paper's).
+given explicitly, and the rule of ``saliency.CAMERAS`` for accepting resolutions (the paper's: a resolution
+counts if it predicts K(I), the class predicted on the image itself, whatever the target class).
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ def reference_cameras_single(
     same_label: bool = True,
 ) -> torch.Tensor:
     """image (1,C,H,W), sizes [(h,w), ...] -> map (H,W) in [0,1]."""
+    with torch.no_grad():
+        predicted = int(model(image).argmax())  # K(I)
     saved: dict[str, list[torch.Tensor]] = {"acts": [], "grads": []}
     forward = layer.register_forward_hook(lambda m, i, o: saved["acts"].append(o.detach().clone()))
     backward = layer.register_full_backward_hook(
@@ -45,7 +48,7 @@ def reference_cameras_single(
             model.zero_grad()
             logits.backward(gradient=one_hot)
             is_input = size == (height, width)
-            accepted.append(is_input or not same_label or int(logits.argmax()) == target)
+            accepted.append(is_input or not same_label or int(logits.argmax()) == predicted)
     finally:
         forward.remove()
         backward.remove()

@@ -3,8 +3,10 @@ per-pixel gradients, fused at the input resolution.
 
 Follows the official PyTorch code where paper and code differ (reference/cameras_eval.md, 1.4):
 bicubic up-sampling of the input, bilinear resize of activations and gradients to the input size,
-gradients of the class *logit*. Ours: the prediction-consistency gate (``same_label``) applies whether
-or not a class is given (the paper's rule), and the min-max division is guarded.
+gradients of the class *logit*. Ours: the paper's prediction-consistency gate (``same_label``: a
+resolution counts only if it predicts K(I), the class predicted at the input resolution) applies whether
+or not a class is given (the official code gates only when none is given), and the min-max division is
+guarded.
 """
 
 from __future__ import annotations
@@ -48,8 +50,9 @@ class CAMERAS(SaliencyMethod):
     :param target_layer: module path (``"layer4"``) or module.
     :param resolutions: short-side sizes in pixels to up-sample the input to (aspect ratio kept);
         ``None`` scales the official 224..924 schedule to the input (1x .. ~4.1x).
-    :param same_label: keep only resolutions whose top-1 prediction equals the target class; the input
-        resolution always counts.
+    :param same_label: keep only resolutions whose top-1 prediction equals the prediction at the input
+        resolution (the paper's gate), also when another target class is given; the input resolution
+        always counts.
 
     ``maps = CAMERAS(model, "layer4")(x, targets)``: x (N,C,H,W) float, maps (N,H,W) float32 in [0,1].
     All N images go through each resolution together; the forward pass runs without a graph up to the
@@ -93,7 +96,7 @@ class CAMERAS(SaliencyMethod):
         size = (x.shape[2], x.shape[3])
         stored: list[tuple[torch.Tensor, torch.Tensor]] = []  # (A, G) per resolution, masked by `keep`
         counts = torch.zeros(x.shape[0], device=x.device)
-        t = None
+        t = predicted = None  # the target classes; K(I), the classes predicted at the input resolution
         with model_in_eval(self.model):
             for resolution in self.sizes(*size):
                 is_input = resolution == size
@@ -102,14 +105,13 @@ class CAMERAS(SaliencyMethod):
                         x_scaled = x if is_input else resize(x, resolution, mode="bicubic")
                         logits = self.model(self.preprocess(x_scaled))
                     if t is None:  # the class: given, else predicted on the input resolution
-                        t = resolve_targets(
-                            targets if targets is not None or is_input else self._predict(x), logits
-                        )
+                        predicted = logits.argmax(dim=1) if is_input else self._predict(x)
+                        t = resolve_targets(targets if targets is not None else predicted, logits)
                     (activations,) = rec.recorded()
                     (grads,) = gradients_of(class_scores(logits, t), activations)
                 keep = torch.ones_like(counts)
                 if self.same_label and not is_input:
-                    keep = (logits.argmax(dim=1) == t).float()
+                    keep = (logits.argmax(dim=1) == predicted).float()
                 counts += keep
                 stored.append(
                     (self._compact(activations.detach(), keep, size), self._compact(grads, keep, size))

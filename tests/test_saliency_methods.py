@@ -154,31 +154,41 @@ def test_cameras_keeps_aspect_ratio_and_handles_non_square(small_cnn):
     assert maps.shape == (2, 32, 48) and torch.isfinite(maps).all()
 
 
+class ScaleSensitive(nn.Module):
+    """``net``, except that from 48 px up, images brighter than 0.5 on average are predicted as class 9."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.net(x)
+        flips = (x.mean(dim=(1, 2, 3)) > 0.5) & (x.shape[-1] >= 48)
+        return logits + 100.0 * flips[:, None].float() * F.one_hot(torch.tensor(9), logits.shape[1])
+
+
 def test_cameras_same_label_gate(small_cnn, images):
-    """With same_label, a resolution whose prediction differs from the target is ignored; forcing a class
-    no resolution predicts leaves only the input resolution, i.e. the single-resolution map."""
+    """With same_label, a resolution counts only if it predicts what the input resolution predicts (the
+    paper's K(I_t) = K(I)), whatever target class is given: each image's map equals CAMERAS over exactly
+    its consistent resolutions (ungated). A target no resolution predicts does not drop the others."""
+    model = ScaleSensitive(small_cnn)
+    x = (images * torch.tensor([0.5, 1.5, 0.5, 1.5, 0.5])[:, None, None, None]).clamp(0, 1)
+    sizes = [32, 40, 48, 64]
     with torch.no_grad():
-        preds = small_cnn(images).argmax(1)
-    sizes = [32, 48, 64]
-    gated = CAMERAS(small_cnn, "features.5", resolutions=sizes)
-    with torch.no_grad():
-        preds_per_size = torch.stack(
-            [
-                small_cnn(F.interpolate(images, size=(s, s), mode="bicubic", align_corners=False)).argmax(1)
-                for s in sizes
-            ]
-        )
-    # A class predicted at no resolution: only the input resolution counts.
-    unused = [int(next(c for c in range(10) if not (preds_per_size[:, i] == c).any())) for i in range(5)]
-    torch.testing.assert_close(
-        gated(images, unused),
-        CAMERAS(small_cnn, "features.5", resolutions=[32])(images, unused),
-        atol=1e-6,
-        rtol=0,
-    )
-    ungated = CAMERAS(small_cnn, "features.5", resolutions=sizes, same_label=False)
-    assert not torch.allclose(gated(images, unused), ungated(images, unused))
-    assert preds.shape == (5,)
+        preds = model(x).argmax(1)
+    bright = x.mean(dim=(1, 2, 3)) > 0.5
+    assert bright.tolist() == [False, True, False, True, False] and not (preds == 9).any()
+    kept = [[32, 40] if b else sizes for b in bright]  # bright images predict 9 from 48 px up
+    gated = CAMERAS(model, "net.features.5", resolutions=sizes)
+    for targets in (None, [9, 9, 9, 9, 9], [0, 1, 2, 3, 4]):
+        maps = gated(x, targets)
+        for i in range(len(x)):
+            target = None if targets is None else targets[i]
+            reference = CAMERAS(model, "net.features.5", resolutions=kept[i], same_label=False)
+            expected = reference(x[i : i + 1], target)
+            torch.testing.assert_close(maps[i : i + 1], expected, atol=1e-5, rtol=0)
+    ungated = CAMERAS(model, "net.features.5", resolutions=sizes, same_label=False)
+    assert not torch.allclose(gated(x), ungated(x))
 
 
 def test_grad_cam_and_hirescam_agree_with_pytorch_grad_cam(small_cnn, images):
