@@ -11,7 +11,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -56,6 +56,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative number, got {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a non-negative number, got {text!r}")
     return value
 
 
@@ -253,22 +263,105 @@ POINTING_COLUMNS = (
     ("accuracy", "pointing accuracy", "pct"),
     ("mean_class_accuracy", "mean class accuracy", "pct"),
     ("energy", "energy in box", "pct"),
+    ("blank", "blank maps", "d"),
     ("seconds", "seconds", ".1f"),
 )
+#: TorchRay's pointing-game hit radius, in pixels of the original image.
+TORCHRAY_TOLERANCE = 15
 
 
-def _pointing_data(args: argparse.Namespace, size: int) -> tuple[np.ndarray, np.ndarray | None, list, str]:
-    """(x, classes or None, boxes per image, description) for ``--data digits`` or a VOC folder."""
+class _Group(NamedTuple):
+    """Pointing-game items scored together: model inputs x (k,3,h,w), their item indices and, for
+    real images, the original (height, width) the maps are up-sampled to (None: maps stay at h x w)."""
+
+    x: np.ndarray
+    items: np.ndarray
+    map_size: tuple[int, int] | None
+
+
+def _pointing_data(
+    args: argparse.Namespace, size: int
+) -> tuple[list[_Group], np.ndarray, list[np.ndarray], float, str]:
+    """(groups, classes, boxes per item, tolerance, notes on data and protocol) for ``--data``."""
     from evaluation import datasets
 
     if args.data == "digits":
         x, y, boxes = datasets.cluttered_digits(args.n, "test", size=size, seed=args.seed)
-        return x, y, [b[None] for b in boxes], f"cluttered digits (test, n={args.n}, {size} px)"
+        step = args.batch_size
+        groups = [
+            _Group(x[i : i + step], np.arange(i, min(i + step, len(x))), None) for i in range(0, len(x), step)
+        ]
+        tolerance = args.tolerance if args.tolerance is not None else TORCHRAY_TOLERANCE * size / 224
+        notes = (
+            f"Data: cluttered digits (test, n={args.n}, {size} px). A hit: the map's maximum lies less than "
+            f"{tolerance:.2f} px from the digit's box, at {size} px"
+            + (
+                f" (the default, {TORCHRAY_TOLERANCE} * {size} / 224, is our own scaling of TorchRay's "
+                f"{TORCHRAY_TOLERANCE} px to these synthetic images, not TorchRay's protocol)."
+                if args.tolerance is None
+                else "."
+            )
+        )
+        return groups, y, [b[None] for b in boxes], tolerance, notes
     folder = Path(args.data)
     if not folder.is_dir():
         raise CLIError(f"--data: {args.data!r} is neither 'digits' nor an existing VOC folder")
-    x, classes, boxes = datasets.voc_dataset(folder, size=size, n=args.n)
-    return x, classes, boxes, f"Pascal VOC {folder} ({len(x)} image-class items, {size} px)"
+    voc = datasets.voc_dataset(folder, size=size, n=args.n)
+    groups = []
+    for i, image in enumerate(voc.images):
+        items = np.flatnonzero(voc.image == i)
+        groups.append(
+            _Group(
+                np.broadcast_to(image, (len(items), *image.shape)),
+                items,
+                (int(voc.sizes[i, 0]), int(voc.sizes[i, 1])),
+            )
+        )
+    tolerance = args.tolerance if args.tolerance is not None else TORCHRAY_TOLERANCE
+    notes = (
+        f"Data: Pascal VOC {folder} (images: {len(voc.images)}, image-class items: {len(voc.classes)}). "
+        f"TorchRay's protocol: each image's shorter side resized to {size} px (no crop), the maps up-sampled "
+        f"(bilinear) to the original image size, a hit when the maximum lies less than {tolerance:g} px "
+        "from a box of the class there; the centre baseline points at (H//2, W//2) of the original image."
+    )
+    return groups, voc.classes, voc.boxes, tolerance, notes
+
+
+def _group_maps(
+    method: str,
+    classifier: Any,
+    group: _Group,
+    targets: np.ndarray,
+    layers: list[str],
+    args: argparse.Namespace,
+) -> np.ndarray:
+    """Maps (k,H,W) of a group's items, up-sampled to ``group.map_size`` (bilinear, as TorchRay's
+    ``resize``) when given; the centre baseline is made at that size directly."""
+    import torch
+    import torch.nn.functional as F
+
+    from evaluation.runner import CENTRE, compute_maps
+    from evaluation.saliency_metrics import centre_maps
+
+    if method == CENTRE and group.map_size is not None:
+        return centre_maps(len(group.items), *group.map_size)
+    maps = compute_maps(
+        method,
+        classifier,
+        np.ascontiguousarray(group.x),
+        targets[group.items],
+        group.items.tolist(),
+        layers,
+        args.seed,
+        args.gpnn_variations,
+        DEMO_GPNN_PARAMS if args.gpnn_fast else {},
+    )
+    if group.map_size is None:
+        return maps
+    up = F.interpolate(
+        torch.from_numpy(maps)[:, None], size=group.map_size, mode="bilinear", align_corners=False
+    )
+    return up[:, 0].numpy()
 
 
 def cmd_pointing_game(args: argparse.Namespace) -> int:
@@ -278,59 +371,55 @@ def cmd_pointing_game(args: argparse.Namespace) -> int:
 
     from evaluation import datasets, zoo
     from evaluation.report import text_table, write_table
-    from evaluation.runner import compute_maps
-    from evaluation.saliency_metrics import energy_pointing_game, pointing_game
+    from evaluation.saliency_metrics import energy_pointing_game, pointing_accuracy, pointing_game
 
     methods = _split(args.methods)
     _check_methods(methods, "--methods")
     torch.manual_seed(args.seed)
     classifier = _classifier(args.model, args.weights, args.device)
     size = args.size or zoo.input_size(args.model)[-1]
-    tolerance = args.tolerance if args.tolerance is not None else 15 * size / 224
-    x, classes, boxes, description = _pointing_data(args, size)
+    groups, classes, boxes, tolerance, data_notes = _pointing_data(args, size)
     if args.data == "digits" or classifier.nb_classes == len(datasets.VOC_CLASSES):
         targets = classes
     else:  # e.g. an ImageNet model on VOC: its classes are not VOC's, so explain its own prediction
-        targets = classifier.predict(x, batch_size=args.batch_size).argmax(axis=1)
+        targets = np.empty(len(classes), dtype=np.int64)
+        for group in groups:
+            targets[group.items] = classifier.predict(np.ascontiguousarray(group.x[:1])).argmax(axis=1)
     layers = _split(args.layer) or list(zoo.default_layers(args.model))
     rows = []
     for method in tqdm(methods, desc="pointing game", disable=args.quiet):
-        start = time.perf_counter()
-        maps = np.concatenate(
-            [
-                compute_maps(
-                    method,
-                    classifier,
-                    x[i : i + args.batch_size],
-                    targets[i : i + args.batch_size],
-                    list(range(i, min(i + args.batch_size, len(x)))),
-                    layers,
-                    args.seed,
-                    args.gpnn_variations,
-                    DEMO_GPNN_PARAMS if args.gpnn_fast else {},
-                )
-                for i in range(0, len(x), args.batch_size)
-            ]
-        )
-        seconds = time.perf_counter() - start
-        game = pointing_game(maps, boxes, tolerance=tolerance, classes=classes)
-        energy = energy_pointing_game(maps, boxes)
+        hits = np.zeros(len(classes), dtype=bool)
+        energy = np.zeros(len(classes))
+        blank = np.zeros(len(classes), dtype=bool)
+        seconds = 0.0
+        for group in groups:
+            start = time.perf_counter()
+            maps = _group_maps(method, classifier, group, targets, layers, args)
+            seconds += time.perf_counter() - start
+            group_boxes = [boxes[i] for i in group.items]
+            hits[group.items] = pointing_game(maps, group_boxes, tolerance=tolerance)["hits"]
+            game = energy_pointing_game(maps, group_boxes)
+            energy[group.items], blank[group.items] = game["fractions"], game["blank"]
+        summary = pointing_accuracy(hits, classes)
         rows.append(
             {
                 "method": method,
-                "n": len(x),
-                "accuracy": game["accuracy"],
-                "mean_class_accuracy": game.get("mean_class_accuracy"),
-                "energy": energy["mean"],
+                "n": len(classes),
+                "accuracy": summary["accuracy"],
+                "mean_class_accuracy": summary["mean_class_accuracy"],
+                "energy": float(energy.mean()),
+                "blank": int(blank.sum()),
                 "seconds": seconds,
             }
         )
     notes = (
-        f"Model {args.model} (weights: {_weights_label(args)}), data: {description}. "
-        "A hit: the map's maximum lies "
-        f"within {tolerance:.1f} px of the object's box (TorchRay's 15 px at 224 px, scaled to {size} px). "
-        "Maps explain the ground-truth class (an ImageNet model on VOC: its own prediction); mean class "
-        "accuracy is TorchRay's headline number. Energy: mean share of the map's mass inside the boxes."
+        f"Model {args.model} (weights: {_weights_label(args)}). {data_notes} "
+        "Maps explain the ground-truth class (on VOC, for a model without VOC's 20 classes: its own "
+        "prediction). Pointing accuracy: hits / n items; mean class accuracy (TorchRay's headline "
+        f"number): the mean of the per-class accuracies over the {len(np.unique(classes))} classes present "
+        "(TorchRay averages over all classes, the same when every class has items). Energy in box: mean "
+        "over the n items of the share of the map's mass inside the boxes; a blank (all-zero) map counts "
+        "0. Seconds: computing the maps."
     )
     write_table(args.out, "pointing_game", rows, POINTING_COLUMNS, "Pointing game", notes, {"notes": notes})
     print(text_table(rows, POINTING_COLUMNS), end="")
@@ -342,6 +431,7 @@ SANITY_COLUMNS = (
     ("step", "step", "d"),
     ("layer", "randomised down to", "s"),
     ("mean_spearman", "Spearman", ".3f"),
+    ("n_defined", "images with a defined Spearman", "d"),
 )
 
 
@@ -381,13 +471,21 @@ def cmd_sanity(args: argparse.Namespace) -> int:
         verbose=not args.quiet,
     )
     table = [
-        {"step": i, "layer": r["layer"], "mean_spearman": r["mean_spearman"]} for i, r in enumerate(rows)
+        {
+            "step": i,
+            "layer": r["layer"],
+            "mean_spearman": r["mean_spearman"] if r["n_defined"] else None,
+            "n_defined": r["n_defined"],
+        }
+        for i, r in enumerate(rows)
     ]
     notes = (
         f"{args.method} on {args.model} (weights: {_weights_label(args)}), "
         f"{args.n} cluttered-digit test images: "
         "layers re-initialised one by one from the output down; Spearman rank correlation of each randomised "
-        "model's maps with the trained model's (mean over images). A sane method decorrelates."
+        "model's maps with the trained model's, per image. It is undefined when either map is constant "
+        "(e.g. all zero): such images are left out, and the Spearman column is the mean over the images "
+        "counted in the last column. A sane method decorrelates."
     )
     write_table(args.out, "sanity", table, SANITY_COLUMNS, "Sanity check (cascading randomisation)", notes)
     print(text_table(table, SANITY_COLUMNS), end="")
@@ -530,9 +628,25 @@ def build_parser() -> argparse.ArgumentParser:
         default="gradcam,hirescam,gradcam++,layercam,cameras,gpnn-cam,centre",
         help="comma-separated methods (centre = the centre baseline)",
     )
-    p.add_argument("--n", type=_positive_int, default=1000, help="number of images (default 1000)")
-    p.add_argument("--tolerance", type=float, default=None, help="hit radius in px (default 15 * size / 224)")
-    p.add_argument("--batch-size", type=_positive_int, default=50, help="images per batch (default 50)")
+    p.add_argument(
+        "--n",
+        type=_positive_int,
+        default=1000,
+        help="number of items: digit images or VOC (image, class) pairs (default 1000)",
+    )
+    p.add_argument(
+        "--tolerance",
+        type=_non_negative_float,
+        default=None,
+        help=f"hit radius in px where the boxes are scored (default: VOC {TORCHRAY_TOLERANCE}, TorchRay's, "
+        f"at the original image size; digits {TORCHRAY_TOLERANCE} * size / 224, our own scaling)",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=50,
+        help="digits per batch (default 50; VOC: one image's items per batch)",
+    )
     add_saliency_args(p)
     p.add_argument("--out", default="runs/pointing_game", help="output folder (default runs/pointing_game)")
     common(p)

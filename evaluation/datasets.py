@@ -161,23 +161,39 @@ class ImageFolder(NamedTuple):
     classes: list[str] | None
 
 
-def _resize_crop(path: Path, size: int) -> tuple[np.ndarray, float, float, int, int]:
-    """RGB image -> shorter side resized to ``size`` (bilinear) -> centre crop.
-
-    Returns ((3,size,size) float32 in [0,1], y scale, x scale, crop top, crop left)."""
+def _read_rgb(path: Path) -> Image.Image:
+    """The image file as an RGB PIL image; a ValueError naming the file if it cannot be read."""
     try:
         with Image.open(path) as img:
-            img = img.convert("RGB")
-            w, h = img.size
-            scale = size / min(w, h)
-            new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
-            img = img.resize((new_w, new_h), Image.Resampling.BILINEAR)
-            left, top = (new_w - size) // 2, (new_h - size) // 2
-            img = img.crop((left, top, left + size, top + size))
-            array = np.asarray(img, dtype=np.float32).transpose(2, 0, 1) / 255.0
-            return array, new_h / h, new_w / w, top, left
+            return img.convert("RGB")
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise ValueError(f"image file {path} could not be read: {err}") from err
+
+
+def _array(img: Image.Image) -> np.ndarray:
+    return np.asarray(img, dtype=np.float32).transpose(2, 0, 1) / 255.0
+
+
+def _resize_crop(path: Path, size: int) -> np.ndarray:
+    """RGB image -> shorter side resized to ``size`` (bilinear) -> centre crop: (3,size,size) in [0,1]."""
+    img = _read_rgb(path)
+    w, h = img.size
+    scale = size / min(w, h)
+    new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
+    img = img.resize((new_w, new_h), Image.Resampling.BILINEAR)
+    left, top = (new_w - size) // 2, (new_h - size) // 2
+    return _array(img.crop((left, top, left + size, top + size)))
+
+
+def _resize_shorter(img: Image.Image, size: int) -> np.ndarray:
+    """TorchRay's input (torchvision's ``Resize(size)``): the shorter side to ``size``, the longer to
+    ``int(size * longer / shorter)``, bilinear, no crop: (3,h,w) float32 in [0,1]."""
+    w, h = img.size
+    if w <= h:
+        new_w, new_h = size, int(size * h / w)
+    else:
+        new_w, new_h = int(size * w / h), size
+    return _array(img.resize((new_w, new_h), Image.Resampling.BILINEAR))
 
 
 def _image_files(folder: Path) -> list[Path]:
@@ -212,7 +228,7 @@ def image_folder(path: str | Path, size: int = 224) -> ImageFolder:
             labels.extend([label] * len(class_files))
     if not files:
         raise ValueError(f"image folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
-    x = np.stack([_resize_crop(f, size)[0] for f in files])
+    x = np.stack([_resize_crop(f, size) for f in files])
     y = np.asarray(labels, dtype=np.int64) if classes is not None else None
     return ImageFolder(x=x, paths=files, y=y, classes=classes)
 
@@ -280,29 +296,46 @@ VOC_CLASSES = (
 )  # fmt: skip
 
 
-def voc_dataset(
-    path: str | Path, size: int = 224, n: int | None = None
-) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
-    """Pointing-game items from a Pascal VOC folder: one item per (image, class present in it).
+class VOCItems(NamedTuple):
+    """Pointing-game items of :func:`voc_dataset` (a named tuple), one per (image, class present).
+
+    Attributes:
+        images: per image, float32 (3,h,w) in [0,1]: the shorter side resized to ``size``, no crop.
+        sizes: int64 (I,2) original (height, width) of each image, where the maps are scored.
+        image: int64 (M,) index into ``images`` of each item; an image's items are consecutive.
+        classes: int64 (M,) indices into :data:`VOC_CLASSES`.
+        boxes: M int64 (k,4) arrays ``y0, x0, y1, x1`` (exclusive) in original image pixels.
+    """
+
+    images: list[np.ndarray]
+    sizes: np.ndarray
+    image: np.ndarray
+    classes: np.ndarray
+    boxes: list[np.ndarray]
+
+
+def voc_dataset(path: str | Path, size: int = 224, n: int | None = None) -> VOCItems:
+    """Pointing-game items from a Pascal VOC folder, prepared as TorchRay's benchmark does.
 
     ``path`` holds ``Annotations/*.xml`` and ``JPEGImages/`` (VOCdevkit layout), or the XML files and
-    images side by side. Images are prepared like :func:`image_folder` (shorter side to ``size``, centre
-    crop) and the boxes mapped to the crop (outward rounding, clipped; boxes cropped away are dropped).
-    As in TorchRay, a class whose boxes are all "difficult" is skipped; the item keeps all boxes of
-    its class. Items follow the sorted annotation files, then the class id; ``n`` keeps the first n.
-
-    Returns:
-        x: float32 (M,3,size,size) in [0,1] (an image appears once per class in it), classes: int64 (M,)
-        indices into :data:`VOC_CLASSES`, boxes: M int64 (k,4) arrays ``y0, x0, y1, x1`` (exclusive).
+    images side by side. Each image's shorter side is resized to ``size`` (bilinear, no crop, see
+    :func:`_resize_shorter`); the boxes stay in original pixels, where TorchRay scores maps up-sampled
+    to the original size. As in TorchRay, a class whose boxes are all "difficult" is skipped and an
+    item keeps all boxes of its class. Items follow the sorted annotation files, then the class id;
+    ``n`` keeps the first n.
     """
     root = Path(path)
     if not root.is_dir():
         raise FileNotFoundError(f"VOC folder not found: {root}")
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ValueError(f"size must be a positive integer, got {size!r}")
     if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
         raise ValueError(f"n must be None or an integer >= 1, got {n!r}")
     annotations = root / "Annotations" if (root / "Annotations").is_dir() else root
-    images = root / "JPEGImages" if (root / "JPEGImages").is_dir() else root
-    xs: list[np.ndarray] = []
+    images_dir = root / "JPEGImages" if (root / "JPEGImages").is_dir() else root
+    images: list[np.ndarray] = []
+    sizes: list[tuple[int, int]] = []
+    image_index: list[int] = []
     classes: list[int] = []
     boxes: list[np.ndarray] = []
     for filename, objects in voc_boxes(annotations).items():
@@ -311,26 +344,22 @@ def voc_dataset(
         unknown = sorted({o.name for o in objects} - set(VOC_CLASSES))
         if unknown:
             raise ValueError(f"VOC annotation for {filename}: unknown class names {unknown}")
-        by_class = {c: [o for o in objects if o.name == c] for c in sorted({o.name for o in objects})}
-        by_class = {c: objs for c, objs in by_class.items() if not all(o.difficult for o in objs)}
-        if not by_class:
+        names = sorted({o.name for o in objects if not o.difficult}, key=VOC_CLASSES.index)
+        if not names:
             continue
-        image, sy, sx, top, left = _resize_crop(images / filename, size)
-        for name in sorted(by_class, key=VOC_CLASSES.index):
-            kept = []
-            for y0, x0, y1, x1 in (o.box for o in by_class[name]):
-                box = (
-                    max(int(np.floor(y0 * sy - top)), 0),
-                    max(int(np.floor(x0 * sx - left)), 0),
-                    min(int(np.ceil(y1 * sy - top)), size),
-                    min(int(np.ceil(x1 * sx - left)), size),
-                )
-                if box[2] > box[0] and box[3] > box[1]:
-                    kept.append(box)
-            if kept and (n is None or len(classes) < n):
-                xs.append(image)
-                classes.append(VOC_CLASSES.index(name))
-                boxes.append(np.asarray(kept, dtype=np.int64))
-    if not xs:
-        raise ValueError(f"VOC folder {root} gave no (image, class) items with a box")
-    return np.stack(xs), np.asarray(classes, dtype=np.int64), boxes
+        img = _read_rgb(images_dir / filename)
+        images.append(_resize_shorter(img, size))
+        sizes.append((img.height, img.width))
+        for name in names[: None if n is None else n - len(classes)]:
+            image_index.append(len(images) - 1)
+            classes.append(VOC_CLASSES.index(name))
+            boxes.append(np.asarray([o.box for o in objects if o.name == name], dtype=np.int64))
+    if not classes:
+        raise ValueError(f"VOC folder {root} gave no (image, class) items with a non-difficult box")
+    return VOCItems(
+        images,
+        np.asarray(sizes, dtype=np.int64),
+        np.asarray(image_index, dtype=np.int64),
+        np.asarray(classes, dtype=np.int64),
+        boxes,
+    )

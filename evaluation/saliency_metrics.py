@@ -65,14 +65,41 @@ def _boxes_list(boxes: Boxes, n: int) -> list[np.ndarray]:
 
 def centre_maps(n: int, h: int, w: int) -> np.ndarray:
     """The "centre" baseline: maps (n,h,w) float32 in [0,1] that fall off linearly with the distance from
-    the image centre ((h-1)/2, (w-1)/2). With an even side the central pixels tie and the pointing game
-    takes the first of them in row-major order."""
+    pixel (h//2, w//2), their unique maximum: TorchRay's centre point, (x, y) = (w/2, h/2), for even
+    sides, half a pixel up and left of it for odd ones."""
     if min(n, h, w) < 1:
         raise ValueError(f"n, h and w must be >= 1, got {(n, h, w)}")
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
-    dist = np.hypot(yy - (h - 1) / 2, xx - (w - 1) / 2)
+    dist = np.hypot(yy - h // 2, xx - w // 2)
     cone = 1.0 - dist / dist.max() if dist.max() > 0 else np.ones((h, w))
     return np.broadcast_to(cone.astype(np.float32), (n, h, w)).copy()
+
+
+def _clip(boxes: np.ndarray, h: int, w: int) -> np.ndarray:
+    """Boxes (k,4) clipped to an h x w map; those left empty (wholly outside) are dropped."""
+    clipped = np.clip(boxes, 0, [h, w, h, w])
+    return clipped[(clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])]
+
+
+def pointing_accuracy(
+    hits: np.ndarray, classes: Sequence[int] | np.ndarray | None = None
+) -> dict[str, object]:
+    """``{"accuracy": hits / N}`` of pointing-game hits (N,) and, with ``classes`` (N,), the accuracy of
+    each class present, ``"class_accuracy"``, and their mean, ``"mean_class_accuracy"``.
+
+    The mean is over the classes present; TorchRay's is over all the dataset's classes (a class without
+    items counts 0), the same number when every class has items (as on the full VOC07 test).
+    """
+    hits = np.asarray(hits, dtype=bool).reshape(-1)
+    result: dict[str, object] = {"accuracy": float(hits.mean())}
+    if classes is not None:
+        classes = np.asarray(classes).reshape(-1)
+        if len(classes) != len(hits):
+            raise ValueError(f"classes: expected {len(hits)} values (one per map), got {len(classes)}")
+        per_class = {c.item(): float(hits[classes == c].mean()) for c in np.unique(classes)}
+        result["class_accuracy"] = per_class
+        result["mean_class_accuracy"] = float(np.mean(list(per_class.values())))
+    return result
 
 
 def pointing_game(
@@ -87,9 +114,10 @@ def pointing_game(
 
     Args:
         maps: (N,H,W) saliency maps. boxes: (N,4) or a list of N (k_i,4) arrays, ``y0,x0,y1,x1``
-            exclusive, in map pixels; an image with no boxes is a miss.
-        classes: optional (N,) class of each (image, class) item; then the per-class accuracies and their
-            mean (TorchRay's headline number) are returned too.
+            exclusive, in map pixels, clipped to the map (as TorchRay's box mask); an image with no box
+            left is a miss.
+        tolerance: hit radius in map pixels (TorchRay: 15 at the original image size).
+        classes: optional (N,) class of each (image, class) item: see :func:`pointing_accuracy`.
 
     Returns:
         ``{"accuracy": hits / N, "hits": bool (N,), "points": int64 (N,2) (y, x)}`` and, with classes,
@@ -99,55 +127,49 @@ def pointing_game(
     n, h, w = maps.shape
     if not np.isscalar(tolerance) or not tolerance >= 0:
         raise ValueError(f"tolerance must be a non-negative number, got {tolerance!r}")
-    per_image = _boxes_list(boxes, n)
+    per_image = [_clip(b, h, w) for b in _boxes_list(boxes, n)]
     flat_argmax = maps.reshape(n, -1).argmax(axis=1)
     points = np.stack([flat_argmax // w, flat_argmax % w], axis=1).astype(np.int64)
     hits = np.zeros(n, dtype=bool)
     for i, (b, (py, px)) in enumerate(zip(per_image, points)):
-        if not len(b):
-            continue
         # Distance from the point to the nearest pixel of each box (pixels y0..y1-1, x0..x1-1).
         dy = np.maximum(np.maximum(b[:, 0] - py, py - (b[:, 2] - 1)), 0)
         dx = np.maximum(np.maximum(b[:, 1] - px, px - (b[:, 3] - 1)), 0)
         hits[i] = bool((dy**2 + dx**2 < tolerance**2).any())
-    result: dict[str, object] = {"accuracy": float(hits.mean()), "hits": hits, "points": points}
-    if classes is not None:
-        classes = np.asarray(classes).reshape(-1)
-        if len(classes) != n:
-            raise ValueError(f"classes: expected {n} values (one per map), got {len(classes)}")
-        per_class = {c.item(): float(hits[classes == c].mean()) for c in np.unique(classes)}
-        result["class_accuracy"] = per_class
-        result["mean_class_accuracy"] = float(np.mean(list(per_class.values())))
-    return result
+    return {**pointing_accuracy(hits, classes), "hits": hits, "points": points}
 
 
 def energy_pointing_game(maps: np.ndarray | torch.Tensor, boxes: Boxes) -> dict[str, object]:
     """Score-CAM's energy pointing game: per image, the share of the (non-negative) map's total inside the
-    union of its boxes, sum_{(y,x) in boxes} L_yx / sum_{all} L_yx.
+    union of its boxes (clipped to the map), sum_{(y,x) in boxes} L_yx / sum_{all} L_yx.
 
-    Returns ``{"mean": mean over images with energy, "fractions": float64 (N,)}``; an all-zero map has
-    no energy and gets NaN (left out of the mean).
+    An all-zero ("blank") map puts no energy in the boxes: its share is defined as 0 (Score-CAM's code
+    divides by zero), so every image counts in the mean.
+
+    Returns:
+        ``{"mean": mean over all N images, "fractions": float64 (N,), "blank": bool (N,)}``.
     """
     maps = _maps_numpy(maps)
     if (maps < 0).any():
         raise ValueError("maps must be non-negative for the energy pointing game")
     n, h, w = maps.shape
     per_image = _boxes_list(boxes, n)
-    fractions = np.full(n, np.nan)
+    fractions = np.zeros(n)
+    totals = maps.reshape(n, -1).astype(np.float64).sum(axis=1)
     for i, b in enumerate(per_image):
         inside = np.zeros((h, w), dtype=bool)
-        for y0, x0, y1, x1 in b:
-            inside[max(y0, 0) : max(y1, 0), max(x0, 0) : max(x1, 0)] = True
-        total = maps[i].astype(np.float64).sum()
-        if total > 0:
-            fractions[i] = maps[i][inside].astype(np.float64).sum() / total
-    mean = float(np.nanmean(fractions)) if np.isfinite(fractions).any() else float("nan")
-    return {"mean": mean, "fractions": fractions}
+        for y0, x0, y1, x1 in _clip(b, h, w):
+            inside[y0:y1, x0:x1] = True
+        if totals[i] > 0:
+            fractions[i] = maps[i][inside].astype(np.float64).sum() / totals[i]
+    return {"mean": float(fractions.mean()), "fractions": fractions, "blank": totals == 0}
 
 
 def gaussian_blur(x: torch.Tensor, kernel_size: int = 11, sigma: float = 5.0) -> torch.Tensor:
-    """RISE's insertion substrate: each channel convolved with a normalised ``kernel_size`` square
-    Gaussian of standard deviation ``sigma``, zero padding (same size out)."""
+    """The insertion substrate: each channel convolved with a normalised ``kernel_size`` square Gaussian
+    of standard deviation ``sigma``, zero padding (same size out). RISE's kernel, ``gaussian_filter``
+    (sigma 5, reflecting boundary) of an 11x11 delta, is flatter: it differs from this kernel by up to
+    28 % of this kernel's peak."""
     coords = torch.arange(kernel_size, dtype=torch.float64) - (kernel_size - 1) / 2
     g = torch.exp(-(coords**2) / (2 * sigma**2))
     kernel = torch.outer(g, g)
@@ -174,20 +196,26 @@ def insertion_deletion(
     """RISE's insertion and deletion scores, batched in torch.
 
     Pixels are ranked by decreasing saliency (stable: on ties the first in row-major order goes first).
-    With ``p = ceil(H*W / steps)`` pixels per step, step i = 0..steps uses the top ``min(i*p, H*W)``
-    pixels: deletion sets them to 0 in all channels (starting from the image); insertion copies them from
-    the image into a blurred copy (11x11 Gaussian, sigma 5, :func:`gaussian_blur`). The score of each
-    step is the softmax probability of the target class (default: the class predicted on the clean
-    image); the AUC is the normalised trapezoid ``(sum s - s_0/2 - s_steps/2) / steps`` in [0,1].
+    With ``p = ceil(H*W / steps)`` pixels per step and, as in RISE, ``n = ceil(H*W / p)`` steps (can be
+    fewer than ``steps``), step i = 0..n uses the top ``min(i*p, H*W)`` pixels: deletion sets them to 0
+    in all channels (starting from the image); insertion copies them from the image into a blurred copy
+    (:func:`gaussian_blur`). The score of each step is the softmax probability of the target class
+    (default: the class predicted on the clean image); the AUC is the normalised trapezoid
+    ``(sum s - s_0/2 - s_n/2) / n`` in [0,1].
+
+    Unlike RISE, which zeroes and blurs the normalised tensor (there 0 is the mean colour), both act here
+    on ``x``, before the model's preprocessing: deleted pixels are black, the blur's zero padding darkens
+    a 5-pixel border in input space, and the blur kernel differs (see :func:`gaussian_blur`).
 
     Args:
         model: ``nn.Module`` or ART ``PyTorchClassifier`` (its preprocessing is applied).
         x: images (N,C,H,W) in the model's input space; maps: (N,H,W) saliency.
-        steps: number of steps; default H (one image row of pixels per step, RISE's 224 at 224x224).
+        steps: requested number of steps; default H (one image row of pixels per step, RISE's 224 at
+            224x224).
 
     Returns:
-        ``{"insertion": (N,), "deletion": (N,), "insertion_curve": (N,steps+1), "deletion_curve":
-        (N,steps+1), "targets": (N,)}`` numpy arrays (float64 scores, int64 targets).
+        ``{"insertion": (N,), "deletion": (N,), "insertion_curve": (N,n+1), "deletion_curve": (N,n+1),
+        "targets": (N,)}`` numpy arrays (float64 scores, int64 targets).
     """
     module, preprocess = unwrap_model(model)
     x = check_images(x).detach().float()
@@ -207,13 +235,14 @@ def insertion_deletion(
     np.put_along_axis(rank, order, np.arange(h * w)[None].repeat(n, 0), axis=1)
     rank_t = torch.from_numpy(rank).to(device).reshape(n, 1, h, w)
     per_step = math.ceil(h * w / steps)
-    kept = torch.clamp(torch.arange(steps + 1, device=device) * per_step, max=h * w)
+    n_steps = math.ceil(h * w / per_step)
+    kept = torch.clamp(torch.arange(n_steps + 1, device=device) * per_step, max=h * w)
 
     def probabilities(batch: torch.Tensor) -> torch.Tensor:
         return torch.softmax(module(preprocess(batch)), dim=1)
 
-    curves = {"insertion": torch.empty(n, steps + 1), "deletion": torch.empty(n, steps + 1)}
-    pairs = torch.cartesian_prod(torch.arange(n), torch.arange(steps + 1))
+    curves = {"insertion": torch.empty(n, n_steps + 1), "deletion": torch.empty(n, n_steps + 1)}
+    pairs = torch.cartesian_prod(torch.arange(n), torch.arange(n_steps + 1))
     with torch.no_grad(), model_in_eval(module):
         t = resolve_targets(targets, torch.cat([module(preprocess(b)) for b in x.split(batch_size)]))
         blurred = gaussian_blur(x)
@@ -228,7 +257,7 @@ def insertion_deletion(
     out: dict[str, np.ndarray] = {"targets": t.cpu().numpy()}
     for name, curve in curves.items():
         s = curve.double().numpy()
-        out[name] = (s.sum(axis=1) - s[:, 0] / 2 - s[:, -1] / 2) / steps
+        out[name] = (s.sum(axis=1) - s[:, 0] / 2 - s[:, -1] / 2) / n_steps
         out[f"{name}_curve"] = s
     return out
 
@@ -284,8 +313,10 @@ def sanity_check(
             re-initialised with their own ``reset_parameters`` under ``torch.manual_seed(seed)``.
 
     Returns:
-        One row per cascade step: ``{"layer": name, "mean_spearman": float (NaN-mean), "spearman":
-        float64 (N,)}``; the first row, layer ``"none"``, compares the untouched copy with the model
+        One row per cascade step: ``{"layer": name, "spearman": float64 (N,), "n_defined": int,
+        "mean_spearman": float}``. The correlation is undefined (NaN) where either map is constant (e.g.
+        all zero); ``n_defined`` counts the images where it is defined and ``mean_spearman`` is their
+        mean (NaN if none). The first row, layer ``"none"``, compares the untouched copy with the model
         (1.0 for a deterministic method); row k has the first k layers randomised.
     """
     module, _ = unwrap_model(model)
@@ -309,6 +340,7 @@ def sanity_check(
                     _randomise(layer)
             maps = _maps_numpy(method_factory(copied)(x, t)).reshape(len(x), -1)
             rho = _spearman(base, maps)
-            mean = float(np.nanmean(rho)) if np.isfinite(rho).any() else float("nan")
-            rows.append({"layer": name, "mean_spearman": mean, "spearman": rho})
+            defined = int(np.isfinite(rho).sum())
+            mean = float(np.nanmean(rho)) if defined else float("nan")
+            rows.append({"layer": name, "spearman": rho, "n_defined": defined, "mean_spearman": mean})
     return rows

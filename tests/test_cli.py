@@ -174,7 +174,70 @@ def test_pointing_game_end_to_end(tmp_path, capsys):
     expected = pointing_game(centre_maps(12, 64, 64), boxes, tolerance=15 * 64 / 224)["accuracy"]
     assert rows["centre"]["accuracy"] == pytest.approx(expected)
     assert 0.0 <= rows["gradcam"]["accuracy"] <= 1.0 and 0.0 <= rows["gradcam"]["energy"] <= 1.0
-    assert (out / "pointing_game.md").read_text().count("|") > 10
+    assert rows["centre"]["blank"] == 0 and 0 <= rows["gradcam"]["blank"] <= 12
+    md = (out / "pointing_game.md").read_text()
+    assert md.count("|") > 10 and "4.29 px" in md and "our own scaling" in md
+
+
+#: (class, VOC xmin, xmax) of the objects in :func:`_voc_folder`'s image, all at VOC y 101..200.
+VOC_OBJECTS = (("cat", 1, 20), ("dog", 218, 260), ("person", 150, 187))
+
+
+def _voc_folder(path):
+    """A 400x300 (w x h) image whose centre, pixel (150, 200), lies 14 px from the person's box, 17 px
+    from the dog's, and far from the cat's at the left edge (which a 32-px centre crop would cut away)."""
+    (path / "Annotations").mkdir(parents=True)
+    (path / "JPEGImages").mkdir()
+    Image.new("RGB", (400, 300), (90, 120, 60)).save(path / "JPEGImages" / "img.png")
+    body = "".join(
+        f"<object><name>{name}</name><difficult>0</difficult><bndbox><xmin>{x0}</xmin><ymin>101</ymin>"
+        f"<xmax>{x1}</xmax><ymax>200</ymax></bndbox></object>"
+        for name, x0, x1 in VOC_OBJECTS
+    )
+    (path / "Annotations" / "img.xml").write_text(
+        f"<annotation><filename>img.png</filename>{body}</annotation>"
+    )
+    return path
+
+
+def test_pointing_game_on_voc_follows_torchray(tmp_path, capsys):
+    """No crop, maps at the original size, 15 px there: the centre hits the person (14 px) only."""
+    from evaluation.saliency_metrics import centre_maps, energy_pointing_game
+
+    data = _voc_folder(tmp_path / "voc")
+    argv = ["pointing-game", "--data", str(data), "--methods", "centre,gradcam", "--size", "32", "--quiet"]
+    assert main([*argv, "--out", str(tmp_path / "a")]) == 0
+    rows = {r["method"]: r for r in json.loads((tmp_path / "a" / "pointing_game.json").read_text())["rows"]}
+    assert rows["centre"]["n"] == rows["gradcam"]["n"] == 3
+    assert rows["centre"]["accuracy"] == pytest.approx(1 / 3)
+    assert rows["centre"]["mean_class_accuracy"] == pytest.approx(1 / 3)
+    boxes = [np.array([[100, x0 - 1, 200, x1]]) for _, x0, x1 in VOC_OBJECTS]  # 0-based, exclusive
+    expected = energy_pointing_game(centre_maps(3, 300, 400), boxes)["mean"]
+    assert rows["centre"]["energy"] == pytest.approx(expected)
+    assert 0.0 <= rows["gradcam"]["accuracy"] <= 1.0 and 0.0 <= rows["gradcam"]["energy"] <= 1.0
+    assert "TorchRay's protocol" in (tmp_path / "a" / "pointing_game.md").read_text()
+    # the radius is in original pixels: 18 px reaches the dog too
+    assert main([*argv, "--methods", "centre", "--tolerance", "18", "--out", str(tmp_path / "b")]) == 0
+    (row,) = json.loads((tmp_path / "b" / "pointing_game.json").read_text())["rows"]
+    assert row["accuracy"] == pytest.approx(2 / 3)
+    capsys.readouterr()
+    assert main([*argv, "--tolerance", "-1", "--out", str(tmp_path / "c")]) == 2
+    assert "--tolerance" in capsys.readouterr().err
+
+
+def test_pointing_game_maps_are_scored_at_the_original_size():
+    import argparse
+
+    from evaluation import zoo
+    from evaluation.cli import _Group, _group_maps
+
+    classifier = zoo.classifier("digits-cnn", None, device="cpu")
+    image = np.random.default_rng(0).random((3, 32, 43), dtype=np.float32)
+    group = _Group(np.broadcast_to(image, (2, 3, 32, 43)), np.arange(2), (300, 400))
+    args = argparse.Namespace(seed=0, gpnn_variations=2, gpnn_fast=True)
+    for method in ("gradcam", "centre"):
+        maps = _group_maps(method, classifier, group, np.array([1, 2]), ["features.13"], args)
+        assert maps.shape == (2, 300, 400) and maps.min() >= 0 and maps.max() <= 1 + 1e-6
 
 
 def test_sanity_end_to_end(tmp_path, capsys):
@@ -182,7 +245,9 @@ def test_sanity_end_to_end(tmp_path, capsys):
     assert main(["sanity", "--method", "gradcam", "--n", "3", "--out", str(out), "--quiet"]) == 0
     rows = json.loads((out / "sanity.json").read_text())["rows"]
     assert rows[0]["layer"] == "none" and rows[0]["mean_spearman"] == pytest.approx(1.0)
-    assert len(rows) > 2
+    assert rows[0]["n_defined"] == 3 and all(0 <= r["n_defined"] <= 3 for r in rows)
+    assert all((r["mean_spearman"] is None) == (r["n_defined"] == 0) for r in rows)
+    assert len(rows) > 2 and "images with a defined Spearman" in (out / "sanity.md").read_text()
     err = _error(capsys, ["sanity", "--method", "random", "--out", str(out)])
     assert "random" in err
 

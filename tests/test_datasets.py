@@ -205,13 +205,15 @@ def _voc_xml(filename: str, objects: list[tuple[str, tuple[int, int, int, int], 
     return f"<annotation><filename>{filename}</filename>{body}</annotation>"
 
 
-def test_voc_dataset_items_and_box_mapping(tmp_path):
+def test_voc_dataset_torchray_resize_and_original_boxes(tmp_path):
+    """TorchRay's preparation: shorter side to ``size`` (longer side truncated), no crop; boxes stay in
+    original pixels, so a box near the edge (which a centre crop would cut away) is kept."""
     (tmp_path / "Annotations").mkdir()
     (tmp_path / "JPEGImages").mkdir()
     _save_image(tmp_path / "JPEGImages" / "a.jpg", 40, 20, (0, 255, 0))  # w=40, h=20
     _save_image(tmp_path / "JPEGImages" / "b.jpg", 20, 20, (0, 0, 255))
-    # a: dog at VOC x 21..30, y 1..10 (0-based x 20..30, y 0..10); person only difficult -> skipped;
-    # cat box entirely in the cropped-away left margin -> dropped, so no cat item either
+    _save_image(tmp_path / "JPEGImages" / "c.jpg", 15, 25, (255, 0, 0))  # portrait
+    # a: dog at VOC x 21..30, y 1..10; person only difficult -> skipped; cat in the left margin -> kept
     (tmp_path / "Annotations" / "a.xml").write_text(
         _voc_xml(
             "a.jpg",
@@ -223,19 +225,27 @@ def test_voc_dataset_items_and_box_mapping(tmp_path):
             "b.jpg", [("person", (1, 1, 20, 20), 0), ("bird", (3, 5, 4, 6), 1), ("bird", (2, 2, 3, 3), 0)]
         )
     )
-    x, classes, boxes = datasets.voc_dataset(tmp_path, size=10)
-    names = [datasets.VOC_CLASSES[c] for c in classes]
-    assert names == ["dog", "bird", "person"] and classes.dtype == np.int64
-    assert x.shape == (3, 3, 10, 10)
-    np.testing.assert_allclose(x[0, 1], 1.0, atol=0.02)  # green image a
-    np.testing.assert_allclose(x[1, 2], 1.0, atol=0.02)  # blue image b
-    # a: scale 0.5 -> 20x10, crop columns 5..14: y 0..5, x 10-5=5 .. 15-5=10
-    assert boxes[0].tolist() == [[0, 5, 5, 10]]
-    # b: scale 0.5, no crop: bird boxes (y 4..6, x 2..3 -> 2..3, 1..2) and (y 1..3, x 1..3 -> 0..2, 0..2)
-    assert boxes[1].tolist() == [[2, 1, 3, 2], [0, 0, 2, 2]]
-    assert boxes[2].tolist() == [[0, 0, 10, 10]]
-    x2, classes2, _ = datasets.voc_dataset(tmp_path, size=10, n=2)
-    assert classes2.tolist() == classes[:2].tolist() and len(x2) == 2
+    (tmp_path / "Annotations" / "c.xml").write_text(_voc_xml("c.jpg", [("car", (1, 1, 15, 25), 0)]))
+    voc = datasets.voc_dataset(tmp_path, size=10)
+    assert [datasets.VOC_CLASSES[c] for c in voc.classes] == ["cat", "dog", "bird", "person", "car"]
+    assert voc.classes.dtype == np.int64 and voc.image.tolist() == [0, 0, 1, 1, 2]
+    assert voc.sizes.tolist() == [[20, 40], [20, 20], [25, 15]]
+    # 40x20 -> 20x10; 20x20 -> 10x10; 15x25 -> 10 x int(10 * 25 / 15) = 16 (torchvision's Resize)
+    assert [im.shape for im in voc.images] == [(3, 10, 20), (3, 10, 10), (3, 16, 10)]
+    assert all(im.dtype == np.float32 for im in voc.images)
+    np.testing.assert_allclose(voc.images[0][1], 1.0, atol=0.02)  # green image a
+    np.testing.assert_allclose(voc.images[1][2], 1.0, atol=0.02)  # blue image b
+    # original pixels, 0-based exclusive; bird keeps its difficult box too (TorchRay's class mask)
+    assert [b.tolist() for b in voc.boxes] == [
+        [[0, 0, 4, 4]],
+        [[0, 20, 10, 30]],
+        [[4, 2, 6, 4], [1, 1, 3, 3]],
+        [[0, 0, 20, 20]],
+        [[0, 0, 25, 15]],
+    ]
+    first = datasets.voc_dataset(tmp_path, size=10, n=3)
+    assert first.classes.tolist() == voc.classes[:3].tolist() and first.image.tolist() == [0, 0, 1]
+    assert len(first.images) == 2 and len(first.boxes) == 3
 
 
 def test_voc_dataset_errors(tmp_path):
@@ -246,4 +256,9 @@ def test_voc_dataset_errors(tmp_path):
         datasets.voc_dataset(tmp_path)
     (tmp_path / "a.xml").write_text(_voc_xml("a.jpg", [("dog", (1, 1, 2, 2), 0)]))
     with pytest.raises(ValueError, match="a.jpg"):  # the image file is missing
+        datasets.voc_dataset(tmp_path)
+    with pytest.raises(ValueError, match="size must"):
+        datasets.voc_dataset(tmp_path, size=0)
+    (tmp_path / "a.xml").write_text(_voc_xml("a.jpg", [("dog", (1, 1, 2, 2), 1)]))
+    with pytest.raises(ValueError, match=r"no \(image, class\) items"):  # only difficult boxes
         datasets.voc_dataset(tmp_path)

@@ -87,12 +87,26 @@ def test_pointing_game_matches_brute_force(h, w, tolerance, data):
     assert pointing_game(maps, np.array([[y0, x0, y1, x1]]), tolerance)["hits"][0] == expected
 
 
-def test_centre_baseline():
-    maps = centre_maps(2, 7, 9)
-    assert maps.shape == (2, 7, 9) and maps.min() >= 0 and maps.max() == 1
-    assert pointing_game(maps, np.array([[3, 4, 4, 5]] * 2), tolerance=0.5)["accuracy"] == 1.0
-    even = centre_maps(1, 4, 4)
-    assert pointing_game(even, np.array([[1, 1, 2, 2]]), tolerance=0.5)["points"].tolist() == [[1, 1]]
+@pytest.mark.parametrize(("h", "w"), [(7, 9), (4, 4), (64, 64), (6, 9), (375, 500)])
+def test_centre_baseline_points_at_torchray_centre(h, w):
+    """TorchRay's centre point is (w/2, h/2): pixel (h//2, w//2), the unique maximum of the map."""
+    maps = centre_maps(2, h, w)
+    assert maps.shape == (2, h, w) and maps.min() >= 0 and maps.max() == 1
+    assert (maps[0] == 1).sum() == 1
+    points = pointing_game(maps, np.array([[0, 0, 1, 1]] * 2), tolerance=0.5)["points"]
+    assert points.tolist() == [[h // 2, w // 2]] * 2
+
+
+def test_pointing_game_clips_boxes_to_the_map():
+    """A box wholly outside the map is empty there (TorchRay's mask): a miss, however close."""
+    maps = _peak_map(10, 10, 0, 5)
+    above = np.array([[-3, 5, 0, 6]])  # rows -3..-1, right above the point
+    assert not pointing_game(maps, above, tolerance=2)["hits"][0]
+    right = [np.array([[0, 10, 1, 12], [9, 0, 10, 1]])]  # columns 10..11 (distance 5) are outside
+    assert not pointing_game(maps, right, tolerance=6)["hits"][0]
+    partly = np.array([[-3, 7, 1, 12]])  # clipped to rows 0..0, columns 7..9: nearest pixel (0,7)
+    assert not pointing_game(maps, partly, tolerance=2)["hits"][0]
+    assert pointing_game(maps, partly, tolerance=2.01)["hits"][0]
 
 
 def test_pointing_game_bad_input():
@@ -104,6 +118,8 @@ def test_pointing_game_bad_input():
         pointing_game(np.zeros((1, 5, 5)), np.array([[2, 0, 2, 1]]))
     with pytest.raises(ValueError, match="tolerance"):
         pointing_game(np.zeros((1, 5, 5)), np.array([[0, 0, 1, 1]]), tolerance=-1)
+    with pytest.raises(ValueError, match="classes: expected 1"):
+        pointing_game(np.zeros((1, 5, 5)), np.array([[0, 0, 1, 1]]), classes=[1, 2])
 
 
 # ---------------------------------------------------------------- energy pointing game
@@ -119,11 +135,12 @@ def test_energy_pointing_game_by_hand():
     assert energy_pointing_game(maps, np.array([[0, 0, 4, 4]]))["mean"] == pytest.approx(1.0)
 
 
-def test_energy_pointing_game_zero_map_and_negative():
+def test_energy_pointing_game_zero_map_counts_zero_and_negative():
     maps = np.zeros((2, 3, 3), dtype=np.float32)
     maps[1, 0, 0] = 2.0
     result = energy_pointing_game(maps, np.array([[0, 0, 1, 1]] * 2))
-    assert math.isnan(result["fractions"][0]) and result["fractions"][1] == 1.0 and result["mean"] == 1.0
+    assert result["fractions"].tolist() == [0.0, 1.0] and result["mean"] == 0.5
+    assert result["blank"].tolist() == [True, False]
     with pytest.raises(ValueError, match="non-negative"):
         energy_pointing_game(-np.ones((1, 3, 3)), np.array([[0, 0, 1, 1]]))
 
@@ -180,6 +197,49 @@ def test_insertion_deletion_follows_the_map_order(reference_image):
     assert bad_result["insertion"][0] == pytest.approx(0.125, abs=1e-6)
 
 
+def _rise_scores(model, x, maps, steps):
+    """RISE's CausalMetric loop, one image at a time: ``step`` pixels per iteration, ``n`` iterations."""
+    hw = x.shape[2] * x.shape[3]
+    step = math.ceil(hw / steps)
+    n = (hw + step - 1) // step
+    out = {}
+    with torch.no_grad():
+        target = model(x).argmax(1)
+        for mode, start, finish in (
+            ("deletion", x, torch.zeros_like(x)),
+            ("insertion", gaussian_blur(x), x),
+        ):
+            curves = []
+            for i in range(len(x)):
+                order = np.argsort(-maps[i].ravel(), kind="stable")
+                current = start[i].clone().reshape(x.shape[1], -1)
+                scores = []
+                for k in range(n + 1):
+                    p = torch.softmax(model(current.reshape(1, *x.shape[1:])), 1)[0, target[i]]
+                    scores.append(p.item())
+                    pixels = torch.from_numpy(order[step * k : step * (k + 1)])
+                    current[:, pixels] = finish[i].reshape(x.shape[1], -1)[:, pixels]
+                curves.append(scores)
+            s = np.array(curves)
+            out[mode] = (s.sum(1) - s[:, 0] / 2 - s[:, -1] / 2) / n
+            out[f"{mode}_curve"] = s
+    return out
+
+
+@pytest.mark.parametrize("steps", [7, 6, 36])
+def test_insertion_deletion_matches_a_rise_loop(steps):
+    """36 pixels in 7 requested steps: 6 a step, so 6 steps (RISE's rule), not 7 with a repeated end."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 36, 4))
+    x = torch.rand(3, 3, 6, 6)
+    maps = np.random.default_rng(1).random((3, 6, 6)).astype(np.float32)
+    maps[0, :2] = 1.0  # ties
+    ours = insertion_deletion(model, x, maps, steps=steps, batch_size=5)
+    rise = _rise_scores(model, x, maps, steps)
+    for key in ("deletion", "insertion", "deletion_curve", "insertion_curve"):
+        np.testing.assert_allclose(ours[key], rise[key], atol=1e-6)
+
+
 def test_insertion_deletion_batch_size_invariant(small_cnn, images):
     images = images[:2]
     maps = torch.rand(2, 32, 32, generator=torch.Generator().manual_seed(2))
@@ -234,6 +294,24 @@ def test_sanity_check_cascade_order(small_cnn, images):
     for row in rows[:4]:  # layers above the first conv do not change its map
         np.testing.assert_allclose(row["spearman"], 1.0, atol=1e-12)
     assert rows[4]["mean_spearman"] < 0.99
+
+
+class ConstantForFirstImage(FirstConvEnergy):
+    """FirstConvEnergy, but the first image's map is all zero: its Spearman is undefined in every row."""
+
+    def __call__(self, x: torch.Tensor, targets=None) -> torch.Tensor:
+        maps = super().__call__(x, targets)
+        maps[0] = 0
+        return maps
+
+
+def test_sanity_check_counts_images_with_a_defined_correlation(small_cnn, images):
+    rows = sanity_check(ConstantForFirstImage, small_cnn, images, layers=["fc", "features.0"])
+    assert [r["n_defined"] for r in rows] == [len(images) - 1] * 3
+    for row in rows:
+        assert np.isnan(row["spearman"][0])
+        assert row["mean_spearman"] == pytest.approx(row["spearman"][1:].mean())
+    assert rows[0]["mean_spearman"] == pytest.approx(1.0)
 
 
 def test_sanity_check_gradcam_does_not_touch_the_model(small_cnn, images):
