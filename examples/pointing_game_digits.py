@@ -5,7 +5,8 @@
 Cluttered digits (a handwritten digit among fragments of other digits) with the shipped digits CNN; the
 maps are computed for the true class; a hit is a maximum within 15 x 64/224 = 4.3 px of the digit's box
 (TorchRay's 15 px, which it applies at the original image size, scaled by us to these 64 px images as if
-they were 224 px ones). The centre baseline shows how much a method beats "always point at the middle". The CLI version is ``focused-attacks pointing-game``.
+they were 224 px ones). The centre baseline shows how much a method beats "always point at the middle".
+The CLI version is ``focused-attacks pointing-game``.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Shared plumbing for the focused attacks: mask normalisation, saliency maps -> masks, label handling and
 the two ways of asking an ART estimator for gradients.
 
-Conventions: ``x`` is float32 numpy (N,C,H,W); masks are float32 numpy of shape (N,1,H,W) (shared over
-channels) or ``x.shape``; saliency maps are (N,H,W) in [0,1].
+Conventions: the attacks compute in float32 numpy (N,C,H,W); masks are float32 numpy in [0,1] of shape
+(N,1,H,W) (shared over channels) or ``x.shape``; saliency maps are (N,H,W) in [0,1].
 """
 
 from __future__ import annotations
@@ -23,13 +23,16 @@ from saliency.base import model_in_eval
 #: Focus modes every attack supports; FocusedPGD adds ``"penalty"``.
 FOCUS_MODES = ("topk", "soft")
 TARGETS_REQUIRED = "Target labels `y` need to be provided for a targeted attack."
+#: How far (absolute) x may lie outside the estimator's clip_values.
+CLIP_TOLERANCE = 1e-6
 
 
 def normalize_mask(mask: np.ndarray | torch.Tensor, x_shape: tuple[int, ...]) -> np.ndarray:
     """Broadcast a mask to (N,1,H,W) (one channel) or to ``x_shape`` (per channel), float32.
 
     Accepted shapes are those broadcastable to x (N,C,H,W): (H,W), (1,H,W), (C,H,W), (N,1,H,W), (1,C,H,W),
-    x.shape, ... Values must be finite and non-negative; bool masks become 0/1.
+    x.shape, ... A 3-D mask is (C,H,W); one whose first dimension is N > 1 is refused as ambiguous (per-image
+    masks are (N,1,H,W)). Values must lie in [0,1]; bool masks become 0/1.
     """
     if isinstance(mask, torch.Tensor):
         mask = mask.detach().cpu().numpy()
@@ -44,8 +47,14 @@ def normalize_mask(mask: np.ndarray | torch.Tensor, x_shape: tuple[int, ...]) ->
     m = mask.astype(ART_NUMPY_DTYPE)
     if not np.isfinite(m).all():
         raise ValueError("mask contains NaN or infinite values")
-    if (m < 0).any():
-        raise ValueError(f"mask must be non-negative, got a minimum of {float(m.min())}")
+    if ((m < 0) | (m > 1)).any():
+        raise ValueError(f"mask values must lie in [0, 1], got values in [{m.min()}, {m.max()}]")
+    if m.ndim == 3 and m.shape[0] == x_shape[0] > 1:
+        raise ValueError(
+            f"mask of shape {mask.shape} is ambiguous for x of shape {tuple(x_shape)}: a 3-D mask is read as "
+            "(C,H,W); pass (N,1,H,W) for one mask per image (e.g. mask[:, None]) or (1,C,H,W) for one per "
+            "channel"
+        )
     m = m.reshape((1,) * (4 - m.ndim) + m.shape)
     if any(d not in (1, xd) for d, xd in zip(m.shape, x_shape)):
         raise ValueError(f"mask of shape {mask.shape} is not broadcastable to x of shape {tuple(x_shape)}")
@@ -63,6 +72,22 @@ def maps_to_mask(maps: np.ndarray | torch.Tensor, focus: str, area: float) -> np
     if focus == "topk":
         return saliency_masks.top_k(maps, area)
     return saliency_masks.soft(maps)
+
+
+def keep_outside(x: np.ndarray, x_adv: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """``x_adv`` in x's dtype, equal to ``x`` exactly where ``mask`` (broadcastable to x; None: nowhere) is 0
+    (the float32 computation would otherwise round those pixels of a float64 x)."""
+    out = x_adv.astype(x.dtype, copy=False)
+    return out if mask is None else np.where(mask == 0, x, out)
+
+
+def clip_bounds(clip_values: tuple | None, device: torch.device) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The estimator's (min, max), scalars or per-channel arrays, as float32 tensors on ``device`` (None: no
+    clipping)."""
+    if clip_values is None:
+        return None
+    low, high = (torch.as_tensor(np.asarray(v, dtype=ART_NUMPY_DTYPE), device=device) for v in clip_values)
+    return low, high
 
 
 def check_focus(area: float, focus: str, modes: tuple[str, ...] = FOCUS_MODES) -> None:
@@ -153,8 +178,19 @@ class ARTGradients:
         return torch.from_numpy(np.asarray(out, dtype=ART_NUMPY_DTYPE))
 
     def loss_gradient(self, x: torch.Tensor, y: torch.Tensor, per_sample: bool = False) -> torch.Tensor:
-        """The estimator's loss gradient (taken as the gradient of the per-sample losses' sum)."""
-        grad = self.estimator.loss_gradient(x.numpy(), y.numpy())
+        """The estimator's loss gradient; ``per_sample``: the gradient of each sample's own loss, i.e. a batch
+        mean is undone (scaled by B when the loss, e.g. a PyTorchClassifier's ``loss``, says ``reduction=
+        "mean"``; one sample per call when the reduction is unknown)."""
+        x_np, y_np = x.numpy(), y.numpy()
+        reduction = getattr(getattr(self.estimator, "loss", None), "reduction", None)
+        if per_sample and reduction not in ("mean", "sum"):
+            grad = np.concatenate(
+                [self.estimator.loss_gradient(x_np[i : i + 1], y_np[i : i + 1]) for i in range(len(x_np))]
+            )
+        else:
+            grad = self.estimator.loss_gradient(x_np, y_np)
+            if per_sample and reduction == "mean":
+                grad = grad * len(x_np)
         return torch.from_numpy(np.asarray(grad, dtype=ART_NUMPY_DTYPE).reshape(x.shape))
 
     def margin_gradient(self, x: torch.Tensor, add: torch.Tensor, sub: torch.Tensor) -> torch.Tensor:
@@ -214,12 +250,24 @@ class FocusedEvasionAttack(EvasionAttack):
             return TorchGradients(self.estimator)
         return ARTGradients(self.estimator, self.batch_size)
 
-    @staticmethod
-    def _check_x(x: np.ndarray) -> None:
+    def _check_x(self, x: np.ndarray) -> None:
+        """x: a floating numpy array (N,C,H,W), finite and inside the estimator's clip_values."""
         if not isinstance(x, np.ndarray):
             raise TypeError(f"x must be a numpy array (N,C,H,W), got {type(x).__name__}")
         if x.ndim != 4:
             raise ValueError(f"x must have shape (N,C,H,W), got shape {x.shape}")
+        if not np.issubdtype(x.dtype, np.floating):
+            raise TypeError(f"x must have a floating dtype, got {x.dtype}")
+        if not np.isfinite(x).all():
+            raise ValueError("x contains NaN or infinite values")
+        if self.estimator.clip_values is None:
+            return
+        low, high = self.estimator.clip_values
+        if (x < low - CLIP_TOLERANCE).any() or (x > high + CLIP_TOLERANCE).any():
+            raise ValueError(
+                f"x must lie within the estimator's clip_values ({low}, {high}), got values in "
+                f"[{x.min()}, {x.max()}]"
+            )
 
     def _predict_classes(self, x: np.ndarray) -> np.ndarray:
         return np.argmax(self.estimator.predict(x, batch_size=self.batch_size), axis=1)
@@ -246,7 +294,7 @@ class FocusedEvasionAttack(EvasionAttack):
         device = self.estimator.device
         out = []
         for start in range(0, len(x), self.batch_size):
-            xb = torch.from_numpy(np.ascontiguousarray(x[start : start + self.batch_size])).to(device)
+            xb = torch.from_numpy(x[start : start + self.batch_size].copy()).to(device)  # x stays intact
             tb = torch.from_numpy(np.asarray(classes[start : start + self.batch_size], dtype=np.int64))
             maps = self.saliency(xb, tb.to(device))
             out.append(torch.as_tensor(maps).detach().float().cpu().numpy())
@@ -284,24 +332,27 @@ class FocusedEvasionAttack(EvasionAttack):
         maps: np.ndarray | None = None,
         **kwargs,
     ) -> np.ndarray:
-        """Adversarial examples for x (N,C,H,W) float32 -> same shape and dtype.
+        """Adversarial examples for x (N,C,H,W), floating and within clip_values -> same shape and dtype.
+
+        The attack runs in float32 (as ART's); pixels where the mask is 0 are returned as x exactly.
 
         :param y: true labels (untargeted; default the model's predictions) or target labels (targeted),
             as indices (N,) or one-hot (N,K).
-        :param mask: perturbation mask broadcastable to x ((H,W), (1,H,W), (N,1,H,W), x.shape), >= 0.
+        :param mask: perturbation mask in [0,1] broadcastable to x ((H,W), (1,H,W), (N,1,H,W), x.shape).
         :param maps: saliency maps (N,H,W) in [0,1], turned into a mask by ``focus`` and ``area``.
         Without mask and maps, ``saliency(x, attacked class)`` gives the maps; without it, the whole image.
         """
         if kwargs:
             raise TypeError(f"generate() got unexpected keyword arguments: {', '.join(kwargs)}")
         self._check_x(x)
-        labels = self._labels(x, y)
-        resolved = self._resolve_mask(x, labels, mask, maps)
+        x32 = x.astype(ART_NUMPY_DTYPE)
+        labels = self._labels(x32, y)
+        resolved = self._resolve_mask(x32, labels, mask, maps)
         self.last_mask_ = (
             resolved if resolved is not None else np.ones((x.shape[0], 1, *x.shape[2:]), ART_NUMPY_DTYPE)
         )
-        x_adv = self._attack(x, labels, resolved, None)
-        return x_adv.astype(x.dtype, copy=False)
+        x_adv = self._attack(x32, labels, resolved, None)
+        return keep_outside(x, x_adv, None if self.focus == "penalty" else resolved)
 
     def _attack(
         self, x: np.ndarray, labels: np.ndarray, mask: np.ndarray | None, eps: np.ndarray | None

@@ -25,6 +25,7 @@ from focused_attacks.base import (
     TorchGradients,
     check_count,
     check_number,
+    clip_bounds,
 )
 
 #: The binary search on c stops for a sample once c exceeds this (Carlini and Wagner's value).
@@ -39,7 +40,8 @@ def _rows(t: torch.Tensor) -> torch.Tensor:
 
 
 class _Problem:
-    """One batch of the C&W objective c * max(margin + confidence, 0) + ||x_adv - x||_2^2 in tanh space."""
+    """One batch of the C&W objective c * max(margin + confidence, 0) + ||x_adv - x||_2^2 in tanh space;
+    ``clip`` (min, max) are float32 tensors broadcastable to an image (scalars or per channel)."""
 
     def __init__(
         self,
@@ -47,7 +49,7 @@ class _Problem:
         x: torch.Tensor,
         labels: torch.Tensor,
         mask: torch.Tensor | None,
-        clip: tuple[float, float],
+        clip: tuple[torch.Tensor, torch.Tensor],
         confidence: float,
         targeted: bool,
     ):
@@ -212,12 +214,10 @@ class FocusedCarliniL2(FocusedEvasionAttack):
     ) -> np.ndarray:
         if eps is not None:
             raise ValueError("eps: FocusedCarliniL2 has no perturbation budget")
-        if self.estimator.clip_values is not None:
-            clip = tuple(float(v) for v in self.estimator.clip_values)
-        else:
-            clip = (float(np.amin(x)), float(np.amax(x)))
         grads = self._gradients()
         device = grads.device
+        clip_values = self.estimator.clip_values
+        clip = clip_bounds((np.amin(x), np.amax(x)) if clip_values is None else clip_values, device)
         x_adv = x.astype(ART_NUMPY_DTYPE)
         nb_batches = int(np.ceil(len(x) / self.batch_size))
         with grads.context():

@@ -22,18 +22,11 @@ from focused_attacks.base import (
     TorchGradients,
     check_count,
     check_number,
+    clip_bounds,
     lp_direction,
     parse_norm,
     project,
 )
-
-
-def clip_bounds(clip_values: tuple | None, device: torch.device) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """The estimator's (min, max) as float32 tensors on ``device`` (None: no clipping)."""
-    if clip_values is None:
-        return None
-    low, high = (torch.as_tensor(np.asarray(v, dtype=ART_NUMPY_DTYPE), device=device) for v in clip_values)
-    return low, high
 
 
 def _clip(x: torch.Tensor, bounds: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
@@ -61,11 +54,12 @@ def gradient_steps(
     ``mask`` (B,1,H,W) or x's shape: for ``focus`` topk/soft the gradient is weighted by the mask before the
     norm and the step after it (a 0/1 mask equals ART's ``mask``); for ``"penalty"`` the mask is the saliency
     map Psi and ``beta * ||delta * (1 - Psi)||_2`` is subtracted from each sample's loss instead.
+    ``random_init`` starts at a random point of the (masked) ball, as ART only when ``max_iter > 0``.
     """
     penalty = focus == "penalty"
     bounds = clip_bounds(clip_values, x.device)
     x_adv = x.clone()
-    if random_init:
+    if random_init and max_iter > 0:
         noise = random_sphere(len(x), int(np.prod(x.shape[1:])), 1.0, norm).reshape(x.shape)
         noise = torch.from_numpy(noise.astype(ART_NUMPY_DTYPE)).to(x.device) * eps
         if mask is not None:
@@ -99,7 +93,10 @@ class FocusedPGD(FocusedEvasionAttack):
     ``focus="topk"``: perturb only the top ``area`` fraction of each saliency map (hard 0/1 mask);
     ``"soft"``: gradient and step weighted per pixel by the map; ``"penalty"``: the CAMERAS paper's
     attack, loss CE - ``beta`` * ||delta * (1 - map)||_2 (targeted: CE + penalty, minimised), no hard
-    constraint. With ``saliency=None`` and no mask it equals ART's ``ProjectedGradientDescent``.
+    constraint. With ``saliency=None`` and no mask it equals ART's ``ProjectedGradientDescent``; with
+    ``num_random_init > 1`` only where ``y`` is the clean prediction (e.g. ``y=None``): untargeted, a later
+    restart replaces a sample when its prediction differs from ``y``, ART's when it differs from the clean
+    prediction.
     """
 
     attack_params = EvasionAttack.attack_params + [
@@ -146,7 +143,7 @@ class FocusedPGD(FocusedEvasionAttack):
         :param max_iter: number of iterations.
         :param norm: ``np.inf``, ``"inf"`` or a real p >= 1.
         :param targeted: move towards ``y`` (True) or away from it (False).
-        :param num_random_init: random starts in the (masked) eps ball; 0 starts at x.
+        :param num_random_init: random starts in the (masked) eps ball (norm 1, 2 or inf); 0 starts at x.
         :param beta: weight of the out-of-saliency L2 penalty (``focus="penalty"``).
         :param batch_size: images per batch.
         :param verbose: show progress bars.
@@ -163,11 +160,16 @@ class FocusedPGD(FocusedEvasionAttack):
 
     def _check_params(self) -> None:
         self._check_focus_params()
-        parse_norm(self.norm)
+        norm = parse_norm(self.norm)
         check_number("eps", self.eps, allow_zero=True)
         check_number("eps_step", self.eps_step, allow_zero=False)
         check_count("max_iter", self.max_iter)
         check_count("num_random_init", self.num_random_init)
+        if self.num_random_init > 0 and norm not in (1, 2, np.inf):
+            raise ValueError(
+                f"norm must be 1, 2 or inf with random initialisation (num_random_init > 0), "
+                f"got {self.norm!r}"
+            )
         check_number("beta", self.beta, allow_zero=True)
         if not isinstance(self.verbose, bool):
             raise ValueError("The verbose has to be a Boolean.")

@@ -10,7 +10,7 @@ import numpy as np
 from art.config import ART_NUMPY_DTYPE
 from tqdm.auto import tqdm
 
-from focused_attacks.base import FocusedEvasionAttack, maps_to_mask, success_mask
+from focused_attacks.base import FocusedEvasionAttack, keep_outside, maps_to_mask, success_mask
 from focused_attacks.fgsm import FocusedFGSM
 from focused_attacks.pgd import FocusedPGD
 
@@ -42,7 +42,8 @@ def _prepare(
             f"attack must be a FocusedFGSM, FocusedPGD or FocusedCarliniL2, got {type(attack).__name__}"
         )
     attack._check_x(x)
-    return x.astype(ART_NUMPY_DTYPE), attack._labels(x, y)
+    x32 = x.astype(ART_NUMPY_DTYPE)
+    return x32, attack._labels(x32, y)
 
 
 def minimal_area(
@@ -72,6 +73,7 @@ def minimal_area(
 
     found = np.full(len(x), np.nan)
     x_adv = x32.copy()
+    used = np.zeros((len(x), 1, *x.shape[2:]), ART_NUMPY_DTYPE)  # the mask behind each x_adv (0: x)
     todo = np.arange(len(x))
     for area in tqdm(areas, desc="minimal area", leave=False, disable=not getattr(attack, "verbose", False)):
         if todo.size == 0:
@@ -81,8 +83,9 @@ def minimal_area(
         hit = success_mask(attack.estimator, adv, labels[todo], attack.targeted, attack.batch_size)
         found[todo[hit]] = area
         x_adv[todo[hit]] = adv[hit]
+        used[todo[hit]] = mask[hit]
         todo = todo[~hit]
-    return SearchResult(area=found, x_adv=x_adv.astype(x.dtype, copy=False), success=~np.isnan(found))
+    return SearchResult(area=found, x_adv=keep_outside(x, x_adv, used), success=~np.isnan(found))
 
 
 #: Spaces :func:`minimal_eps` can bisect eps in: (to the space, back to eps).
@@ -107,6 +110,11 @@ def minimal_eps(
     fixed (resolved once, as in ``generate``, and kept in ``attack.last_mask_``); PGD's eps_step scales
     with eps.
 
+    The bisection assumes that success is monotone in eps; otherwise the result is *an* eps that succeeds,
+    not the smallest. Images that are fooled without an attack (e.g. already misclassified w.r.t. ``y``)
+    are first tried at ``low``. With ``num_random_init > 0`` every run draws new noise from NumPy's global
+    generator: seed it (``np.random.seed``) for reproducible results.
+
     :param x: (N,C,H,W) images; ``y``: (N,) or one-hot (N,K) labels (untargeted; default the clean
         prediction) or targets (targeted). ``mask`` / ``maps`` (N,H,W) as in ``generate``.
     :param low: lower end, ``0 <= low < high`` (``0 < low`` with ``scale="log"``).
@@ -115,8 +123,9 @@ def minimal_eps(
         ``(high - low) / 2 ** steps``); ``"log"``: each step halves ``log(high) - log(low)``, i.e. the
         ratio, so the found eps is within a factor ``(high / low) ** (2 ** -steps)`` of the threshold
         whatever its size.
-    :return: :class:`SearchResult` whose ``eps`` (N,) is the smallest eps found to succeed (nan where
-        ``high`` fails) and ``x_adv`` (N,C,H,W) the adversarial example at that eps (x where none).
+    :return: :class:`SearchResult` whose ``eps`` (N,) is the smallest eps found to succeed (``low`` where
+        it does, nan where ``high`` fails) and ``x_adv`` (N,C,H,W) the adversarial example at that eps (x
+        where none).
     """
     if not isinstance(attack, (FocusedFGSM, FocusedPGD)):
         raise TypeError(f"attack must be a FocusedFGSM or FocusedPGD, got {type(attack).__name__}")
@@ -146,9 +155,19 @@ def minimal_eps(
     upper = np.full(n, to_scale(high))
     lower = np.full(n, to_scale(float(low)))
     x_adv = x32.copy()
-    adv, ok = run(from_scale(upper), np.arange(n))
-    x_adv[ok] = adv[ok]
-    rows = np.flatnonzero(ok)
+    ok = np.zeros(n, dtype=bool)
+    fooled = np.flatnonzero(success_mask(attack.estimator, x32, labels, attack.targeted, attack.batch_size))
+    if fooled.size:
+        adv, hit = run(from_scale(lower[fooled]), fooled)
+        upper[fooled[hit]] = lower[fooled[hit]]
+        x_adv[fooled[hit]] = adv[hit]
+        ok[fooled[hit]] = True
+    rows = np.flatnonzero(~ok)
+    if rows.size:
+        adv, hit = run(from_scale(upper[rows]), rows)
+        x_adv[rows[hit]] = adv[hit]
+        ok[rows[hit]] = True
+        rows = rows[hit]
     for _ in tqdm(
         range(steps), desc="minimal eps", leave=False, disable=not getattr(attack, "verbose", False)
     ):
@@ -160,4 +179,6 @@ def minimal_eps(
         x_adv[rows[hit]] = adv[hit]
         lower[rows[~hit]] = middle[~hit]
     found = np.where(ok, from_scale(upper), np.nan)
-    return SearchResult(area=found, x_adv=x_adv.astype(x.dtype, copy=False), success=ok)
+    support = attack.last_mask_ if attack.focus != "penalty" else np.ones_like(attack.last_mask_)
+    x_adv = keep_outside(x, x_adv, support * ok[:, None, None, None])
+    return SearchResult(area=found, x_adv=x_adv, success=ok)

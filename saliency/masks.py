@@ -11,8 +11,15 @@ import torch
 Maps = torch.Tensor | np.ndarray
 
 
+def _number(name: str, value: object, expected: str) -> float:
+    """``value`` as a float; a bool, a string or anything else that is not a real number -> ValueError."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ValueError(f"{name} must be {expected}, got {value!r}")
+    return float(value)
+
+
 def _as_maps(maps: Maps) -> torch.Tensor:
-    t = torch.from_numpy(np.asarray(maps)) if isinstance(maps, np.ndarray) else maps
+    t = torch.from_numpy(np.ascontiguousarray(maps)) if isinstance(maps, np.ndarray) else maps
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"maps must be a torch.Tensor or numpy array (N,H,W), got {type(maps).__name__}")
     if t.ndim != 3:
@@ -30,15 +37,21 @@ def _like(result: torch.Tensor, maps: Maps) -> Maps:
 
 
 def top_k(maps: Maps, fraction: float) -> Maps:
-    """Hard mask with exactly ``round(fraction * H * W)`` ones per image on the highest-saliency pixels.
+    """Hard mask with exactly ``round(fraction * H * W)`` (>= 1) ones per image on the most salient pixels.
 
     Ties are broken deterministically: among equal values the pixel earlier in row-major order wins.
     """
     t = _as_maps(maps)
-    if not 0.0 < float(fraction) <= 1.0:
+    value = _number("fraction", fraction, "a number in (0, 1]")
+    if not 0.0 < value <= 1.0:
         raise ValueError(f"fraction must lie in (0, 1], got {fraction}")
     n, h, w = t.shape
-    k = round(float(fraction) * h * w)
+    k = round(value * h * w)
+    if k == 0:
+        raise ValueError(
+            f"fraction (area) {fraction} of a {h}x{w} map rounds to 0 pixels; use a fraction above "
+            f"0.5 / ({h}*{w}) = {0.5 / (h * w):.3g}"
+        )
     order = torch.argsort(t.reshape(n, -1), dim=1, descending=True, stable=True)
     mask = torch.zeros(n, h * w, device=t.device)
     mask.scatter_(1, order[:, :k], 1.0)
@@ -48,7 +61,7 @@ def top_k(maps: Maps, fraction: float) -> Maps:
 def threshold(maps: Maps, t: float) -> Maps:
     """Hard mask of the pixels whose saliency is >= ``t``."""
     m = _as_maps(maps)
-    if not np.isfinite(t):
+    if not np.isfinite(_number("t", t, "a finite threshold")):
         raise ValueError(f"t must be a finite threshold, got {t}")
     return _like((m >= t).float(), maps)
 
@@ -56,6 +69,6 @@ def threshold(maps: Maps, t: float) -> Maps:
 def soft(maps: Maps, gamma: float = 1.0) -> Maps:
     """Soft mask ``clip(maps, 0, 1) ** gamma`` in [0,1]; gamma > 1 sharpens, gamma < 1 flattens."""
     m = _as_maps(maps)
-    if not gamma > 0:
+    if not _number("gamma", gamma, "a number > 0") > 0:
         raise ValueError(f"gamma must be > 0, got {gamma}")
     return _like(m.clamp(0.0, 1.0).pow(gamma), maps)

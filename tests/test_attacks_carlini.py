@@ -8,7 +8,9 @@ import pytest
 import torch
 import torchvision
 from art.attacks.evasion import CarliniL2Method
+from art.estimators.classification import PyTorchClassifier
 from test_attacks_pgd_fgsm import art_classifier, calibrate_head
+from torch import nn
 
 from focused_attacks import FocusedCarliniL2
 
@@ -82,3 +84,24 @@ def test_resnet18_masked_cw():
 def test_targeted_without_y_raises(clf, x):
     with pytest.raises(ValueError, match="Target labels `y` need to be provided for a targeted attack."):
         FocusedCarliniL2(clf, targeted=True, verbose=False).generate(x)
+
+
+def test_per_channel_clip_values():
+    """Per-channel clip_values arrays (as in ART): equal to ART unmasked, inside the box when masked."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 4))
+    low = np.array([0.0, 0.1, 0.2], np.float32).reshape(3, 1, 1)
+    high = np.array([1.0, 0.6, 0.9], np.float32).reshape(3, 1, 1)
+    clf = PyTorchClassifier(
+        model, nn.CrossEntropyLoss(), (3, 8, 8), 4, clip_values=(low, high), device_type="cpu"
+    )
+    x = (low + (high - low) * np.random.default_rng(4).random((4, 3, 8, 8))).astype(np.float32)
+    kwargs = dict(binary_search_steps=2, max_iter=4, batch_size=4, initial_const=1.0, verbose=False)
+    expected = CarliniL2Method(clf, **kwargs).generate(x)
+    assert (clf.predict(expected).argmax(1) != clf.predict(x).argmax(1)).any()
+    np.testing.assert_allclose(FocusedCarliniL2(clf, **kwargs).generate(x), expected, atol=1e-5)
+    mask = np.zeros((8, 8), np.float32)
+    mask[:, :4] = 1
+    x_adv = FocusedCarliniL2(clf, **kwargs).generate(x, mask=mask)
+    assert (x_adv >= low).all() and (x_adv <= high).all() and (x_adv != x).any()
+    np.testing.assert_array_equal(x_adv[..., 4:], x[..., 4:])

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from art.attacks.evasion import CarliniL2Method, ProjectedGradientDescent
+from art.defences.preprocessor import Preprocessor
 from art.estimators.classification.classifier import ClassGradientsMixin, ClassifierMixin
 from art.estimators.estimator import BaseEstimator, LossGradientsMixin
 from art.exceptions import EstimatorError
@@ -24,6 +25,8 @@ from focused_attacks import (
     minimal_eps,
     normalize_mask,
 )
+from focused_attacks.base import is_torch_estimator
+from saliency import masks
 
 ATTACKS = (FocusedFGSM, FocusedPGD, FocusedCarliniL2)
 
@@ -66,6 +69,7 @@ def test_bad_common_params(clf, attack_class, kwargs, name):
         (FocusedPGD, {"norm": 0.5}, "norm"),
         (FocusedPGD, {"beta": -1.0}, "beta"),
         (FocusedPGD, {"num_random_init": 1.5}, "num_random_init"),
+        (FocusedPGD, {"norm": 1.5, "num_random_init": 1}, "norm must be 1, 2 or inf"),
         (FocusedFGSM, {"focus": "penalty"}, "focus"),
         (FocusedCarliniL2, {"learning_rate": 0}, "learning_rate"),
         (FocusedCarliniL2, {"binary_search_steps": -1}, "binary_search_steps"),
@@ -117,7 +121,9 @@ def test_set_params_validates(clf):
 @pytest.mark.parametrize(
     "mask, match",
     [
-        (-np.ones((32, 32), np.float32), "non-negative"),
+        (-np.ones((32, 32), np.float32), r"mask values must lie in \[0, 1\]"),
+        (np.full((32, 32), 1.5, np.float32), r"mask values must lie in \[0, 1\]"),
+        (np.ones((5, 32, 32), np.float32), r"ambiguous.*\(N,1,H,W\)"),
         (np.ones((7, 32), np.float32), "broadcastable"),
         (np.ones((5, 2, 32, 32), np.float32), "broadcastable"),
         (np.ones(32, np.float32), "broadcastable"),
@@ -127,6 +133,15 @@ def test_set_params_validates(clf):
 def test_bad_masks(clf, x, mask, match):
     with pytest.raises((ValueError, TypeError), match=match):
         FocusedPGD(clf, verbose=False).generate(x, mask=mask)
+
+
+def test_per_image_3d_mask_is_refused():
+    """An (N,H,W) mask (e.g. maps > t) is not read as a per-channel (C,H,W) one when N == C."""
+    mask = np.arange(3 * 4 * 4).reshape(3, 4, 4) % 3 == 0
+    with pytest.raises(ValueError, match=r"ambiguous.*\(N,1,H,W\).*\(1,C,H,W\)"):
+        normalize_mask(mask, (3, 3, 4, 4))
+    per_channel = normalize_mask(mask, (2, 3, 4, 4))  # (C,H,W) with N != C
+    np.testing.assert_array_equal(per_channel[1], mask)
 
 
 def test_bad_maps_shape(clf, x):
@@ -154,10 +169,79 @@ def test_normalize_mask_shapes(n, c, h, w, kind, as_bool):
     }[kind]
     raw = np.random.default_rng(n * 100 + h * 10 + w).random(shape) > 0.5
     mask = raw if as_bool else raw.astype(np.float64)
+    if kind == "chw" and c == n > 1:  # ambiguous with a per-image (N,H,W) mask
+        with pytest.raises(ValueError, match="ambiguous"):
+            normalize_mask(mask, (n, c, h, w))
+        return
     out = normalize_mask(mask, (n, c, h, w))
     assert out.dtype == np.float32 and out.flags.writeable
     assert out.shape in {(n, 1, h, w), (n, c, h, w)}
     np.testing.assert_array_equal(np.broadcast_to(out, (n, c, h, w)), np.broadcast_to(raw, (n, c, h, w)))
+
+
+# --- inputs x
+@pytest.mark.parametrize(
+    "make_x, error, match",
+    [
+        (lambda x: x * 1.2, ValueError, r"x must lie within the estimator's clip_values \(0.0, 1.0\)"),
+        (lambda x: x - 0.1, ValueError, r"x must lie within the estimator's clip_values \(0.0, 1.0\)"),
+        (lambda x: np.where(x > 0.9, np.nan, x), ValueError, "x contains NaN"),
+        (lambda x: (x > 0.5).astype(np.uint8), TypeError, "x must have a floating dtype"),
+    ],
+)
+def test_bad_x(linear_pair, make_x, error, match):
+    _, torch_clf, x = linear_pair
+    for attack_class in ATTACKS:
+        with pytest.raises(error, match=match):
+            attack_class(torch_clf).generate(make_x(x))
+    with pytest.raises(error, match=match):
+        minimal_eps(FocusedFGSM(torch_clf), make_x(x))
+
+
+def test_x_within_clip_tolerance_is_accepted(linear_pair):
+    _, torch_clf, x = linear_pair
+    x_adv = FocusedFGSM(torch_clf, eps=0.1).generate(np.clip(x + 0.5, 0, 1) + 1e-7)
+    assert x_adv.max() <= 1.0 + 1e-6
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float16])
+@pytest.mark.parametrize(
+    "make_attack",
+    [
+        lambda clf: FocusedFGSM(clf, eps=0.1),
+        lambda clf: FocusedPGD(clf, eps=0.1, eps_step=0.05, max_iter=3, num_random_init=1, verbose=False),
+        lambda clf: FocusedCarliniL2(
+            clf, binary_search_steps=2, max_iter=3, initial_const=1.0, verbose=False
+        ),
+    ],
+    ids=["fgsm", "pgd", "cw"],
+)
+def test_other_float_dtypes(linear_pair, make_attack, dtype):
+    """float64/float16 x: computed in float32 (y=None predicts on it), returned in x's dtype with the pixels
+    outside the mask exactly x."""
+    _, torch_clf, x = linear_pair
+    x = np.random.default_rng(3).random(x.shape).astype(dtype)  # float64: off the float32 grid
+    mask = np.zeros((8, 8), np.float32)
+    mask[:, :4] = 1
+    x_adv = make_attack(torch_clf).generate(x, mask=mask)
+    assert x_adv.dtype == dtype
+    np.testing.assert_array_equal(x_adv[..., 4:], x[..., 4:])
+    assert (x_adv[..., :4] != x[..., :4]).any()
+
+
+def test_searches_keep_float64_pixels(linear_pair):
+    _, torch_clf, x = linear_pair
+    x = np.random.default_rng(3).random(x.shape)
+    maps = np.random.default_rng(4).random((len(x), 8, 8))
+    attack = FocusedPGD(torch_clf, area=0.25, eps=0.05, eps_step=0.02, max_iter=3, verbose=False)
+    mask = np.broadcast_to(masks.top_k(maps, 0.25), x.shape)
+    for result in (
+        minimal_eps(attack, x, maps=maps, steps=2),
+        minimal_area(attack, x, maps=maps, areas=(0.25,)),
+    ):
+        assert result.x_adv.dtype == np.float64 and result.success.any() and not result.success.all()
+        kept = (mask == 0) | ~result.success[:, None, None, None]
+        np.testing.assert_array_equal(result.x_adv[kept], x[kept])
 
 
 # --- saliency path
@@ -196,6 +280,21 @@ def test_saliency_gets_the_attacked_class(clf, x):
         np.testing.assert_array_equal(np.concatenate(recorder.targets), expected)
         # the top 25 % of a left-to-right ramp are the 8 right-most columns
         assert (attack.last_mask_[:, 0, :, 24:] == 1).all() and attack.last_mask_[:, 0, :, :24].sum() == 0
+
+
+def test_saliency_gets_a_copy_of_x(clf, x):
+    """A saliency method that writes into its input changes neither the caller's x nor the attacked images."""
+
+    def overwriting(xb: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        maps = RecordingSaliency()(xb, targets)
+        xb.zero_()
+        return maps
+
+    before = x.copy()
+    got = FocusedFGSM(clf, saliency=overwriting, area=0.25, eps=0.05).generate(x)
+    np.testing.assert_array_equal(x, before)
+    expected = FocusedFGSM(clf, saliency=RecordingSaliency(), area=0.25, eps=0.05).generate(x)
+    np.testing.assert_array_equal(got, expected)
 
 
 def test_explicit_mask_beats_maps_and_saliency(clf, x):
@@ -284,6 +383,34 @@ def test_generic_cw_equals_art(linear_pair):
     assert ((masked != x).any(axis=1).reshape(6, -1).sum(1) <= 16).all()
 
 
+class IdentityDefence(Preprocessor):
+    """A numpy preprocessing step that changes nothing; it sends a PyTorchClassifier down the generic path."""
+
+    def __init__(self):
+        super().__init__(is_fitted=True, apply_fit=False, apply_predict=True)
+
+    def __call__(self, x, y=None):
+        return x, y
+
+    def estimate_gradient(self, x, grad):
+        return grad
+
+
+def test_penalty_is_per_sample_on_the_generic_path(linear_pair):
+    """focus="penalty" needs each sample's own loss gradient: on ART's generic path it does not depend on
+    the batch size and equals the torch path, with a "mean" loss and with an unknown reduction."""
+    numpy_clf, torch_clf, x = linear_pair
+    generic_torch = art_classifier(torch_clf.model, size=8, preprocessing_defences=[IdentityDefence()])
+    assert not is_torch_estimator(generic_torch) and generic_torch.loss.reduction == "mean"
+    maps = np.random.default_rng(2).random((len(x), 8, 8), dtype=np.float32)
+    kwargs = dict(focus="penalty", eps=0.1, eps_step=0.01, max_iter=5, verbose=False)
+    expected = FocusedPGD(torch_clf, batch_size=6, **kwargs).generate(x, maps=maps)
+    for estimator in (generic_torch, numpy_clf):
+        for batch_size in (1, 6):
+            got = FocusedPGD(estimator, batch_size=batch_size, **kwargs).generate(x, maps=maps)
+            np.testing.assert_allclose(got, expected, atol=1e-6)
+
+
 def test_saliency_callable_needs_torch(linear_pair):
     numpy_clf, _, _ = linear_pair
     with pytest.raises(TypeError, match="saliency"):
@@ -333,6 +460,20 @@ def test_minimal_eps(clf, x):
     fgsm = minimal_eps(FocusedFGSM(clf, eps=0.3), x, steps=3)
     fooled = clf.predict(fgsm.x_adv).argmax(1) != clean
     np.testing.assert_array_equal(fooled, fgsm.success)
+
+
+def test_minimal_eps_already_fooled_image_gets_low(linear_pair):
+    _, torch_clf, x = linear_pair
+    y = torch_clf.predict(x).argmax(1)
+    y[0] = (y[0] + 1) % 10  # image 0 is misclassified w.r.t. y before any attack
+    attack = FocusedPGD(torch_clf, eps=0.3, eps_step=0.1, max_iter=3, verbose=False)
+    result = minimal_eps(attack, x, y, steps=3)
+    assert result.success[0] and result.eps[0] == 0.0
+    np.testing.assert_array_equal(result.x_adv[0], x[0])
+    result = minimal_eps(attack, x, y, low=1e-3, steps=3, scale="log")
+    assert result.success[0] and result.eps[0] == pytest.approx(1e-3, rel=1e-9)
+    assert np.abs(result.x_adv[0] - x[0]).max() <= 1e-3 + 1e-7
+    assert (result.eps[1:][result.success[1:]] > 1e-3 * (1 + 1e-9)).all()
 
 
 def _log_bisection(attack, x, y, maps, low, high, steps):
@@ -402,6 +543,10 @@ def test_search_argument_errors(clf, x):
         minimal_area(FocusedPGD(clf, focus="soft", verbose=False), x, maps=np.ones((5, 32, 32), np.float32))
     with pytest.raises(ValueError, match="saliency"):
         minimal_area(FocusedPGD(clf, verbose=False), x)
+    with pytest.raises(ValueError, match=r"fraction \(area\) 0.0001 of a 32x32 map rounds to 0 pixels"):
+        minimal_area(
+            FocusedPGD(clf, verbose=False), x, areas=(1e-4, 0.5), maps=np.ones((5, 32, 32), np.float32)
+        )
     with pytest.raises(TypeError, match="attack"):
         minimal_eps(FocusedCarliniL2(clf, verbose=False), x)
     with pytest.raises(ValueError, match="low and high"):

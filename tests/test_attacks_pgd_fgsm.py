@@ -212,3 +212,20 @@ def test_targeted_without_y_raises_arts_message(clf, x):
     for attack in (FocusedPGD(clf, targeted=True, verbose=False), FocusedFGSM(clf, targeted=True)):
         with pytest.raises(ValueError, match="Target labels `y` need to be provided for a targeted attack."):
             attack.generate(x)
+
+
+def test_random_init_without_iterations_returns_x(clf, x):
+    """As ART's PGD: max_iter=0 returns x, also with random starts."""
+    kwargs = dict(eps=0.05, max_iter=0, num_random_init=2, verbose=False)
+    np.testing.assert_array_equal(ProjectedGradientDescent(clf, **kwargs).generate(x), x)
+    np.testing.assert_array_equal(FocusedPGD(clf, **kwargs).generate(x), x)
+
+
+def test_random_restarts_equal_art_with_clean_labels(clf, x):
+    """A later start replaces the samples it fools; with y=None (the clean prediction) as ART's."""
+    kwargs = dict(eps=0.03, eps_step=0.01, max_iter=2, num_random_init=2, batch_size=3)
+    np.random.seed(0)  # noqa: NPY002 -- both draw their starts from NumPy's global generator (random_sphere)
+    expected = ProjectedGradientDescent(clf, verbose=False, **kwargs).generate(x)
+    np.random.seed(0)  # noqa: NPY002
+    got = FocusedPGD(clf, verbose=False, **kwargs).generate(x)
+    np.testing.assert_allclose(got, expected, atol=1e-5)

@@ -27,10 +27,14 @@ def test_top_k_exact_count_and_highest_pixels(n, h, w, fraction, levels, as_nump
     if levels:  # many ties
         maps = (maps * levels).round() / levels
     source = maps.numpy() if as_numpy else maps
+    k = round(fraction * h * w)
+    if k == 0:
+        with pytest.raises(ValueError, match="rounds to 0 pixels"):
+            masks.top_k(source, fraction)
+        return
     mask = masks.top_k(source, fraction)
     assert isinstance(mask, np.ndarray) == as_numpy
     mask = torch.as_tensor(mask)
-    k = round(fraction * h * w)
     assert mask.shape == (n, 1, h, w) and mask.dtype == torch.float32
     assert set(mask.unique().tolist()) <= {0.0, 1.0}
     assert (mask.flatten(1).sum(1) == k).all()
@@ -64,11 +68,22 @@ def test_threshold_and_soft():
         (lambda: masks.soft(torch.rand(1, 2, 2), 0.0), "gamma"),
         (lambda: masks.threshold(torch.rand(1, 2, 2), float("nan")), "threshold"),
         (lambda: masks.top_k([[[0.1]]], 0.5), "maps must be"),
+        (lambda: masks.top_k(torch.rand(2, 4, 4), True), "fraction must be a number"),
+        (lambda: masks.top_k(torch.rand(2, 4, 4), "0.5"), "fraction must be a number"),
+        (lambda: masks.top_k(torch.rand(2, 4, 5), 0.02), r"fraction \(area\) 0.02 of a 4x5 map rounds to 0"),
+        (lambda: masks.threshold(torch.rand(1, 2, 2), "a"), "t must be a finite threshold"),
+        (lambda: masks.soft(torch.rand(1, 2, 2), "2"), "gamma must be a number"),
     ],
 )
 def test_mask_errors(call, match):
     with pytest.raises((ValueError, TypeError), match=match):
         call()
+
+
+def test_numpy_views_with_negative_strides():
+    maps = np.random.default_rng(0).random((2, 5, 6), dtype=np.float32)[:, ::-1]
+    for make in (lambda m: masks.top_k(m, 0.3), lambda m: masks.threshold(m, 0.5), masks.soft):
+        np.testing.assert_array_equal(make(maps), make(maps.copy()))
 
 
 @pytest.mark.parametrize("layout", ["chw", "hwc", "hw", "uint8"])
