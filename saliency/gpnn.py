@@ -5,14 +5,19 @@ Choices (reference/gpnn_cam.md, 1.2-1.5), all written from the algorithm:
 
 * Pyramid: ``N = ceil(log(min(H, W) / coarsest) / log r)`` levels (10 for 224 px): the input and its
   antialiased bilinear down-sizings to ``round(H / r**n), round(W / r**n)`` for n < N-1, then the coarsest
-  level, forced to a short side of exactly ``coarsest`` pixels (aspect ratio kept).
+  level, forced to a short side of exactly ``coarsest`` pixels (aspect ratio kept). A short side below
+  ``coarsest * r`` gives one level, the input itself.
 * Initialisation: the coarsest source (``init="source"``, the paper) or zeros (``init="zeros"``, the
   GPNN-CAM preset) plus Gaussian noise of std ``noise_sigma`` in [0,1] units, one value per pixel shared
   over the channels, drawn from a CPU ``torch.Generator`` seeded with ``seed`` (so outputs do not depend
-  on the device's random stream).
-* Distance: D(i,j) = mean squared difference per element between query patch i and key patch j. Score
-  S(i,j) = D(i,j) / (alpha + min_l D(l,j)), the minimum over the queries of the *same* variation;
-  NN(i) = argmin_j S(i,j) (first index on ties, like ``torch.argmin``).
+  on the device's random stream), one variation after the other: variation i depends on (seed, i) only,
+  not on ``n``.
+* Distance: D(i,j) = mean squared difference per element between query patch i and key patch j, on
+  [0,1] images. Score S(i,j) = D(i,j) / (alpha + min_l D(l,j)), the minimum over the queries of the
+  *same* variation; NN(i) = argmin_j S(i,j) (first index on exact ties in the shift search; the matmul
+  search's float32 rounding can order tied keys differently). alpha is in these units: Efficient-GPNN
+  also uses a per-element mean, but on [-1,1] images (4x our D), so its 0.005 is our 0.00125; iyttor's
+  un-squared Euclidean distance is not comparable.
 * Exact NN, two passes (column minima per variation, then the argmin of the normalised score), never a
   queries x keys matrix at once. ``search="shifts"`` (the CPU default): per-pixel differences shared by
   all patch pairs containing them (``saliency.shifted_nn``, numba). ``search="matmul"`` (the CUDA
@@ -30,8 +35,11 @@ Choices (reference/gpnn_cam.md, 1.2-1.5), all written from the algorithm:
   is a convex combination of source pixels, so it lies in the source's range (clamped to [0,1] against
   rounding).
 * ``generate(..., return_field=True)`` also returns the final NN field (the source patch of every output
-  patch) and its distances: GPNN-CAM's older variant maps CAMs back through it.
-* Ours: no FAISS/PCA (exact NN only), the same number of iterations at every level.
+  patch) and its distances (between the last iteration's query patches and their keys, the D the search
+  minimised): GPNN-CAM's older variant maps CAMs back through it.
+* Ours: no FAISS/PCA (exact NN only), the same number of iterations at every level. ``chunk_size``
+  bounds the distance tiles; the n variations' patch tensors (n x L x d floats, ~28 MB per variation at
+  224 px) are held at once.
 """
 
 from __future__ import annotations
@@ -51,6 +59,18 @@ from saliency.shifted_nn import nearest_neighbours_shifted
 #: Smallest and largest default tile sizes in distance entries (64 MiB and 1 GiB of float32).
 MIN_DEFAULT_CHUNK = 2**24
 MAX_DEFAULT_CHUNK_CPU = 2**28
+
+
+#: Smallest ``scale_factor``: 1.05 already gives 57 pyramid levels for 224 px.
+MIN_SCALE_FACTOR = 1.05
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
 
 
 def default_chunk_size(device: torch.device) -> int:
@@ -258,17 +278,19 @@ class GPNN:
         device: str | torch.device | None = None,
         verbose: bool = False,
     ):
-        if not isinstance(patch_size, int) or patch_size < 1:
+        if not _is_int(patch_size) or patch_size < 1:
             raise ValueError(f"patch_size must be a positive int, got {patch_size!r}")
-        if not scale_factor > 1:
-            raise ValueError(f"scale_factor must be > 1, got {scale_factor!r}")
-        if not isinstance(coarsest, int) or coarsest < patch_size:
+        if not _is_number(scale_factor) or not MIN_SCALE_FACTOR <= scale_factor < math.inf:
+            raise ValueError(
+                f"scale_factor must be a finite number >= {MIN_SCALE_FACTOR}, got {scale_factor!r}"
+            )
+        if not _is_int(coarsest) or coarsest < patch_size:
             raise ValueError(f"coarsest must be an int >= patch_size ({patch_size}), got {coarsest!r}")
-        if not noise_sigma >= 0:
-            raise ValueError(f"noise_sigma must be >= 0, got {noise_sigma!r}")
-        if not alpha > 0:
-            raise ValueError(f"alpha must be > 0, got {alpha!r}")
-        if not isinstance(iters, int) or iters < 1:
+        if not _is_number(noise_sigma) or not 0 <= noise_sigma < math.inf:
+            raise ValueError(f"noise_sigma must be a finite number >= 0, got {noise_sigma!r}")
+        if not _is_number(alpha) or not 0 < alpha < math.inf:
+            raise ValueError(f"alpha must be a finite number > 0, got {alpha!r}")
+        if not _is_int(iters) or iters < 1:
             raise ValueError(f"iters must be a positive int, got {iters!r}")
         if init not in ("source", "zeros"):
             raise ValueError(f"init must be 'source' or 'zeros', got {init!r}")
@@ -276,18 +298,18 @@ class GPNN:
             raise ValueError(f"fold must be 'uniform' or 'distance', got {fold!r}")
         if search not in ("auto", "shifts", "matmul", "triton"):
             raise ValueError(f"search must be 'auto', 'shifts', 'matmul' or 'triton', got {search!r}")
-        if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
+        if chunk_size is not None and (not _is_int(chunk_size) or chunk_size < 1):
             raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
-        self.patch_size = patch_size
+        self.patch_size = int(patch_size)
         self.scale_factor = float(scale_factor)
-        self.coarsest = coarsest
+        self.coarsest = int(coarsest)
         self.noise_sigma = float(noise_sigma)
         self.alpha = float(alpha)
-        self.iters = iters
+        self.iters = int(iters)
         self.init = init
         self.fold = fold
         self.search = search
-        self.chunk_size = chunk_size
+        self.chunk_size = None if chunk_size is None else int(chunk_size)
         self.tf32 = bool(tf32)
         self.device = None if device is None else torch.device(device)
         self.verbose = verbose
@@ -308,7 +330,7 @@ class GPNN:
 
     def _check_image(self, image: torch.Tensor | np.ndarray) -> torch.Tensor:
         if isinstance(image, np.ndarray):
-            image = torch.from_numpy(image)
+            image = torch.from_numpy(np.ascontiguousarray(image))
         if not isinstance(image, torch.Tensor):
             raise TypeError(
                 f"image must be a torch.Tensor or numpy array (C,H,W), got {type(image).__name__}"
@@ -319,6 +341,8 @@ class GPNN:
             image = image[0]
         if image.ndim != 3:
             raise ValueError(f"image must have shape (C,H,W) or (1,C,H,W), got shape {tuple(image.shape)}")
+        if image.shape[0] > 4 and image.shape[-1] in (1, 3, 4):
+            raise ValueError(f"image must be channels-first (C,H,W), got shape {tuple(image.shape)} (H,W,C?)")
         if not image.is_floating_point():
             raise TypeError(f"image must have a floating dtype with values in [0,1], got {image.dtype}")
         if not torch.isfinite(image).all() or image.min() < 0 or image.max() > 1:
@@ -329,7 +353,7 @@ class GPNN:
                 f"image is {height}x{width}: its short side must be >= coarsest ({self.coarsest}) "
                 f"and >= patch_size ({self.patch_size})"
             )
-        return image
+        return image.detach()
 
     def generate(
         self, image: torch.Tensor | np.ndarray, n: int, seed: int = 0, return_field: bool = False
@@ -339,8 +363,10 @@ class GPNN:
         With ``return_field=True``: a :class:`GPNNOutput` with the variations, the final NN field and its
         distances.
         """
-        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        if not _is_int(n) or n < 1:
             raise ValueError(f"n must be a positive int (number of variations), got {n!r}")
+        if not _is_int(seed):
+            raise ValueError(f"seed must be an int, got {seed!r}")
         image = self._check_image(image)
         device = self.device or image.device
         if self.search == "shifts" and device.type != "cpu":
@@ -352,7 +378,8 @@ class GPNN:
         pyramid = [_resize(source, size, antialias=True) for size in sizes]
 
         generator = torch.Generator().manual_seed(int(seed))
-        noise = torch.randn((int(n), 1, *sizes[-1]), generator=generator).to(device) * self.noise_sigma
+        noise = torch.cat([torch.randn((1, 1, *sizes[-1]), generator=generator) for _ in range(int(n))])
+        noise = noise.to(device) * self.noise_sigma  # drawn one variation at a time: independent of n
         start = pyramid[-1] if self.init == "source" else torch.zeros_like(pyramid[-1])
         current = start + noise  # (n,C,h,w), noise shared over channels
 

@@ -3,6 +3,7 @@ completeness minima, fold/unfold, reproduction of the input without noise, bad i
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import skimage.data
 import skimage.transform
@@ -281,6 +282,44 @@ def test_bad_input(cat: torch.Tensor) -> None:
         nearest_neighbours_shifted(torch.rand(1, 3, 8, 8), torch.rand(2, 8, 8), 5, 0.1)
     with pytest.raises(ValueError, match="chunk_size"):
         nearest_neighbours(torch.rand(1, 3, 2), torch.rand(3, 2), 0.1, 0)
+
+
+def test_a_variation_depends_on_seed_and_index_not_on_n(cat: torch.Tensor) -> None:
+    """The coarsest noise is drawn one variation at a time (a batch draw of 14x21 = 294 values per
+    variation would redraw its last values when n changes): variation i is the same in any batch."""
+    gpnn = GPNN(**FAST)
+    three = gpnn.generate(cat, 3, seed=4)
+    torch.testing.assert_close(gpnn.generate(cat, 1, seed=4)[0], three[0], rtol=0, atol=1e-6)
+    torch.testing.assert_close(gpnn.generate(cat, 2, seed=4), three[:2], rtol=0, atol=1e-6)
+
+
+def test_input_with_autograd_history(cat: torch.Tensor) -> None:
+    image = cat.clone().requires_grad_(True)
+    for search in ("shifts", "matmul"):
+        out = GPNN(search=search, **FAST).generate(image * 1.0, 1)
+        assert not out.requires_grad and out.grad_fn is None
+
+
+def test_bad_settings_and_layouts(cat: torch.Tensor) -> None:
+    for kwargs, name in [
+        ({"alpha": float("inf")}, "alpha"),
+        ({"noise_sigma": float("inf")}, "noise_sigma"),
+        ({"noise_sigma": float("nan")}, "noise_sigma"),
+        ({"scale_factor": 1.0001}, "scale_factor"),
+        ({"patch_size": True}, "patch_size"),
+        ({"chunk_size": True}, "chunk_size"),
+        ({"alpha": "0.1"}, "alpha"),
+    ]:
+        with pytest.raises(ValueError, match=name):
+            GPNN(**kwargs)
+    gpnn = GPNN(patch_size=np.int64(5), coarsest=np.int64(14), iters=np.int64(2))  # numpy ints are ints
+    assert gpnn.generate(cat, 1).shape == (1, 3, 24, 36)
+    with pytest.raises(ValueError, match="seed"):
+        gpnn.generate(cat, 1, seed=1.7)
+    with pytest.raises(ValueError, match=r"channels-first"):
+        gpnn.generate(cat.permute(1, 2, 0).numpy(), 1)
+    flipped = cat.numpy()[:, ::-1]  # a numpy view with a negative stride
+    assert gpnn.generate(flipped, 1).shape == (1, 3, 24, 36)
 
 
 def test_global_rng_untouched() -> None:
