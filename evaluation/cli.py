@@ -26,6 +26,16 @@ DEMO_GPNN_PARAMS = {"iters": 1, "coarsest": 32, "patch_size": 5}
 DEMO_N = 200
 
 
+#: What an interrupted command keeps: only evaluate and demo resume; the others write at the end.
+RESUME = "rerun the same command to resume"
+RESTART = "nothing was saved; rerunning the command starts again"
+INTERRUPTED = {
+    "evaluate": RESUME,
+    "demo": RESUME,
+    "saliency": "the maps written so far are kept; rerunning the command computes them all again",
+}
+
+
 class CLIError(Exception):
     """A user error: printed without a traceback, exit code 2."""
 
@@ -81,23 +91,19 @@ def _weights_label(args: argparse.Namespace) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ io
-def resize_crop(image: Any, size: int) -> np.ndarray:
-    """A PIL image or uint8 array (H,W,3) -> float32 (3,size,size) in [0,1]: the shorter side resized to
-    ``size`` (bicubic), then the centre ``size`` x ``size`` crop."""
+def resize_crop(image: Any, size: int, resize: int | None = None) -> np.ndarray:
+    """A PIL image or uint8 array (H,W,3) -> float32 (3,size,size) in [0,1], as image folders are loaded:
+    upright RGB, the shorter side resized to ``resize`` (default ``size``; bilinear), then the centre
+    ``size`` x ``size`` crop (see :func:`evaluation.datasets.resize_crop`)."""
     from PIL import Image
 
+    from evaluation import datasets
+
     img = Image.fromarray(np.asarray(image, dtype=np.uint8)) if isinstance(image, np.ndarray) else image
-    img = img.convert("RGB")
-    w, h = img.size
-    scale = size / min(w, h)
-    new = (max(size, round(w * scale)), max(size, round(h * scale)))
-    img = img.resize(new, Image.Resampling.BICUBIC)
-    left, top = (new[0] - size) // 2, (new[1] - size) // 2
-    array = np.asarray(img.crop((left, top, left + size, top + size)), dtype=np.float32) / 255.0
-    return np.ascontiguousarray(array.transpose(2, 0, 1))
+    return datasets.resize_crop(datasets.to_rgb(img), size, resize)
 
 
-def load_image(path: str | Path, size: int) -> np.ndarray:
+def load_image(path: str | Path, size: int, resize: int | None = None) -> np.ndarray:
     """Read an image file as float32 (3,size,size) in [0,1] (see :func:`resize_crop`)."""
     from PIL import Image, UnidentifiedImageError
 
@@ -106,20 +112,45 @@ def load_image(path: str | Path, size: int) -> np.ndarray:
         raise CLIError(f"image file not found: {path}")
     try:
         with Image.open(path) as img:
-            return resize_crop(img, size)
-    except (UnidentifiedImageError, OSError, ValueError) as err:
+            return resize_crop(img, size, resize)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise CLIError(f"cannot read image {path}: {err}") from None
 
 
 def _check_image_folder(data: str) -> None:
-    """Fail unless ``data`` is a folder holding at least one image file (searched recursively)."""
-    from evaluation.datasets import IMAGE_SUFFIXES
+    """Fail unless ``data`` is a folder the image-folder loader reads (flat or class subfolders)."""
+    from evaluation.datasets import image_folder_files
 
-    folder = Path(data)
-    if not folder.is_dir():
+    if not Path(data).is_dir():
         raise CLIError(f"--data: {data!r} is neither 'digits' nor an existing folder")
-    if not any(p.suffix.lower() in IMAGE_SUFFIXES for p in folder.rglob("*") if p.is_file()):
-        raise CLIError(f"--data: no image files ({', '.join(IMAGE_SUFFIXES)}) in folder {folder}")
+    try:
+        image_folder_files(data)
+    except ValueError as err:
+        raise CLIError(f"--data: {err}") from None
+
+
+def _check_out_folder(out: str) -> None:
+    """Fail when ``--out`` names an existing file instead of a folder."""
+    if Path(out).exists() and not Path(out).is_dir():
+        raise CLIError(f"--out: {out} is an existing file; expected a folder")
+
+
+def _check_size(model: str, size: int) -> None:
+    from evaluation import zoo
+
+    try:
+        zoo.check_size(model, size)
+    except ValueError as err:
+        raise CLIError(f"--size: {err}") from None
+
+
+def _default_layers(model: str) -> list[str]:
+    from evaluation import zoo
+
+    try:
+        return list(zoo.default_layers(model))
+    except ValueError as err:
+        raise CLIError(f"--layer: {err}") from None
 
 
 def _classifier(model: str, weights: str | None, device: str | None) -> Any:
@@ -128,7 +159,9 @@ def _classifier(model: str, weights: str | None, device: str | None) -> Any:
     try:
         return zoo.classifier(model, weights, device=device)
     except FileNotFoundError as err:
-        raise CLIError(f"weights file not found: {err}") from None
+        raise CLIError(f"--weights: {err}") from None
+    except zoo.WeightsUnavailableError as err:
+        raise CLIError(f"--weights: {err}") from None
 
 
 def _check_methods(names: Sequence[str], option: str, extra: Sequence[str] = ()) -> None:
@@ -154,10 +187,13 @@ def cmd_saliency(args: argparse.Namespace) -> int:
     duplicates = sorted({s for s in stems if stems.count(s) > 1})
     if duplicates:
         raise CLIError(f"images: several files share the name {duplicates[0]!r}; outputs would collide")
+    _check_out_folder(args.out)
+    _check_size(args.model, args.size)
     torch.manual_seed(args.seed)  # random weights (--weights none) are reproducible
     classifier = _classifier(args.model, args.weights, args.device)
-    x = np.stack([load_image(p, args.size) for p in args.images])
-    layers = _split(args.layer) or list(zoo.default_layers(args.model))
+    resize = zoo.resize_size(args.model, args.size, args.weights)
+    x = np.stack([load_image(p, args.size, resize) for p in args.images])
+    layers = _split(args.layer) or _default_layers(args.model)
     if args.method != "gpnn-cam" and len(layers) > 1 and args.layer:
         raise CLIError(f"--layer: method {args.method!r} takes one layer, got {', '.join(layers)}")
     if args.target_class is None:
@@ -186,10 +222,14 @@ def cmd_saliency(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from evaluation.train import train_digits_cnn
+    from evaluation.train import check_out_file, train_digits_cnn
     from evaluation.zoo import DIGITS_CNN_WEIGHTS
 
     args.out = args.out or str(DIGITS_CNN_WEIGHTS)
+    try:
+        check_out_file(args.out)
+    except ValueError as err:
+        raise CLIError(f"--out: {err}") from None
     result = train_digits_cnn(
         args.out, epochs=args.epochs, n_train=args.n_train, seed=args.seed, verbose=not args.quiet
     )
@@ -233,15 +273,24 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         gpnn_variations=args.gpnn_variations,
         gpnn_params=DEMO_GPNN_PARAMS if args.gpnn_fast else {},
     )
+    _check_out_folder(args.out)
     if config.data != "digits":
         _check_image_folder(config.data)
+    _check_size(config.model, config.size or _input_side(config.model))
     _classifier(config.model, config.weights, args.device)  # fail fast on an unknown model / missing weights
     return _run(config, args)
+
+
+def _input_side(model: str) -> int:
+    from evaluation import zoo
+
+    return zoo.input_size(model)[-1]
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from evaluation.runner import ExperimentConfig
 
+    _check_out_folder(args.out)
     config = ExperimentConfig(
         model="digits-cnn",
         data="digits",
@@ -375,9 +424,11 @@ def cmd_pointing_game(args: argparse.Namespace) -> int:
 
     methods = _split(args.methods)
     _check_methods(methods, "--methods")
+    _check_out_folder(args.out)
+    size = args.size or zoo.input_size(args.model)[-1]
+    _check_size(args.model, size)
     torch.manual_seed(args.seed)
     classifier = _classifier(args.model, args.weights, args.device)
-    size = args.size or zoo.input_size(args.model)[-1]
     groups, classes, boxes, tolerance, data_notes = _pointing_data(args, size)
     if args.data == "digits" or classifier.nb_classes == len(datasets.VOC_CLASSES):
         targets = classes
@@ -385,7 +436,7 @@ def cmd_pointing_game(args: argparse.Namespace) -> int:
         targets = np.empty(len(classes), dtype=np.int64)
         for group in groups:
             targets[group.items] = classifier.predict(np.ascontiguousarray(group.x[:1])).argmax(axis=1)
-    layers = _split(args.layer) or list(zoo.default_layers(args.model))
+    layers = _split(args.layer) or _default_layers(args.model)
     rows = []
     for method in tqdm(methods, desc="pointing game", disable=args.quiet):
         hits = np.zeros(len(classes), dtype=bool)
@@ -449,10 +500,12 @@ def cmd_sanity(args: argparse.Namespace) -> int:
         raise CLIError(
             f"--method: {args.method!r} does not depend on the model; a sanity check needs a method"
         )
+    _check_out_folder(args.out)
+    size = args.size or zoo.input_size(args.model)[-1]
+    _check_size(args.model, size)
     torch.manual_seed(args.seed)
     classifier = _classifier(args.model, args.weights, args.device)
-    size = args.size or zoo.input_size(args.model)[-1]
-    layers = _split(args.layer) or list(zoo.default_layers(args.model))
+    layers = _split(args.layer) or _default_layers(args.model)
     x, y, _ = datasets.cluttered_digits(args.n, "test", size=size, seed=args.seed)
     targets = y if args.model == "digits-cnn" else None
     rows = sanity_check(
@@ -684,7 +737,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG} {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"{PROG} {args.command}: interrupted; rerun the same command to resume", file=sys.stderr)
+        what = INTERRUPTED.get(args.command, RESTART)
+        print(f"{PROG} {args.command}: interrupted; {what}", file=sys.stderr)
         return 130
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 #: A pixel belongs to the digit's ink when the digit's opacity exceeds this value (opacity is in [0,1]).
 INK_THRESHOLD = 0.1
@@ -161,11 +161,22 @@ class ImageFolder(NamedTuple):
     classes: list[str] | None
 
 
+def to_rgb(img: Image.Image) -> Image.Image:
+    """A PIL image upright (its EXIF orientation applied) in RGB; 16-bit and 32-bit integer modes
+    (``I;16*``, ``I``) are scaled from [0, 65535] to [0, 255] instead of being clipped to white."""
+    img = ImageOps.exif_transpose(img)
+    if img.mode.startswith("I"):
+        array = np.asarray(img, dtype=np.float64) / 65535.0
+        img = Image.fromarray(np.round(np.clip(array, 0.0, 1.0) * 255).astype(np.uint8), "L")
+    return img.convert("RGB")
+
+
 def _read_rgb(path: Path) -> Image.Image:
-    """The image file as an RGB PIL image; a ValueError naming the file if it cannot be read."""
+    """The image file as an upright RGB PIL image (:func:`to_rgb`); a ValueError naming the file if it
+    cannot be read."""
     try:
         with Image.open(path) as img:
-            return img.convert("RGB")
+            return to_rgb(img)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise ValueError(f"image file {path} could not be read: {err}") from err
 
@@ -174,12 +185,14 @@ def _array(img: Image.Image) -> np.ndarray:
     return np.asarray(img, dtype=np.float32).transpose(2, 0, 1) / 255.0
 
 
-def _resize_crop(path: Path, size: int) -> np.ndarray:
-    """RGB image -> shorter side resized to ``size`` (bilinear) -> centre crop: (3,size,size) in [0,1]."""
-    img = _read_rgb(path)
+def resize_crop(img: Image.Image, size: int, resize: int | None = None) -> np.ndarray:
+    """An RGB PIL image -> shorter side resized to ``resize`` (default ``size``; bilinear) -> the centre
+    ``size`` x ``size`` crop: float32 (3,size,size) in [0,1]. torchvision's weights use ``resize`` > ``size``
+    (e.g. 256 then 224, see :func:`evaluation.zoo.resize_size`)."""
+    resize = max(size, resize or size)
     w, h = img.size
-    scale = size / min(w, h)
-    new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
+    scale = resize / min(w, h)
+    new_w, new_h = max(resize, round(w * scale)), max(resize, round(h * scale))
     img = img.resize((new_w, new_h), Image.Resampling.BILINEAR)
     left, top = (new_w - size) // 2, (new_h - size) // 2
     return _array(img.crop((left, top, left + size, top + size)))
@@ -200,36 +213,60 @@ def _image_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def image_folder(path: str | Path, size: int = 224) -> ImageFolder:
-    """Load an image folder: image files directly in ``path`` (labels None), or ImageNet-style class
-    subfolders ``path/<class>/<image>`` (labels = index of the sorted class names).
+def image_folder_files(path: str | Path) -> tuple[list[Path], list[int] | None, list[str] | None]:
+    """The files :func:`image_folder` reads, in order, without decoding them: ``(files, labels, classes)``.
 
-    Each image is converted to RGB, its shorter side resized to ``size`` (bilinear) and centre-cropped to
-    ``size`` x ``size``. Files are taken in sorted order.
-
-    Raises:
-        FileNotFoundError: ``path`` is not a folder. ValueError: no images in it, or an unreadable image
-        (the message names the file).
+    Either image files directly in ``path`` (labels and classes None) or class subfolders holding image
+    files directly (``path/<class>/<image>``). Raises FileNotFoundError for a missing folder and ValueError
+    for a folder without images at either level or mixing both layouts (images beside class folders).
     """
     folder = Path(path)
     if not folder.is_dir():
         raise FileNotFoundError(f"image folder not found: {folder}")
+    files = _image_files(folder)
+    subfolders = sorted(p for p in folder.iterdir() if p.is_dir() and _image_files(p))
+    if files and subfolders:
+        raise ValueError(
+            f"image folder {folder} mixes images ({files[0].name}, ...) with class subfolders "
+            f"({subfolders[0].name}, ...); keep either the images or the class subfolders"
+        )
+    if files:
+        return files, None, None
+    if not subfolders:
+        raise ValueError(
+            f"image folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)}) directly or in class "
+            "subfolders (deeper folders are not read)"
+        )
+    labels: list[int] = []
+    for label, sub in enumerate(subfolders):
+        class_files = _image_files(sub)
+        files.extend(class_files)
+        labels.extend([label] * len(class_files))
+    return files, labels, [p.name for p in subfolders]
+
+
+def image_folder(
+    path: str | Path, size: int = 224, n: int | None = None, resize: int | None = None
+) -> ImageFolder:
+    """Load an image folder: image files directly in ``path`` (labels None), or ImageNet-style class
+    subfolders ``path/<class>/<image>`` (labels = index of the sorted class names); see
+    :func:`image_folder_files`.
+
+    Files are taken in sorted order and only the first ``n`` (None: all) are decoded. Each image is
+    made upright and RGB (:func:`to_rgb`) and resized and centre-cropped by :func:`resize_crop`.
+
+    Raises:
+        FileNotFoundError: ``path`` is not a folder. ValueError: no images in it, a mixed layout, or an
+        unreadable image among the first ``n`` (the message names the file).
+    """
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
         raise ValueError(f"size must be a positive integer, got {size!r}")
-    files = _image_files(folder)
-    classes = None
-    labels: list[int] = []
-    if not files:
-        subfolders = sorted(p for p in folder.iterdir() if p.is_dir())
-        classes = [p.name for p in subfolders if _image_files(p)]
-        for label, name in enumerate(classes):
-            class_files = _image_files(folder / name)
-            files.extend(class_files)
-            labels.extend([label] * len(class_files))
-    if not files:
-        raise ValueError(f"image folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
-    x = np.stack([_resize_crop(f, size) for f in files])
-    y = np.asarray(labels, dtype=np.int64) if classes is not None else None
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise ValueError(f"n must be None or an integer >= 1, got {n!r}")
+    files, labels, classes = image_folder_files(path)
+    files = files[:n]
+    x = np.stack([resize_crop(_read_rgb(f), size, resize) for f in files])
+    y = np.asarray(labels[: len(files)], dtype=np.int64) if labels is not None else None
     return ImageFolder(x=x, paths=files, y=y, classes=classes)
 
 

@@ -281,18 +281,19 @@ class Dataset:
     boxes: np.ndarray | None = None
 
 
-def load_dataset(data: str, n: int, size: int, seed: int = 0) -> Dataset:
+def load_dataset(data: str, n: int, size: int, seed: int = 0, resize: int | None = None) -> Dataset:
     """``"digits"`` (the embedded benchmark's test split, with labels and boxes) or an image folder
-    (:func:`evaluation.datasets.image_folder`, first ``n`` files). Folder images get no labels: their
-    folder indices need not match the model's classes, so the model's clean prediction is attacked."""
+    (:func:`evaluation.datasets.image_folder`, only the first ``n`` files decoded, shorter side resized to
+    ``resize`` before the centre crop). Folder images get no labels: their folder indices need not match
+    the model's classes, so the model's clean prediction is attacked."""
     from evaluation import datasets
 
     if data == "digits":
         x, y, boxes = datasets.cluttered_digits(n, "test", size=size, seed=seed)
         return Dataset(x, y, [f"digits-{i:05d}" for i in range(n)], boxes)
-    loaded = datasets.image_folder(data, size=size)
+    loaded = datasets.image_folder(data, size=size, n=n, resize=resize)
     names = [str(Path(p).relative_to(data).with_suffix("")) for p in loaded.paths]
-    return Dataset(np.asarray(loaded.x[:n], dtype=np.float32), None, names[:n])
+    return Dataset(np.asarray(loaded.x, dtype=np.float32), None, names)
 
 
 # ------------------------------------------------------------------------------------------- saliency
@@ -319,6 +320,18 @@ def check_saliency_names(names: Sequence[str], what: str = "saliency") -> None:
     for name in names:
         if name not in valid:
             raise ValueError(f"{what}: unknown method {name!r}; choose from {', '.join(valid)}")
+
+
+def check_layers(classifier: Any, layers: Sequence[str]) -> None:
+    """Raise ValueError naming the first of ``layers`` that is not a module of the classifier's model."""
+    from saliency.base import resolve_layer
+
+    model = getattr(classifier, "model", classifier)
+    for layer in layers:
+        try:
+            resolve_layer(model, layer)
+        except ValueError as err:
+            raise ValueError(f"layers: {err}") from None
 
 
 def gpnn_generator(overrides: dict[str, Any] | None = None) -> Any:
@@ -613,16 +626,22 @@ def run_experiment(
     start = time.perf_counter()
     ctx: DistributedContext = init_distributed(device)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    check_config(out, config, write=ctx.is_main)
-
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"output folder {out} is a file; give a folder")
+    # Validate everything before config.json pins the folder, so a failed start can be rerun fixed.
+    check_config(out, config, write=False)
     check_saliency_names(config.focusers, "focusers")
     size = config.size or zoo.input_size(config.model)[-1]
+    zoo.check_size(config.model, size)
     torch.manual_seed(config.seed)  # random weights (weights=None for torchvision) are the same on every rank
     classifier = zoo.classifier(config.model, config.weights, device=device)
     layers = list(config.layers) if config.layers else list(zoo.default_layers(config.model))
-    data = load_dataset(config.data, config.n, size, seed=config.seed)
+    check_layers(classifier, layers)
+    resize = zoo.resize_size(config.model, size, config.weights)
+    data = load_dataset(config.data, config.n, size, seed=config.seed, resize=resize)
     n = len(data.x)
+    out.mkdir(parents=True, exist_ok=True)
+    check_config(out, config, write=ctx.is_main)
 
     own = RecordLog(out / (f"records.rank{ctx.rank}.jsonl" if ctx.is_distributed else RECORDS_FILE))
     stored = own.read(repair=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -25,6 +26,17 @@ def evaluate_accuracy(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, batc
             correct += int((logits.argmax(1).numpy() == y[start : start + batch_size]).sum())
     model.train(was_training)
     return correct / len(x)
+
+
+def check_out_file(path: str | Path) -> None:
+    """Raise ValueError unless a file can be saved at ``path``: not a folder, and its nearest existing
+    parent folder writable."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder; expected the path of the weights file to write")
+    parent = next(p for p in path.absolute().parents if p.exists())
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"cannot write {path}: {parent} is not a writable folder")
 
 
 def train_digits_cnn(
@@ -53,6 +65,7 @@ def train_digits_cnn(
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
     out_path = Path(out_path)
+    check_out_file(out_path)  # before training, not after minutes of it
     start = time.perf_counter()
     deterministic = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True)

@@ -8,8 +8,6 @@ ImageNet-normalised images (torchvision); ``classifier(name, weights)`` wraps it
 from __future__ import annotations
 
 import difflib
-import pickle
-import zipfile
 from pathlib import Path
 from urllib.error import URLError
 
@@ -25,6 +23,16 @@ DIGITS_CNN = "digits-cnn"
 DIGITS_CNN_WEIGHTS = Path(__file__).with_name("weights") / "digits_cnn.pt"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+#: Smallest image side the zoo's models take (five stride-2 stages leave at least 1 px).
+MIN_SIZE = 32
+#: Model families without convolutional feature maps to default CAM layers to (pass layers explicitly).
+NO_DEFAULT_LAYERS = ("vit_", "swin_", "maxvit_")
+#: Model families that only take their weights' input size (position embeddings, fixed windows).
+FIXED_SIZE = ("vit_", "maxvit_")
+
+
+class WeightsUnavailableError(RuntimeError):
+    """Pretrained weights could not be fetched (no network) and are not cached."""
 
 
 def available_models() -> list[str]:
@@ -43,14 +51,21 @@ def _check_name(name: str) -> str:
     return name
 
 
+def _one_line(err: Exception) -> str:
+    """``err``'s message on one line (torch's span several)."""
+    return " ".join(str(err).split())
+
+
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Load a state_dict (or a checkpoint dict holding one under "state_dict"/"model") from ``path``."""
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
-        raise ValueError(f"weights file {path} could not be read as a PyTorch state_dict: {err}") from err
+    except Exception as err:  # torch.load raises many types on foreign bytes (KeyError, RuntimeError, ...)
+        raise ValueError(
+            f"weights file {path} could not be read as a PyTorch state_dict: {_one_line(err)}"
+        ) from err
     if isinstance(state, dict):
         for key in ("state_dict", "model"):
             if isinstance(state.get(key), dict):
@@ -66,7 +81,7 @@ def _load_state_dict(model: nn.Module, path: Path) -> None:
     try:
         model.load_state_dict(state)
     except RuntimeError as err:
-        raise ValueError(f"weights file {path} does not fit the model: {err}") from err
+        raise ValueError(f"weights file {path} does not fit the model: {_one_line(err)}") from err
 
 
 def _torchvision_weights(name: str, weights: str) -> object | None:
@@ -111,7 +126,7 @@ def load(name: str, weights: str | Path | None = None) -> nn.Module:
             try:
                 return torchvision.models.get_model(name, weights=member).eval()
             except (URLError, OSError) as err:
-                raise RuntimeError(
+                raise WeightsUnavailableError(
                     f"could not get the {name} weights {member} ({err}); without network access pass the "
                     "path of a downloaded state_dict file as weights"
                 ) from err
@@ -130,7 +145,7 @@ def load(name: str, weights: str | Path | None = None) -> nn.Module:
     try:
         model.load_state_dict(state)
     except RuntimeError as err:
-        raise ValueError(f"weights file {path} does not fit the model: {err}") from err
+        raise ValueError(f"weights file {path} does not fit the model: {_one_line(err)}") from err
     return model.eval()
 
 
@@ -155,6 +170,32 @@ def input_size(name: str) -> tuple[int, int, int]:
     except (ValueError, KeyError, AttributeError):
         crop = 224
     return (3, int(crop), int(crop))
+
+
+def check_size(name: str, size: int) -> None:
+    """Raise ValueError unless model ``name`` takes ``size`` x ``size`` images: at least :data:`MIN_SIZE`,
+    and exactly :func:`input_size` for the :data:`FIXED_SIZE` families."""
+    fixed = input_size(name)[-1]
+    if name.startswith(FIXED_SIZE) and size != fixed:
+        raise ValueError(f"{name} takes only {fixed} x {fixed} images, got size {size}")
+    if size < MIN_SIZE:
+        raise ValueError(f"{name} needs images of at least {MIN_SIZE} px, got size {size}")
+
+
+def resize_size(name: str, size: int, weights: str | Path | None = None) -> int:
+    """The shorter side images are resized to before the centre ``size`` crop: ``size`` for digits-cnn,
+    else ``size`` scaled as the torchvision weights' ``transforms()`` do (resnet50 DEFAULT: 232 for 224).
+    The weights named by ``weights`` are used when it names them, otherwise the model's DEFAULT ones."""
+    name = _check_name(name)
+    if name == DIGITS_CNN:
+        return size
+    member = _torchvision_weights(name, weights) if isinstance(weights, str) else None
+    try:
+        transforms = (member or torchvision.models.get_model_weights(name).DEFAULT).transforms()
+        ratio = transforms.resize_size[0] / transforms.crop_size[0]
+    except (ValueError, KeyError, AttributeError, IndexError):
+        return size
+    return max(size, round(size * ratio))
 
 
 def normalisation(name: str) -> tuple[np.ndarray, np.ndarray] | None:
@@ -211,10 +252,16 @@ def default_layers(name: str) -> list[str]:
     before each of the last three max pools (vgg16: ``features.29/22/15``); DenseNets:
     ``features.norm5``, ``features.denseblock3/2``; other models: at each of the three coarsest spatial
     resolutions of a forward pass, the shallowest module with that output (e.g. a stage), the last of them.
+    ViT, Swin and MaxViT (:data:`NO_DEFAULT_LAYERS`) raise ValueError: their layers must be given.
     """
     name = _check_name(name)
     if name == DIGITS_CNN:
         return list(DigitsCNN.cam_layers)
+    if name.startswith(NO_DEFAULT_LAYERS):
+        raise ValueError(
+            f"{name} has no convolutional feature maps to pick CAM layers from; give the target layer(s) "
+            "explicitly (--layer)"
+        )
     if name.startswith(("resnet", "resnext", "wide_resnet")):
         return ["layer4", "layer3", "layer2"]
     if name.startswith("densenet"):

@@ -118,7 +118,7 @@ def test_saliency_end_to_end(tmp_path, capsys):
     from evaluation.cli import load_image
     from saliency import GradCAM
 
-    x = torch.from_numpy(load_image(paths[0], 64)[None])
+    x = torch.from_numpy(load_image(paths[0], 64, zoo.resize_size("resnet18", 64))[None])
     torch.manual_seed(1)
     expected = GradCAM(zoo.classifier("resnet18", None, device="cpu"), "layer3")(x, targets=3)[0].numpy()
     np.testing.assert_allclose(np.load(out / "img0.npy"), expected, atol=1e-5)
@@ -263,3 +263,79 @@ def test_evaluate_on_an_image_folder_attacks_the_clean_prediction(tmp_path, caps
     records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
     assert len(records) == 2 * 2 and {r["name"] for r in records} == {"p0", "p1"}
     assert all(r["correct"] and r["label"] == r["clean_pred"] for r in records)
+
+
+def test_interrupt_message_promises_resume_only_where_it_exists(tmp_path, capsys, monkeypatch):
+    import evaluation.cli as cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    for command in ("cmd_pointing_game", "cmd_evaluate"):
+        monkeypatch.setattr(cli, command, interrupted)
+    assert main(["pointing-game", "--out", str(tmp_path)]) == 130
+    err = capsys.readouterr().err
+    assert "resume" not in err and "starts again" in err
+    assert main(["evaluate", "--out", str(tmp_path)]) == 130
+    assert "rerun the same command to resume" in capsys.readouterr().err
+
+
+def test_out_that_is_a_file(tmp_path, capsys):
+    image = str(_png(tmp_path / "a.png"))
+    out = tmp_path / "taken"
+    out.write_text("keep me")
+    for argv in (["saliency", image], ["evaluate", "--n", "2"], ["sanity", "--n", "2"]):
+        assert "--out" in _error(capsys, [*argv, "--out", str(out), "--quiet"])
+    assert out.read_text() == "keep me"
+
+
+def test_train_refuses_a_bad_out_before_training(tmp_path, capsys):
+    fast = ["--epochs", "1", "--n-train", "8", "--quiet"]
+    assert "is a folder" in _error(capsys, ["train", "digits-cnn", "--out", str(tmp_path), *fast])
+    (tmp_path / "file").write_text("x")
+    err = _error(capsys, ["train", "digits-cnn", "--out", str(tmp_path / "file" / "w.pt"), *fast])
+    assert "--out" in err and "not a writable folder" in err
+
+
+def test_sizes_the_model_cannot_take(tmp_path, capsys):
+    image = str(_png(tmp_path / "a.png"))
+    err = _error(capsys, ["saliency", image, "--model", "resnet18", "--size", "2", "--out", str(tmp_path)])
+    assert "--size" in err and "at least 32" in err
+    err = _error(capsys, ["saliency", image, "--model", "vit_b_16", "--size", "64", "--out", str(tmp_path)])
+    assert "--size" in err and "224" in err
+
+
+def test_vit_needs_an_explicit_layer(tmp_path, capsys):
+    err = _error(capsys, ["sanity", "--model", "vit_b_16", "--n", "2", "--out", str(tmp_path / "o")])
+    assert "--layer" in err
+
+
+def test_offline_default_weights_is_a_clear_error(tmp_path, capsys, monkeypatch):
+    from urllib.error import URLError
+
+    import torchvision
+
+    real = torchvision.models.get_model
+
+    def offline(name, weights=None, **kwargs):
+        if weights is not None:
+            raise URLError("no network")
+        return real(name, weights=None, **kwargs)
+
+    monkeypatch.setattr(torchvision.models, "get_model", offline)
+    image = str(_png(tmp_path / "a.png"))
+    argv = ["saliency", image, "--model", "resnet18", "--weights", "DEFAULT", "--size", "64"]
+    err = _error(capsys, [*argv, "--out", str(tmp_path / "o")])
+    assert "--weights" in err and "state_dict file" in err
+
+
+def test_evaluate_data_checks_agree_with_the_loader(tmp_path, capsys):
+    (tmp_path / "mixed" / "cls").mkdir(parents=True)
+    _png(tmp_path / "mixed" / "top.png")
+    _png(tmp_path / "mixed" / "cls" / "inner.png")
+    err = _error(capsys, ["evaluate", "--data", str(tmp_path / "mixed"), "--out", str(tmp_path / "o")])
+    assert "--data" in err and "mixes images" in err
+    (tmp_path / "deep" / "a" / "b").mkdir(parents=True)
+    _png(tmp_path / "deep" / "a" / "b" / "x.png")
+    err = _error(capsys, ["evaluate", "--data", str(tmp_path / "deep"), "--out", str(tmp_path / "o")])
+    assert "deeper folders are not read" in err

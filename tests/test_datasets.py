@@ -262,3 +262,52 @@ def test_voc_dataset_errors(tmp_path):
     (tmp_path / "a.xml").write_text(_voc_xml("a.jpg", [("dog", (1, 1, 2, 2), 1)]))
     with pytest.raises(ValueError, match=r"no \(image, class\) items"):  # only difficult boxes
         datasets.voc_dataset(tmp_path)
+
+
+def test_image_folder_decodes_only_the_first_n_files(tmp_path):
+    _save_image(tmp_path / "a.png", 8, 8, (255, 0, 0))
+    (tmp_path / "z.png").write_bytes(b"corrupt, but beyond n")
+    data = datasets.image_folder(tmp_path, size=8, n=1)
+    assert [p.name for p in data.paths] == ["a.png"] and data.x.shape == (1, 3, 8, 8)
+
+
+def test_image_folder_scales_16_bit_images(tmp_path):
+    from PIL import Image
+
+    Image.fromarray(np.full((8, 8), 32768, dtype=np.uint16)).save(tmp_path / "grey16.png")
+    assert Image.open(tmp_path / "grey16.png").mode.startswith("I")
+    np.testing.assert_allclose(datasets.image_folder(tmp_path, size=8).x, 128 / 255, atol=1e-6)
+
+
+def test_image_folder_applies_exif_orientation(tmp_path):
+    from PIL import Image
+
+    img = Image.new("RGB", (80, 40), (255, 0, 0))
+    img.paste((0, 0, 255), (0, 0, 80, 20))  # stored top half blue; Orientation 6 shows it on the right
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    img.save(tmp_path / "rot.jpg", exif=exif.tobytes())
+    x = datasets.image_folder(tmp_path, size=4).x[0]
+    assert (x[0, :, 0] > 0.8).all() and (x[2, :, -1] > 0.8).all()  # left red, right blue
+
+
+def test_image_folder_refuses_mixed_and_too_deep_layouts(tmp_path):
+    (tmp_path / "mixed" / "cls").mkdir(parents=True)
+    _save_image(tmp_path / "mixed" / "top.png", 8, 8, (0, 0, 0))
+    _save_image(tmp_path / "mixed" / "cls" / "inner.png", 8, 8, (0, 0, 0))
+    with pytest.raises(ValueError, match="mixes images"):
+        datasets.image_folder(tmp_path / "mixed", size=8)
+    (tmp_path / "deep" / "cls" / "sub").mkdir(parents=True)
+    _save_image(tmp_path / "deep" / "cls" / "sub" / "x.png", 8, 8, (0, 0, 0))
+    with pytest.raises(ValueError, match="deeper folders are not read"):
+        datasets.image_folder_files(tmp_path / "deep")
+
+
+def test_resize_crop_resizes_to_the_weights_resize_size_first():
+    from PIL import Image
+
+    img = np.zeros((64, 64, 3), dtype=np.uint8)
+    img[:8] = 255  # a white band on top: kept by a plain 64 crop, cut away by resize 128 -> crop 64
+    x = datasets.resize_crop(Image.fromarray(img), 64)
+    assert x[:, :8].min() == 1.0
+    assert datasets.resize_crop(Image.fromarray(img), 64, resize=128).max() == 0.0

@@ -286,3 +286,14 @@ def test_log_eps_search_brackets_the_threshold():
     tested = lower > eps_min * (1 + 1e-9)
     below = fgsm._attack(x[found][tested], one_hot[tested], attack.last_mask_[found][tested], lower[tested])
     assert np.all(classifier.predict(below).argmax(axis=1) == y[found][tested])
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"layers": ("no_such_layer",)}, {"size": 8}], ids=["bad layer", "size too small"]
+)
+def test_a_failed_start_does_not_pin_the_folder(tmp_path, kwargs):
+    config = ExperimentConfig(n=2, attacks=("fgsm",), focusers=("gradcam",), areas=(0.1,), batch_size=2)
+    with pytest.raises(ValueError):
+        runner.run_experiment(ExperimentConfig(**{**config.to_dict(), **kwargs}), tmp_path, verbose=False)
+    assert not (tmp_path / runner.CONFIG_FILE).exists()
+    check_config(tmp_path, config)  # the corrected arguments are accepted

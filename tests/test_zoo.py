@@ -148,3 +148,48 @@ def test_training_is_deterministic(tmp_path):
     assert not torch.are_deterministic_algorithms_enabled()  # the global flag is restored
     with pytest.raises(ValueError, match="epochs"):
         train_digits_cnn(tmp_path / "c.pt", epochs=0)
+
+
+def test_resize_size_follows_the_torchvision_weights_transforms():
+    assert zoo.resize_size("resnet50", 224) == 232  # DEFAULT = IMAGENET1K_V2: 232 -> 224
+    assert zoo.resize_size("resnet50", 224, "IMAGENET1K_V1") == 256
+    assert zoo.resize_size("vgg16", 224) == 256
+    assert zoo.resize_size("inception_v3", 299) == 342
+    assert zoo.resize_size("resnet50", 64) == 66  # scaled to a smaller crop
+    assert zoo.resize_size("digits-cnn", 64) == 64
+
+
+@pytest.mark.parametrize("name", ["vit_b_16", "swin_t", "maxvit_t"])
+def test_no_default_layers_for_transformers(name):
+    with pytest.raises(ValueError, match="--layer"):
+        zoo.default_layers(name)
+
+
+def test_check_size():
+    zoo.check_size("resnet18", 64)
+    zoo.check_size("vit_b_16", 224)
+    with pytest.raises(ValueError, match="at least 32"):
+        zoo.check_size("resnet18", 2)
+    with pytest.raises(ValueError, match="only 224 x 224"):
+        zoo.check_size("vit_b_16", 64)
+
+
+def test_offline_default_weights_raise_weights_unavailable(monkeypatch):
+    from urllib.error import URLError
+
+    def offline(name, weights=None, **kwargs):
+        raise URLError("no network")
+
+    monkeypatch.setattr(torchvision.models, "get_model", offline)
+    with pytest.raises(zoo.WeightsUnavailableError, match="state_dict file"):
+        zoo.load("resnet18", "DEFAULT")
+
+
+def test_any_torch_load_failure_is_a_value_error(tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise KeyError("archive/data.pkl")
+
+    (tmp_path / "w.pt").write_bytes(b"x")
+    monkeypatch.setattr(torch, "load", broken)
+    with pytest.raises(ValueError, match="could not be read"):
+        zoo.load("resnet18", tmp_path / "w.pt")
