@@ -39,7 +39,8 @@ def main() -> None:
     torch.manual_seed(0)
     classifier = zoo.classifier(args.model, args.weights, device="cpu")
     size = zoo.input_size(args.model)[-1]
-    x = resize_crop(data.chelsea(), size)[None]  # (1,3,size,size) in [0,1]
+    resize = zoo.resize_size(args.model, size, args.weights)  # as the weights' own transforms
+    x = resize_crop(data.chelsea(), size, resize)[None]  # (1,3,size,size) in [0,1]
     label = classifier.predict(x).argmax(axis=1)
 
     layer = zoo.default_layers(args.model)[0]
