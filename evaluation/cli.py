@@ -168,6 +168,10 @@ def _check_methods(names: Sequence[str], option: str, extra: Sequence[str] = ())
     from evaluation.runner import saliency_names
 
     valid = [*saliency_names(), *extra]
+    if not names:
+        raise CLIError(f"{option}: give at least one method; choose from {', '.join(valid)}")
+    if len(set(names)) != len(names):
+        raise CLIError(f"{option}: a method is listed twice ({', '.join(names)})")
     for name in names:
         if name not in valid:
             raise CLIError(f"{option}: unknown method {name!r}; choose from {', '.join(valid)}")
@@ -188,11 +192,14 @@ def cmd_saliency(args: argparse.Namespace) -> int:
     if duplicates:
         raise CLIError(f"images: several files share the name {duplicates[0]!r}; outputs would collide")
     _check_out_folder(args.out)
-    _check_size(args.model, args.size)
+    size = args.size or zoo.input_size(args.model)[-1]
+    _check_size(args.model, size)
     torch.manual_seed(args.seed)  # random weights (--weights none) are reproducible
     classifier = _classifier(args.model, args.weights, args.device)
-    resize = zoo.resize_size(args.model, args.size, args.weights)
-    x = np.stack([load_image(p, args.size, resize) for p in args.images])
+    if args.target_class is not None and not 0 <= args.target_class < classifier.nb_classes:
+        raise CLIError(f"--class must lie in [0, {classifier.nb_classes}), got {args.target_class}")
+    resize = zoo.resize_size(args.model, size, args.weights)
+    x = np.stack([load_image(p, size, resize) for p in args.images])
     layers = _split(args.layer) or _default_layers(args.model)
     if args.method != "gpnn-cam" and len(layers) > 1 and args.layer:
         raise CLIError(f"--layer: method {args.method!r} takes one layer, got {', '.join(layers)}")
@@ -609,7 +616,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--class", dest="target_class", type=int, default=None, help="class index (default: predicted)"
     )
     p.add_argument("--out", default="saliency_maps", help="output folder (default saliency_maps)")
-    p.add_argument("--size", type=_positive_int, default=224, help="image side after resize + centre crop")
+    p.add_argument(
+        "--size",
+        type=_positive_int,
+        default=None,
+        help="image side after resize + centre crop (default: the model's input size)",
+    )
     p.add_argument("--gpnn-variations", type=_positive_int, default=100, help="GPNN-CAM variations per image")
     common(p)
     p.set_defaults(func=cmd_saliency)

@@ -217,6 +217,8 @@ class ExperimentConfig:
             raise ValueError("attacks and focusers must not repeat a name")
         if UNFOCUSED in self.focusers:
             raise ValueError(f"focusers: {UNFOCUSED!r} is always run; do not list it")
+        if len(set(self.areas)) != len(self.areas):
+            raise ValueError(f"areas must not repeat a value, got {list(self.areas)}")
         bad = [a for a in self.areas if not (0.0 < a < 1.0)]
         if bad:
             raise ValueError(f"areas must lie in (0, 1), got {bad[0]}")

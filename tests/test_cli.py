@@ -59,6 +59,26 @@ def test_unknown_method(tmp_path, capsys):
     assert "bogus" in err
 
 
+def test_methods_areas_and_class_are_checked(tmp_path, capsys):
+    png = str(_png(tmp_path / "a.png"))
+    err = _error(capsys, ["pointing-game", "--methods", "gradcam,gradcam", "--out", str(tmp_path / "p")])
+    assert "--methods" in err and "twice" in err
+    err = _error(capsys, ["pointing-game", "--methods", "", "--out", str(tmp_path / "p")])
+    assert "--methods" in err and "at least one" in err
+    err = _error(capsys, ["evaluate", "--areas", "0.1,0.1", "--out", str(tmp_path / "o")])
+    assert "areas" in err and "repeat" in err
+    argv = ["saliency", png, "--model", "digits-cnn", "--method", "gradcam", "--class", "10"]
+    err = _error(capsys, [*argv, "--out", str(tmp_path / "s")])
+    assert "--class must lie in [0, 10), got 10" in err
+
+
+def test_saliency_size_defaults_to_the_model_input(tmp_path, capsys):
+    png = str(_png(tmp_path / "a.png"))
+    argv = ["saliency", png, "--model", "digits-cnn", "--method", "gradcam", "--quiet"]
+    assert main([*argv, "--out", str(tmp_path / "s")]) == 0
+    assert np.load(tmp_path / "s" / "a.npy").shape == (64, 64)  # digits-cnn takes 64 px, not 224
+
+
 def test_unknown_attack(tmp_path, capsys):
     err = _error(capsys, ["evaluate", "--attacks", "pgd,jsma", "--out", str(tmp_path / "o")])
     assert "jsma" in err
