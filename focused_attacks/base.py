@@ -18,7 +18,7 @@ from art.estimators.classification import PyTorchClassifier
 from art.utils import check_and_transform_label_format, get_labels_np_array
 
 from saliency import masks as saliency_masks
-from saliency.base import model_in_eval
+from saliency.base import is_int, is_real, model_in_eval
 
 #: Focus modes every attack supports; FocusedPGD adds ``"penalty"``.
 FOCUS_MODES = ("topk", "soft")
@@ -412,13 +412,12 @@ def success_mask(
 
 def check_number(name: str, value: object, allow_zero: bool) -> None:
     """Raise ValueError naming ``name`` unless ``value`` is a finite number >= 0 (> 0 if not allow_zero)."""
-    ok = isinstance(value, (int, float, np.floating, np.integer)) and not isinstance(value, bool)
-    if not ok or not np.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+    if not is_real(value) or not np.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
         raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
 
 
 def check_count(name: str, value: object) -> None:
     """Raise ValueError naming ``name`` unless ``value`` is an int >= 0."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+    if not is_int(value) or value < 0:
         raise ValueError(f"{name} must be a non-negative integer, got {value!r}")

@@ -123,22 +123,32 @@ def gradients_of(score: torch.Tensor, activations: torch.Tensor) -> tuple[torch.
         return torch.autograd.grad(score, activations)
 
 
-#: A map counts as constant when its span is at most this fraction of its largest magnitude (about 80
-#: float32 round-offs): what is left is rounding noise, which min-max normalisation would stretch to a
-#: full-contrast map.
-CONSTANT_MAP_RTOL = 1e-5
+#: A map (or GPNN-CAM's regression target or activation channel) counts as constant when its spread is at
+#: most this fraction of its largest magnitude (about 80 float32 round-offs): what is left is rounding
+#: noise, which normalisation would stretch to full contrast.
+CONSTANT_RTOL = 1e-5
+
+
+def is_int(value: object) -> bool:
+    """An int or numpy integer, not a bool."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def is_real(value: object) -> bool:
+    """An int, float or numpy number, not a bool (nor a string)."""
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
 
 
 def normalize_maps(maps: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     """Min-max normalise each map (N,H,W) to [0,1]; a constant map becomes all zeros, never NaN.
 
-    Constant: a span <= ``eps`` or <= :data:`CONSTANT_MAP_RTOL` x the map's largest magnitude.
+    Constant: a span <= ``eps`` or <= :data:`CONSTANT_RTOL` x the map's largest magnitude.
     """
     flat = maps.reshape(maps.shape[0], -1)
     low = flat.min(dim=1, keepdim=True).values
     high = flat.max(dim=1, keepdim=True).values
     span = high - low
-    varies = (span > eps) & (span > CONSTANT_MAP_RTOL * torch.maximum(low.abs(), high.abs()))
+    varies = (span > eps) & (span > CONSTANT_RTOL * torch.maximum(low.abs(), high.abs()))
     safe = torch.where(varies, span, torch.ones_like(span))
     out = torch.where(varies, (flat - low) / safe, torch.zeros_like(flat))
     return out.reshape(maps.shape).float()

@@ -54,23 +54,14 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from saliency import triton_nn
+from saliency.base import is_int, is_real
 from saliency.shifted_nn import nearest_neighbours_shifted
 
 #: Smallest and largest default tile sizes in distance entries (64 MiB and 1 GiB of float32).
 MIN_DEFAULT_CHUNK = 2**24
 MAX_DEFAULT_CHUNK_CPU = 2**28
-
-
 #: Smallest ``scale_factor``: 1.05 already gives 57 pyramid levels for 224 px.
 MIN_SCALE_FACTOR = 1.05
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
 
 
 def default_chunk_size(device: torch.device) -> int:
@@ -278,19 +269,19 @@ class GPNN:
         device: str | torch.device | None = None,
         verbose: bool = False,
     ):
-        if not _is_int(patch_size) or patch_size < 1:
+        if not is_int(patch_size) or patch_size < 1:
             raise ValueError(f"patch_size must be a positive int, got {patch_size!r}")
-        if not _is_number(scale_factor) or not MIN_SCALE_FACTOR <= scale_factor < math.inf:
+        if not is_real(scale_factor) or not MIN_SCALE_FACTOR <= scale_factor < math.inf:
             raise ValueError(
                 f"scale_factor must be a finite number >= {MIN_SCALE_FACTOR}, got {scale_factor!r}"
             )
-        if not _is_int(coarsest) or coarsest < patch_size:
+        if not is_int(coarsest) or coarsest < patch_size:
             raise ValueError(f"coarsest must be an int >= patch_size ({patch_size}), got {coarsest!r}")
-        if not _is_number(noise_sigma) or not 0 <= noise_sigma < math.inf:
+        if not is_real(noise_sigma) or not 0 <= noise_sigma < math.inf:
             raise ValueError(f"noise_sigma must be a finite number >= 0, got {noise_sigma!r}")
-        if not _is_number(alpha) or not 0 < alpha < math.inf:
+        if not is_real(alpha) or not 0 < alpha < math.inf:
             raise ValueError(f"alpha must be a finite number > 0, got {alpha!r}")
-        if not _is_int(iters) or iters < 1:
+        if not is_int(iters) or iters < 1:
             raise ValueError(f"iters must be a positive int, got {iters!r}")
         if init not in ("source", "zeros"):
             raise ValueError(f"init must be 'source' or 'zeros', got {init!r}")
@@ -298,7 +289,7 @@ class GPNN:
             raise ValueError(f"fold must be 'uniform' or 'distance', got {fold!r}")
         if search not in ("auto", "shifts", "matmul", "triton"):
             raise ValueError(f"search must be 'auto', 'shifts', 'matmul' or 'triton', got {search!r}")
-        if chunk_size is not None and (not _is_int(chunk_size) or chunk_size < 1):
+        if chunk_size is not None and (not is_int(chunk_size) or chunk_size < 1):
             raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
         self.patch_size = int(patch_size)
         self.scale_factor = float(scale_factor)
@@ -363,9 +354,9 @@ class GPNN:
         With ``return_field=True``: a :class:`GPNNOutput` with the variations, the final NN field and its
         distances.
         """
-        if not _is_int(n) or n < 1:
+        if not is_int(n) or n < 1:
             raise ValueError(f"n must be a positive int (number of variations), got {n!r}")
-        if not _is_int(seed):
+        if not is_int(seed):
             raise ValueError(f"seed must be an int, got {seed!r}")
         image = self._check_image(image)
         device = self.device or image.device

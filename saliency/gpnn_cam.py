@@ -44,6 +44,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from saliency.base import (
+    CONSTANT_RTOL,
     ActivationRecorder,
     SaliencyMethod,
     Targets,
@@ -55,10 +56,6 @@ from saliency.base import (
     resolve_targets,
 )
 from saliency.gpnn import GPNN
-
-#: A regression target, or an activation channel, whose spread around its mean is at most this fraction
-#: of its magnitude (about 80 float32 round-offs) is treated as constant.
-CONSTANT_RTOL = 1e-5
 
 
 def gpnn_cam_preset() -> GPNN:

@@ -8,12 +8,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from saliency.base import is_real
+
 Maps = torch.Tensor | np.ndarray
 
 
 def _number(name: str, value: object, expected: str) -> float:
     """``value`` as a float; a bool, a string or anything else that is not a real number -> ValueError."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+    if not is_real(value):
         raise ValueError(f"{name} must be {expected}, got {value!r}")
     return float(value)
 

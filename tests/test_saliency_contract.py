@@ -138,7 +138,7 @@ def test_normalize_maps_range_and_constant(n, h, w, offset, scale, constant):
     flat = raw.flatten(1)
     for i in range(n):
         span, magnitude = float(flat[i].max() - flat[i].min()), float(flat[i].abs().max())
-        if span <= 1e-12 or span <= 0.5e-5 * magnitude:  # constant up to rounding (CONSTANT_MAP_RTOL)
+        if span <= 1e-12 or span <= 0.5e-5 * magnitude:  # constant up to rounding (CONSTANT_RTOL)
             assert (maps[i] == 0).all()
         elif span > 2e-5 * magnitude:  # clear of the boundary, where float32 decides
             assert np.isclose(float(maps[i].max()), 1.0) and float(maps[i].min()) == 0.0
