@@ -135,13 +135,16 @@ def _check_out_folder(out: str) -> None:
         raise CLIError(f"--out: {out} is an existing file; expected a folder")
 
 
-def _check_size(model: str, size: int) -> None:
+def _image_size(model: str, size: int | None) -> int:
+    """``--size``, or the model's input side when it is None, checked against what the model takes."""
     from evaluation import zoo
 
+    size = size or zoo.input_size(model)[-1]
     try:
         zoo.check_size(model, size)
     except ValueError as err:
         raise CLIError(f"--size: {err}") from None
+    return size
 
 
 def _default_layers(model: str) -> list[str]:
@@ -158,9 +161,7 @@ def _classifier(model: str, weights: str | None, device: str | None) -> Any:
 
     try:
         return zoo.classifier(model, weights, device=device)
-    except FileNotFoundError as err:
-        raise CLIError(f"--weights: {err}") from None
-    except zoo.WeightsUnavailableError as err:
+    except (FileNotFoundError, zoo.WeightsUnavailableError) as err:
         raise CLIError(f"--weights: {err}") from None
 
 
@@ -192,8 +193,7 @@ def cmd_saliency(args: argparse.Namespace) -> int:
     if duplicates:
         raise CLIError(f"images: several files share the name {duplicates[0]!r}; outputs would collide")
     _check_out_folder(args.out)
-    size = args.size or zoo.input_size(args.model)[-1]
-    _check_size(args.model, size)
+    size = _image_size(args.model, args.size)
     torch.manual_seed(args.seed)  # random weights (--weights none) are reproducible
     classifier = _classifier(args.model, args.weights, args.device)
     if args.target_class is not None and not 0 <= args.target_class < classifier.nb_classes:
@@ -283,15 +283,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     _check_out_folder(args.out)
     if config.data != "digits":
         _check_image_folder(config.data)
-    _check_size(config.model, config.size or _input_side(config.model))
+    _image_size(config.model, config.size)
     _classifier(config.model, config.weights, args.device)  # fail fast on an unknown model / missing weights
     return _run(config, args)
-
-
-def _input_side(model: str) -> int:
-    from evaluation import zoo
-
-    return zoo.input_size(model)[-1]
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -425,15 +419,14 @@ def cmd_pointing_game(args: argparse.Namespace) -> int:
     import torch
     from tqdm.auto import tqdm
 
-    from evaluation import datasets, zoo
+    from evaluation import datasets
     from evaluation.report import text_table, write_table
     from evaluation.saliency_metrics import energy_pointing_game, pointing_accuracy, pointing_game
 
     methods = _split(args.methods)
     _check_methods(methods, "--methods")
     _check_out_folder(args.out)
-    size = args.size or zoo.input_size(args.model)[-1]
-    _check_size(args.model, size)
+    size = _image_size(args.model, args.size)
     torch.manual_seed(args.seed)
     classifier = _classifier(args.model, args.weights, args.device)
     groups, classes, boxes, tolerance, data_notes = _pointing_data(args, size)
@@ -497,7 +490,7 @@ def cmd_sanity(args: argparse.Namespace) -> int:
     """Cascading parameter randomisation: Spearman correlation of the maps with the trained model's."""
     import torch
 
-    from evaluation import datasets, zoo
+    from evaluation import datasets
     from evaluation.report import text_table, write_table
     from evaluation.runner import CENTRE, RANDOM, saliency_method
     from evaluation.saliency_metrics import sanity_check
@@ -508,8 +501,7 @@ def cmd_sanity(args: argparse.Namespace) -> int:
             f"--method: {args.method!r} does not depend on the model; a sanity check needs a method"
         )
     _check_out_folder(args.out)
-    size = args.size or zoo.input_size(args.model)[-1]
-    _check_size(args.model, size)
+    size = _image_size(args.model, args.size)
     torch.manual_seed(args.seed)
     classifier = _classifier(args.model, args.weights, args.device)
     layers = _split(args.layer) or _default_layers(args.model)

@@ -76,8 +76,9 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def _load_state_dict(model: nn.Module, path: Path) -> None:
-    state = _read_state_dict(path)
+def _load_state_dict(model: nn.Module, path: Path, state: dict[str, torch.Tensor] | None = None) -> None:
+    """Load ``state`` (None: read from ``path``) into ``model``; a mismatch: ValueError naming ``path``."""
+    state = _read_state_dict(path) if state is None else state
     try:
         model.load_state_dict(state)
     except RuntimeError as err:
@@ -142,10 +143,7 @@ def load(name: str, weights: str | Path | None = None) -> nn.Module:
         )
     state = _read_state_dict(path)
     model = torchvision.models.get_model(name, weights=None, **_head_size(name, state))
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as err:
-        raise ValueError(f"weights file {path} does not fit the model: {_one_line(err)}") from err
+    _load_state_dict(model, path, state)
     return model.eval()
 
 
