@@ -26,12 +26,14 @@ DEMO_GPNN_PARAMS = {"iters": 1, "coarsest": 32, "patch_size": 5}
 DEMO_N = 200
 
 
-#: What an interrupted command keeps: only evaluate and demo resume; the others write at the end.
+#: What an interrupted command keeps: evaluate, demo, pointing-game and sanity resume; train restarts.
 RESUME = "rerun the same command to resume"
 RESTART = "nothing was saved; rerunning the command starts again"
 INTERRUPTED = {
     "evaluate": RESUME,
     "demo": RESUME,
+    "pointing-game": RESUME,
+    "sanity": RESUME,
     "saliency": "the maps written so far are kept; rerunning the command computes them all again",
 }
 
@@ -318,6 +320,18 @@ POINTING_COLUMNS = (
 )
 #: TorchRay's pointing-game hit radius, in pixels of the original image.
 TORCHRAY_TOLERANCE = 15
+#: Scores per (method, group) as they are computed, so that a rerun resumes.
+POINTING_RECORDS = "pointing_game.jsonl"
+#: Spearman correlations per cascade step as they are computed, so that a rerun resumes.
+SANITY_RECORDS = "sanity.jsonl"
+
+
+def _pointing_key(record: dict[str, Any]) -> tuple[str, int]:
+    return str(record["method"]), int(record["group"])
+
+
+def _sanity_key(record: dict[str, Any]) -> int:
+    return int(record["step"])
 
 
 class _Group(NamedTuple):
@@ -421,6 +435,7 @@ def cmd_pointing_game(args: argparse.Namespace) -> int:
 
     from evaluation import datasets
     from evaluation.report import text_table, write_table
+    from evaluation.runner import RecordLog, check_config
     from evaluation.saliency_metrics import energy_pointing_game, pointing_accuracy, pointing_game
 
     methods = _split(args.methods)
@@ -437,20 +452,54 @@ def cmd_pointing_game(args: argparse.Namespace) -> int:
         for group in groups:
             targets[group.items] = classifier.predict(np.ascontiguousarray(group.x[:1])).argmax(axis=1)
     layers = _split(args.layer) or _default_layers(args.model)
+    # The arguments that determine the scores; the methods are not among them, as each method's scores
+    # are saved apart: a rerun with more methods reuses those already scored.
+    config = {
+        "command": "pointing-game",
+        "model": args.model,
+        "weights": args.weights,
+        "data": args.data,
+        "n": args.n,
+        "size": size,
+        "layers": layers,
+        "tolerance": tolerance,
+        "batch_size": args.batch_size,
+        "seed": args.seed,
+        "gpnn_variations": args.gpnn_variations,
+        "gpnn_fast": args.gpnn_fast,
+    }
+    check_config(args.out, config)
+    log = RecordLog(Path(args.out) / POINTING_RECORDS, key=_pointing_key)
+    done = {_pointing_key(r): r for r in log.read(repair=True)}
     rows = []
     for method in tqdm(methods, desc="pointing game", disable=args.quiet):
         hits = np.zeros(len(classes), dtype=bool)
         energy = np.zeros(len(classes))
         blank = np.zeros(len(classes), dtype=bool)
         seconds = 0.0
-        for group in groups:
-            start = time.perf_counter()
-            maps = _group_maps(method, classifier, group, targets, layers, args)
-            seconds += time.perf_counter() - start
-            group_boxes = [boxes[i] for i in group.items]
-            hits[group.items] = pointing_game(maps, group_boxes, tolerance=tolerance)["hits"]
-            game = energy_pointing_game(maps, group_boxes)
-            energy[group.items], blank[group.items] = game["fractions"], game["blank"]
+        for g, group in enumerate(groups):
+            record = done.get((method, g))
+            if record is None:
+                start = time.perf_counter()
+                maps = _group_maps(method, classifier, group, targets, layers, args)
+                seconds_maps = time.perf_counter() - start
+                group_boxes = [boxes[i] for i in group.items]
+                game = energy_pointing_game(maps, group_boxes)
+                record = {
+                    "method": method,
+                    "group": g,
+                    "items": group.items.tolist(),
+                    "hits": pointing_game(maps, group_boxes, tolerance=tolerance)["hits"].tolist(),
+                    "energy": game["fractions"].tolist(),
+                    "blank": game["blank"].tolist(),
+                    "seconds": seconds_maps,
+                }
+                log.append([record])
+            elif record["items"] != group.items.tolist():
+                raise CLIError(f"{log.path}: group {g} holds other items than this data; use a new --out")
+            hits[group.items], energy[group.items] = record["hits"], record["energy"]
+            blank[group.items] = record["blank"]
+            seconds += record["seconds"]
         summary = pointing_accuracy(hits, classes)
         rows.append(
             {
@@ -470,7 +519,7 @@ def cmd_pointing_game(args: argparse.Namespace) -> int:
         f"number): the mean of the per-class accuracies over the {len(np.unique(classes))} classes present "
         "(TorchRay averages over all classes, the same when every class has items). Energy in box: mean "
         "over the n items of the share of the map's mass inside the boxes; a blank (all-zero) map counts "
-        "0. Seconds: computing the maps."
+        "0. Seconds: computing the maps (summed over resumed runs)."
     )
     write_table(args.out, "pointing_game", rows, POINTING_COLUMNS, "Pointing game", notes, {"notes": notes})
     print(text_table(rows, POINTING_COLUMNS), end="")
@@ -492,7 +541,7 @@ def cmd_sanity(args: argparse.Namespace) -> int:
 
     from evaluation import datasets
     from evaluation.report import text_table, write_table
-    from evaluation.runner import CENTRE, RANDOM, saliency_method
+    from evaluation.runner import CENTRE, RANDOM, RecordLog, check_config, saliency_method
     from evaluation.saliency_metrics import sanity_check
 
     _check_methods([args.method], "--method")
@@ -507,6 +556,29 @@ def cmd_sanity(args: argparse.Namespace) -> int:
     layers = _split(args.layer) or _default_layers(args.model)
     x, y, _ = datasets.cluttered_digits(args.n, "test", size=size, seed=args.seed)
     targets = y if args.model == "digits-cnn" else None
+    config = {
+        "command": "sanity",
+        "model": args.model,
+        "weights": args.weights,
+        "method": args.method,
+        "n": args.n,
+        "size": size,
+        "layers": layers,
+        "seed": args.seed,
+        "gpnn_variations": args.gpnn_variations,
+        "gpnn_fast": args.gpnn_fast,
+    }
+    check_config(args.out, config)
+    log = RecordLog(Path(args.out) / SANITY_RECORDS, key=_sanity_key)
+    completed = log.read(repair=True)  # the first steps of the cascade, saved in order (NaN as null)
+    if [_sanity_key(r) for r in completed] != list(range(len(completed))):
+        raise CLIError(f"{log.path}: the saved steps are not 0, 1, 2, ...; use a new --out folder")
+
+    def save(row: dict[str, Any]) -> None:
+        rho = [None if np.isnan(v) else float(v) for v in row["spearman"]]
+        completed.append({"step": len(completed), "layer": row["layer"], "spearman": rho})
+        log.append(completed[-1:])
+
     rows = sanity_check(
         lambda model: saliency_method(
             args.method,
@@ -521,6 +593,8 @@ def cmd_sanity(args: argparse.Namespace) -> int:
         targets=targets,
         seed=args.seed,
         verbose=not args.quiet,
+        completed=list(completed),
+        on_step=save,
     )
     table = [
         {

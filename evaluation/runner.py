@@ -65,11 +65,13 @@ class RecordLog:
     truncated last line and (with ``repair=True``) cuts the file back to its last complete line.
     """
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, key: Callable[[dict[str, Any]], object] = record_key):
         self.path = Path(path)
+        self.key = key
 
     def read(self, repair: bool = False) -> list[dict[str, Any]]:
-        """All complete records. A bad line other than the last one raises ``ValueError`` naming it."""
+        """All complete records. A bad line (not a JSON object, or ``key`` fails on it) other than the last
+        one raises ``ValueError`` naming it."""
         if not self.path.exists():
             return []
         data = self.path.read_bytes()
@@ -86,7 +88,7 @@ class RecordLog:
                 record = json.loads(line)
                 if not isinstance(record, dict):
                     raise ValueError("line is not a JSON object")
-                record_key(record)
+                self.key(record)
             except (ValueError, KeyError, TypeError) as err:
                 if is_last or (number == len(lines) - 1 and lines[-1] == b""):
                     # The last line of the file, cut short by a crash: ignore it.
@@ -248,13 +250,14 @@ class ExperimentConfig:
         return cells
 
 
-def check_config(out_dir: str | Path, config: ExperimentConfig, write: bool = True) -> None:
-    """Store ``config`` in ``out_dir/config.json``, or check that the stored one equals it.
+def check_config(out_dir: str | Path, config: ExperimentConfig | dict[str, Any], write: bool = True) -> None:
+    """Store ``config`` (an experiment's, or a JSON-ready dict of another command's arguments) in
+    ``out_dir/config.json``, or check that the stored one equals it.
 
     Raises :class:`ConfigMismatchError` naming the differing fields when it does not.
     """
     path = Path(out_dir) / CONFIG_FILE
-    wanted = config.to_dict()
+    wanted = json.loads(json.dumps(config)) if isinstance(config, dict) else config.to_dict()
     if path.exists():
         try:
             stored = json.loads(path.read_text(encoding="utf-8"))

@@ -287,6 +287,12 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return np.where(denom > 0, (ra * rb).sum(axis=1) / np.where(denom > 0, denom, 1), np.nan)
 
 
+def _sanity_row(layer: str, spearman: np.ndarray) -> dict[str, object]:
+    defined = int(np.isfinite(spearman).sum())
+    mean = float(np.nanmean(spearman)) if defined else float("nan")
+    return {"layer": layer, "spearman": spearman, "n_defined": defined, "mean_spearman": mean}
+
+
 def sanity_check(
     method_factory: Callable[[object], Callable[..., torch.Tensor]],
     model: object,
@@ -295,6 +301,8 @@ def sanity_check(
     layers: Sequence[str] | None = None,
     seed: int = 0,
     verbose: bool = False,
+    completed: Sequence[dict[str, object]] = (),
+    on_step: Callable[[dict[str, object]], None] | None = None,
 ) -> list[dict[str, object]]:
     """Cascading model-parameter randomisation (Adebayo et al. 2018) with Spearman rank correlation.
 
@@ -310,7 +318,12 @@ def sanity_check(
             ``PyTorchClassifier`` of the same kind as ``model``.
         layers: module paths to randomise, in cascade order; default every module owning parameters,
             last registered first (registration order is taken as the forward order). Layers are
-            re-initialised with their own ``reset_parameters`` under ``torch.manual_seed(seed)``.
+            re-initialised with their own ``reset_parameters``, step k under a torch seed drawn from
+            ``(seed, k)``: the weights of step k do not depend on what the method draws at other steps.
+        completed: rows of the first steps from an earlier, interrupted run with the same arguments
+            (``"layer"`` and ``"spearman"``, NaN or None where undefined): those steps only
+            re-randomise their layer.
+        on_step: called with each newly computed row as soon as it is done (e.g. to save it).
 
     Returns:
         One row per cascade step: ``{"layer": name, "spearman": float64 (N,), "n_defined": int,
@@ -330,17 +343,24 @@ def sanity_check(
     copied_module, _ = unwrap_model(copied)
     layer_names = list(layers) if layers is not None else _parameterised_layers(copied_module)
     resolved = [resolve_layer(copied_module, name) for name in layer_names]
+    steps = [("none", None), *resolved]
+    if len(completed) > len(steps):
+        raise ValueError(f"completed: {len(completed)} rows given for a cascade of {len(steps)} steps")
+    for i, row in enumerate(completed):
+        if row["layer"] != steps[i][0]:
+            raise ValueError(f"completed: row {i} is for layer {row['layer']!r}, step {i} is {steps[i][0]!r}")
     rows = []
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        steps = [("none", None), *resolved]
-        for name, layer in tqdm(steps, desc="sanity check", disable=not verbose):
+        for i, (name, layer) in enumerate(tqdm(steps, desc="sanity check", disable=not verbose)):
             if layer is not None:
+                torch.manual_seed(int(np.random.SeedSequence([seed, i]).generate_state(1)[0]))
                 with torch.no_grad():
                     _randomise(layer)
+            if i < len(completed):
+                rows.append(_sanity_row(name, np.array(completed[i]["spearman"], dtype=np.float64)))
+                continue
             maps = _maps_numpy(method_factory(copied)(x, t)).reshape(len(x), -1)
-            rho = _spearman(base, maps)
-            defined = int(np.isfinite(rho).sum())
-            mean = float(np.nanmean(rho)) if defined else float("nan")
-            rows.append({"layer": name, "spearman": rho, "n_defined": defined, "mean_spearman": mean})
+            rows.append(_sanity_row(name, _spearman(base, maps)))
+            if on_step is not None:
+                on_step(rows[-1])
     return rows

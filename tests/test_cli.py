@@ -291,13 +291,71 @@ def test_interrupt_message_promises_resume_only_where_it_exists(tmp_path, capsys
     def interrupted(args):
         raise KeyboardInterrupt
 
-    for command in ("cmd_pointing_game", "cmd_evaluate"):
+    for command in ("cmd_train", "cmd_evaluate", "cmd_pointing_game", "cmd_sanity"):
         monkeypatch.setattr(cli, command, interrupted)
-    assert main(["pointing-game", "--out", str(tmp_path)]) == 130
+    assert main(["train", "digits-cnn", "--out", str(tmp_path / "w.pt")]) == 130
     err = capsys.readouterr().err
     assert "resume" not in err and "starts again" in err
-    assert main(["evaluate", "--out", str(tmp_path)]) == 130
-    assert "rerun the same command to resume" in capsys.readouterr().err
+    for argv in (["evaluate"], ["pointing-game"], ["sanity"]):
+        assert main([*argv, "--out", str(tmp_path)]) == 130
+        assert "rerun the same command to resume" in capsys.readouterr().err
+
+
+def _cut_after(path, lines: int) -> None:
+    """Keep the first ``lines`` lines of a JSONL file and half of the next, as a crash mid-write leaves it."""
+    kept = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(kept[:lines]) + kept[lines][: len(kept[lines]) // 2])
+
+
+def _rows(path) -> list[dict]:
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in json.loads(path.read_text())["rows"]]
+
+
+def test_pointing_game_resumes_after_a_crash(tmp_path, capsys, monkeypatch):
+    import evaluation.cli as cli
+
+    out = tmp_path / "pg"
+    argv = ["pointing-game", "--methods", "gradcam,centre", "--n", "10", "--batch-size", "4", "--quiet"]
+    assert main([*argv, "--out", str(out)]) == 0
+    full = _rows(out / "pointing_game.json")
+    assert len((out / "pointing_game.jsonl").read_text().splitlines()) == 2 * 3  # methods x groups
+    _cut_after(out / "pointing_game.jsonl", 4)  # gradcam's 3 groups, centre's first: centre's 2nd cut
+    computed = []
+    group_maps = cli._group_maps
+    monkeypatch.setattr(
+        cli, "_group_maps", lambda m, c, group, *a: computed.append(m) or group_maps(m, c, group, *a)
+    )
+    assert main([*argv, "--out", str(out)]) == 0
+    assert computed == ["centre", "centre"]
+    assert _rows(out / "pointing_game.json") == full
+    computed.clear()
+    assert main([*argv, "--methods", "centre,gradcam,layercam", "--out", str(out)]) == 0
+    assert computed == ["layercam"] * 3  # a method added later reuses the others' scores
+    capsys.readouterr()
+    err = _error(capsys, [*argv, "--n", "11", "--out", str(out)])
+    assert "different arguments" in err and "n: stored 10, now 11" in err
+
+
+def test_sanity_resumes_after_a_crash(tmp_path, capsys, monkeypatch):
+    import evaluation.runner as runner
+
+    out = tmp_path / "sanity"
+    argv = ["sanity", "--method", "gradcam", "--n", "3", "--quiet", "--out", str(out)]
+    assert main(argv) == 0
+    full = _rows(out / "sanity.json")
+    steps = len((out / "sanity.jsonl").read_text().splitlines())
+    assert steps == len(full) > 3
+    _cut_after(out / "sanity.jsonl", 2)
+    made = []
+    method = runner.saliency_method
+    monkeypatch.setattr(runner, "saliency_method", lambda *a: made.append(1) or method(*a))
+    assert main(argv) == 0
+    assert len(made) == 1 + steps - 2  # the trained model's maps, then only the steps not saved
+    assert _rows(out / "sanity.json") == full
+    assert len((out / "sanity.jsonl").read_text().splitlines()) == steps
+    capsys.readouterr()
+    err = _error(capsys, [*argv[:2], "cameras", *argv[3:]])
+    assert "method: stored 'gradcam', now 'cameras'" in err
 
 
 def test_out_that_is_a_file(tmp_path, capsys):
