@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -326,6 +326,24 @@ POINTING_RECORDS = "pointing_game.jsonl"
 SANITY_RECORDS = "sanity.jsonl"
 
 
+def _open_run(
+    out: str,
+    config: dict[str, Any],
+    records: str,
+    key: Callable[[dict[str, Any]], Any],
+    data: list[np.ndarray],
+) -> tuple[Any, list[dict[str, Any]]]:
+    """Pin ``out`` to a command's arguments (``config.json``) and input arrays (``data.sha256``), or check a
+    rerun against them; return the ``records`` log and what it holds (a line cut by a crash repaired)."""
+    from evaluation.runner import RecordLog, check_config, check_data, data_digest
+
+    check_config(out, config)
+    log = RecordLog(Path(out) / records, key=key)
+    saved = log.read(repair=True)
+    check_data(out, data_digest(data), has_results=bool(saved))
+    return log, saved
+
+
 def _pointing_key(record: dict[str, Any]) -> tuple[str, int]:
     return str(record["method"]), int(record["group"])
 
@@ -435,7 +453,6 @@ def cmd_pointing_game(args: argparse.Namespace) -> int:
 
     from evaluation import datasets
     from evaluation.report import text_table, write_table
-    from evaluation.runner import RecordLog, check_config
     from evaluation.saliency_metrics import energy_pointing_game, pointing_accuracy, pointing_game
 
     methods = _split(args.methods)
@@ -468,9 +485,9 @@ def cmd_pointing_game(args: argparse.Namespace) -> int:
         "gpnn_variations": args.gpnn_variations,
         "gpnn_fast": args.gpnn_fast,
     }
-    check_config(args.out, config)
-    log = RecordLog(Path(args.out) / POINTING_RECORDS, key=_pointing_key)
-    done = {_pointing_key(r): r for r in log.read(repair=True)}
+    inputs = [*(group.x for group in groups), classes, *boxes]
+    log, saved = _open_run(args.out, config, POINTING_RECORDS, _pointing_key, inputs)
+    done = {_pointing_key(r): r for r in saved}
     rows = []
     for method in tqdm(methods, desc="pointing game", disable=args.quiet):
         hits = np.zeros(len(classes), dtype=bool)
@@ -541,7 +558,7 @@ def cmd_sanity(args: argparse.Namespace) -> int:
 
     from evaluation import datasets
     from evaluation.report import text_table, write_table
-    from evaluation.runner import CENTRE, RANDOM, RecordLog, check_config, saliency_method
+    from evaluation.runner import CENTRE, RANDOM, saliency_method
     from evaluation.saliency_metrics import sanity_check
 
     _check_methods([args.method], "--method")
@@ -568,9 +585,8 @@ def cmd_sanity(args: argparse.Namespace) -> int:
         "gpnn_variations": args.gpnn_variations,
         "gpnn_fast": args.gpnn_fast,
     }
-    check_config(args.out, config)
-    log = RecordLog(Path(args.out) / SANITY_RECORDS, key=_sanity_key)
-    completed = log.read(repair=True)  # the first steps of the cascade, saved in order (NaN as null)
+    # the first steps of the cascade, saved in order (NaN as null)
+    log, completed = _open_run(args.out, config, SANITY_RECORDS, _sanity_key, [x])
     if [_sanity_key(r) for r in completed] != list(range(len(completed))):
         raise CLIError(f"{log.path}: the saved steps are not 0, 1, 2, ...; use a new --out folder")
 

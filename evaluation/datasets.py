@@ -186,21 +186,20 @@ def _array(img: Image.Image) -> np.ndarray:
 
 
 def resize_crop(img: Image.Image, size: int, resize: int | None = None) -> np.ndarray:
-    """An RGB PIL image -> shorter side resized to ``resize`` (default ``size``; bilinear) -> the centre
-    ``size`` x ``size`` crop: float32 (3,size,size) in [0,1]. torchvision's weights use ``resize`` > ``size``
+    """An RGB PIL image -> shorter side resized to ``resize`` (default ``size``; see
+    :func:`_resize_shorter`) -> the centre ``size`` x ``size`` crop: float32 (3,size,size) in [0,1], the
+    same pixels as torchvision's weights' transforms before normalisation, which use ``resize`` > ``size``
     (e.g. 256 then 224, see :func:`evaluation.zoo.resize_size`)."""
-    resize = max(size, resize or size)
-    w, h = img.size
-    scale = resize / min(w, h)
-    new_w, new_h = max(resize, round(w * scale)), max(resize, round(h * scale))
-    img = img.resize((new_w, new_h), Image.Resampling.BILINEAR)
-    left, top = (new_w - size) // 2, (new_h - size) // 2
-    return _array(img.crop((left, top, left + size, top + size)))
+    x = _resize_shorter(img, max(size, resize or size))
+    # torchvision's CenterCrop: offsets int(round(excess / 2)), Python's round (half to even)
+    top, left = (int(round((side - size) / 2.0)) for side in x.shape[1:])
+    return np.ascontiguousarray(x[:, top : top + size, left : left + size])
 
 
 def _resize_shorter(img: Image.Image, size: int) -> np.ndarray:
-    """TorchRay's input (torchvision's ``Resize(size)``): the shorter side to ``size``, the longer to
-    ``int(size * longer / shorter)``, bilinear, no crop: (3,h,w) float32 in [0,1]."""
+    """torchvision's ``Resize(size)`` on a PIL image (as TorchRay's input and the weights' transforms):
+    the shorter side to ``size``, the longer to ``int(size * longer / shorter)``, PIL bilinear, no crop:
+    (3,h,w) float32 in [0,1]."""
     w, h = img.size
     if w <= h:
         new_w, new_h = size, int(size * h / w)

@@ -6,8 +6,10 @@ One experiment is the grid (image x attack x focuser x area). Every cell becomes
 * **resumable**: records are appended per batch (one ``write``, ``flush`` and ``fsync``); a rerun skips
   every (image, attack, focuser, area) already recorded, so nothing is duplicated or lost; a truncated
   last line left by a crash is dropped and the file repaired;
-* **pinned to its arguments**: ``DIR/config.json`` stores the :class:`ExperimentConfig`; resuming with
-  different arguments fails with :class:`ConfigMismatchError`;
+* **pinned to its arguments and images**: ``DIR/config.json`` stores the :class:`ExperimentConfig` and
+  ``DIR/data.sha256`` a digest of the loaded pixels; resuming with different arguments, or with
+  ``--data`` now loading other pixels (an image edited in place, another loader), fails with
+  :class:`ConfigMismatchError`;
 * **shardable**: under ``torchrun --nproc-per-node K -m evaluation.cli -- evaluate ...`` (the ``--``
   keeps torchrun from parsing our options) the image batches are dealt round-robin to the
   ranks, each rank appends to ``records.rank{r}.jsonl``, and after a barrier rank 0 merges them into
@@ -19,6 +21,7 @@ Each image's saliency maps are computed once per batch and reused for every atta
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -44,6 +47,7 @@ ATTACKS = ("pgd", "fgsm", "cw")
 #: Name of the merged records file.
 RECORDS_FILE = "records.jsonl"
 CONFIG_FILE = "config.json"
+DATA_DIGEST_FILE = "data.sha256"
 #: Arrays for the example figure (first images, first attack, middle area), written by the batch of image 0.
 EXAMPLES_FILE = "examples.npz"
 N_EXAMPLES = 3
@@ -273,6 +277,37 @@ def check_config(out_dir: str | Path, config: ExperimentConfig | dict[str, Any],
     elif write:
         path.parent.mkdir(parents=True, exist_ok=True)
         _atomic_write_text(path, json.dumps(wanted, indent=2, sort_keys=True) + "\n")
+
+
+def data_digest(arrays: Iterable[np.ndarray]) -> str:
+    """SHA-256 over the shapes, dtypes and bytes of ``arrays``, in order: the pixels a run is made of."""
+    digest = hashlib.sha256()
+    for array in arrays:
+        array = np.ascontiguousarray(array)
+        digest.update(f"{array.dtype.str}{array.shape}".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+def check_data(out_dir: str | Path, digest: str, has_results: bool, write: bool = True) -> None:
+    """Store ``digest`` (see :func:`data_digest`) in ``out_dir/data.sha256``, or check that the stored one
+    equals it: a run resumed on other pixels would mix two datasets in one table. A folder that holds
+    results but no digest (made by an older version) cannot be checked and is refused too."""
+    path = Path(out_dir) / DATA_DIGEST_FILE
+    if path.exists():
+        if path.read_text(encoding="utf-8").strip() != digest:
+            raise ConfigMismatchError(
+                f"{Path(out_dir)} holds results for other data than --data gives now (images or "
+                "annotations changed since the run started, or read by another version); choose another "
+                "--out folder"
+            )
+    elif has_results:
+        raise ConfigMismatchError(
+            f"{Path(out_dir)} holds results but no {DATA_DIGEST_FILE} (an older version made it), so its "
+            "images cannot be checked against --data; choose another --out folder"
+        )
+    elif write:
+        _atomic_write_text(path, digest + "\n")
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -654,6 +689,7 @@ def run_experiment(
         if path != own.path:
             stored += RecordLog(path).read()
     _check_names(stored, data.names, config.data)
+    check_data(out, data_digest([data.x]), has_results=bool(stored), write=ctx.is_main)
     done: set[Key] = {record_key(r) for r in stored}
 
     jobs = config.jobs()

@@ -245,6 +245,16 @@ def test_pointing_game_on_voc_follows_torchray(tmp_path, capsys):
     assert "--tolerance" in capsys.readouterr().err
 
 
+def test_pointing_game_refuses_to_resume_on_other_boxes(tmp_path, capsys):
+    data = _voc_folder(tmp_path / "voc")
+    argv = ["pointing-game", "--data", str(data), "--methods", "centre", "--size", "32", "--quiet"]
+    assert main([*argv, "--out", str(tmp_path / "a")]) == 0
+    xml = data / "Annotations" / "img.xml"
+    xml.write_text(xml.read_text().replace("<xmin>150</xmin>", "<xmin>151</xmin>"))
+    capsys.readouterr()
+    assert "other data than --data gives now" in _error(capsys, [*argv, "--out", str(tmp_path / "a")])
+
+
 def test_pointing_game_maps_are_scored_at_the_original_size():
     import argparse
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sklearn.datasets import load_digits
 
 from evaluation import datasets
@@ -311,3 +313,24 @@ def test_resize_crop_resizes_to_the_weights_resize_size_first():
     x = datasets.resize_crop(Image.fromarray(img), 64)
     assert x[:, :8].min() == 1.0
     assert datasets.resize_crop(Image.fromarray(img), 64, resize=128).max() == 0.0
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    width=st.integers(8, 70),
+    height=st.integers(8, 70),
+    size=st.integers(4, 12),
+    extra=st.integers(0, 6),
+    seed=st.integers(0, 2**16),
+)
+def test_resize_crop_equals_the_torchvision_weights_transforms(width, height, size, extra, seed):
+    """The pixels torchvision's ImageClassification preset (Resize then CenterCrop, PIL bilinear) gives
+    before normalising: the longer side truncated, the crop offset rounded as CenterCrop does."""
+    from PIL import Image
+    from torchvision.transforms._presets import ImageClassification
+
+    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    img = Image.fromarray(pixels)
+    preset = ImageClassification(crop_size=size, resize_size=size + extra, mean=(0, 0, 0), std=(1, 1, 1))
+    expected = preset(img).numpy()
+    np.testing.assert_allclose(datasets.resize_crop(img, size, size + extra), expected, atol=1e-6)

@@ -248,6 +248,43 @@ def test_resume_refuses_a_dataset_whose_images_moved(reference_run, tmp_path):
         runner.run_experiment(ExperimentConfig(**TINY), tmp_path / "run", verbose=False, report=False)
 
 
+def test_resume_refuses_other_pixels_and_folders_without_a_digest(reference_run, tmp_path, monkeypatch):
+    """An image edited in place (or loaded by another version) keeps its name, so only the pixels'
+    digest tells; a folder with records but no digest (an older version's) cannot be checked."""
+    out, _ = reference_run
+    assert (out / "data.sha256").read_text().strip() == runner.data_digest(
+        [runner.load_dataset("digits", TINY["n"], 64).x]
+    )
+    shutil.copytree(out, tmp_path / "run")
+    load = runner.load_dataset
+
+    def edited(*args, **kwargs):
+        data = load(*args, **kwargs)
+        data.x[1, :, 0, 0] = 1.0 - data.x[1, :, 0, 0]
+        return data
+
+    monkeypatch.setattr(runner, "load_dataset", edited)
+    with pytest.raises(ConfigMismatchError, match="other data than --data gives now"):
+        runner.run_experiment(ExperimentConfig(**TINY), tmp_path / "run", verbose=False, report=False)
+    monkeypatch.setattr(runner, "load_dataset", load)
+    (tmp_path / "run" / "data.sha256").unlink()
+    with pytest.raises(ConfigMismatchError, match="holds results but no data.sha256"):
+        runner.run_experiment(ExperimentConfig(**TINY), tmp_path / "run", verbose=False, report=False)
+
+
+def test_data_digest_sees_values_shapes_and_order():
+    a, b = np.zeros((2, 3), np.float32), np.ones((3,), np.float32)
+    digests = {
+        runner.data_digest([a, b]),
+        runner.data_digest([b, a]),
+        runner.data_digest([a.reshape(3, 2), b]),
+        runner.data_digest([a.astype(np.float64), b]),
+        runner.data_digest([a, b * 2]),
+    }
+    assert len(digests) == 5
+    assert runner.data_digest([a, b]) == runner.data_digest([a.copy(), np.asfortranarray(b)])
+
+
 def test_records_store_counts_as_ints(reference_run):
     out, _ = reference_run
     for r in _lines(out / "records.jsonl"):
