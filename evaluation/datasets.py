@@ -15,6 +15,8 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from saliency.base import is_int
+
 #: A pixel belongs to the digit's ink when the digit's opacity exceeds this value (opacity is in [0,1]).
 INK_THRESHOLD = 0.1
 #: Share of the 1797 source digits of each class that goes to the test split (fixed, seed 0).
@@ -74,13 +76,13 @@ def _compose(
     n: int, split: str, size: int, seed: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Render the benchmark; also returns the digit's opacity (n,size,size) and the source index per image."""
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+    if not is_int(n) or n < 1:
         raise ValueError(f"n must be an integer >= 1, got {n!r}")
     if split not in _SPLITS:
         raise ValueError(f"split must be one of {_SPLITS}, got {split!r}")
-    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 32:
+    if not is_int(size) or size < 32:
         raise ValueError(f"size must be an integer >= 32, got {size!r}")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+    if not is_int(seed) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     _, labels, splits = _sources()
     pool = splits[split]
@@ -258,9 +260,9 @@ def image_folder(
         FileNotFoundError: ``path`` is not a folder. ValueError: no images in it, a mixed layout, or an
         unreadable image among the first ``n`` (the message names the file).
     """
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+    if not is_int(size) or size < 1:
         raise ValueError(f"size must be a positive integer, got {size!r}")
-    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+    if n is not None and (not is_int(n) or n < 1):
         raise ValueError(f"n must be None or an integer >= 1, got {n!r}")
     files, labels, classes = image_folder_files(path)
     files = files[:n]
@@ -363,9 +365,9 @@ def voc_dataset(path: str | Path, size: int = 224, n: int | None = None) -> VOCI
     root = Path(path)
     if not root.is_dir():
         raise FileNotFoundError(f"VOC folder not found: {root}")
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+    if not is_int(size) or size < 1:
         raise ValueError(f"size must be a positive integer, got {size!r}")
-    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+    if n is not None and (not is_int(n) or n < 1):
         raise ValueError(f"n must be None or an integer >= 1, got {n!r}")
     annotations = root / "Annotations" if (root / "Annotations").is_dir() else root
     images_dir = root / "JPEGImages" if (root / "JPEGImages").is_dir() else root

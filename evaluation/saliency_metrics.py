@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from saliency.base import (
     Targets,
     check_images,
+    is_int,
     model_in_eval,
     resolve_layer,
     resolve_targets,
@@ -224,9 +225,9 @@ def insertion_deletion(
     if maps_np.shape != (n, h, w):
         raise ValueError(f"maps must have shape {(n, h, w)} to match x, got {maps_np.shape}")
     steps = h if steps is None else steps
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+    if not is_int(steps) or steps < 1:
         raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+    if not is_int(batch_size) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     device = _module_device(module)
     x = x.to(device)

@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 
 from evaluation.datasets import cluttered_digits
 from evaluation.models import DigitsCNN
+from saliency.base import is_int
 
 
 def evaluate_accuracy(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, batch_size: int = 250) -> float:
@@ -62,7 +63,7 @@ def train_digits_cnn(
         "n_train": ..., "epochs": ..., "seed": ...}``.
     """
     for name, value, low in (("n_train", n_train, 1), ("epochs", epochs, 1), ("batch_size", batch_size, 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        if not is_int(value) or value < low:
             raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
     out_path = Path(out_path)
     check_out_file(out_path)  # before training, not after minutes of it
