@@ -93,19 +93,24 @@ def check_images(x: torch.Tensor | np.ndarray, name: str = "x") -> torch.Tensor:
 
 
 def resolve_targets(targets: Targets, logits: torch.Tensor) -> torch.Tensor:
-    """``targets`` (None = predicted class, an int, or N ints) -> long tensor (N,) on logits' device."""
+    """``targets`` (None = predicted class; an int, numpy int or 0-d integer array/tensor for every image;
+    or N ints) -> long tensor (N,) on logits' device."""
     n, n_classes = logits.shape
     if targets is None:
         return logits.argmax(dim=1)
-    if isinstance(targets, (int, np.integer)) and not isinstance(targets, bool):
-        t = torch.full((n,), int(targets), dtype=torch.long)
-    else:
-        t = torch.as_tensor(np.asarray(targets.cpu() if isinstance(targets, torch.Tensor) else targets))
-        if t.is_floating_point() or t.dtype == torch.bool:
-            raise TypeError(f"targets must be integers, got dtype {t.dtype}")
-        t = t.reshape(-1).long()
-        if t.numel() != n:
-            raise ValueError(f"targets: expected {n} class indices (one per image), got {t.numel()}")
+    if isinstance(targets, torch.Tensor):
+        if targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool:
+            raise TypeError(f"targets must be integers, got dtype {targets.dtype}")
+        targets = targets.cpu().numpy()
+    array = np.asarray(targets)
+    if array.dtype.kind not in "iu":
+        raise TypeError(f"targets must be integers, got dtype {array.dtype}")
+    t = torch.as_tensor(array.astype(np.int64))
+    if t.ndim == 0:  # one class for every image: an int, numpy int or 0-d array/tensor
+        t = t.expand(n)
+    elif t.numel() != n:
+        raise ValueError(f"targets: expected {n} class indices (one per image), got {t.numel()}")
+    t = t.reshape(-1)
     if (t < 0).any() or (t >= n_classes).any():
         raise ValueError(f"targets must lie in [0, {n_classes}), got {t.tolist()}")
     return t.to(logits.device)
@@ -205,6 +210,17 @@ class ActivationRecorder:
             raise ValueError(f"target layer(s) {missing} were not called in the model's forward pass")
         return self.outputs
 
+    def feature_maps(self, names: Sequence[str]) -> list[torch.Tensor]:
+        """:meth:`recorded`, each checked to be feature maps (N,K,h,w); ``names`` name them in errors."""
+        outputs = self.recorded()
+        for name, output in zip(names, outputs):
+            if output.ndim != 4:
+                shape = tuple(output.shape)
+                raise ValueError(
+                    f"target layer {name!r} must output feature maps (N,K,h,w), got shape {shape}"
+                )
+        return outputs
+
     def __enter__(self) -> ActivationRecorder:
         self._handles = [layer.register_forward_hook(self._hook(i)) for i, layer in enumerate(self.layers)]
         return self
@@ -258,7 +274,7 @@ class GradientCAM(SaliencyMethod):
             with torch.no_grad():
                 logits = self.model(self.preprocess(x))
             t = resolve_targets(targets, logits)
-            (activations,) = rec.recorded()
+            (activations,) = rec.feature_maps([self.target_layer_name])
             (grads,) = gradients_of(class_scores(logits, t), activations)
         return activations.detach(), grads
 

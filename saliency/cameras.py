@@ -11,6 +11,7 @@ guarded.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -51,8 +52,9 @@ class CAMERAS(SaliencyMethod):
     :param resolutions: short-side sizes in pixels to up-sample the input to (aspect ratio kept);
         ``None`` scales the official 224..924 schedule to the input (1x .. ~4.1x).
     :param same_label: keep only resolutions whose top-1 prediction equals the prediction at the input
-        resolution (the paper's gate), also when another target class is given; the input resolution
-        always counts.
+        resolution (the paper's gate), also when another target class is given; the input resolution,
+        when listed, always counts (an image that no listed resolution keeps gets a zero map and a
+        warning).
 
     ``maps = CAMERAS(model, "layer4")(x, targets)``: x (N,C,H,W) float, maps (N,H,W) float32 in [0,1].
     All N images go through each resolution together; the forward pass runs without a graph up to the
@@ -96,18 +98,22 @@ class CAMERAS(SaliencyMethod):
         size = (x.shape[2], x.shape[3])
         stored: list[tuple[torch.Tensor, torch.Tensor]] = []  # (A, G) per resolution, masked by `keep`
         counts = torch.zeros(x.shape[0], device=x.device)
-        t = predicted = None  # the target classes; K(I), the classes predicted at the input resolution
+        sizes = self.sizes(*size)
+        t = None  # the target classes
         with model_in_eval(self.model):
-            for resolution in self.sizes(*size):
+            # K(I), the classes predicted at the input resolution: from the first pass when that is the
+            # input resolution, else from a pass of its own (outside the hooks of the recorded passes)
+            predicted = None if sizes[0] == size else self._predict(x)
+            for resolution in sizes:
                 is_input = resolution == size
                 with LayerGradients([self.target_layer]) as rec:
                     with torch.no_grad():
                         x_scaled = x if is_input else resize(x, resolution, mode="bicubic")
                         logits = self.model(self.preprocess(x_scaled))
-                    if t is None:  # the class: given, else predicted on the input resolution
-                        predicted = logits.argmax(dim=1) if is_input else self._predict(x)
+                    if t is None:  # the class: given, else K(I)
+                        predicted = logits.argmax(dim=1) if predicted is None else predicted
                         t = resolve_targets(targets if targets is not None else predicted, logits)
-                    (activations,) = rec.recorded()
+                    (activations,) = rec.feature_maps([self.target_layer_name])
                     (grads,) = gradients_of(class_scores(logits, t), activations)
                 keep = torch.ones_like(counts)
                 if self.same_label and not is_input:
@@ -117,6 +123,13 @@ class CAMERAS(SaliencyMethod):
                     (self._compact(activations.detach(), keep, size), self._compact(grads, keep, size))
                 )
                 del rec, logits, grads, activations
+        if (counts == 0).any():
+            warnings.warn(
+                f"CAMERAS: images {torch.nonzero(counts == 0).flatten().tolist()} keep their predicted class at "
+                f"none of the resolutions {sizes}; their maps are all zero (list the input size "
+                f"{size[0]}x{size[1]}, which always counts, or set same_label=False)",
+                stacklevel=2,
+            )
         return normalize_maps(self._fuse(stored, counts, size))
 
     @staticmethod

@@ -179,12 +179,7 @@ class GPNNCAM(SaliencyMethod):
             logits = self.model(self.preprocess(x))
         if logits.ndim > 2:
             logits = logits.flatten(2).mean(-1)
-        acts = rec.recorded()
-        for name, a in zip(self.target_layer_names, acts):
-            if a.ndim != 4:
-                raise ValueError(
-                    f"target layer {name!r} must output feature maps (B,C,h,w), got shape {tuple(a.shape)}"
-                )
+        acts = rec.feature_maps(self.target_layer_names)
         return logits, [a.float() for a in acts]
 
     def fit_and_map(

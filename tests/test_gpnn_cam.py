@@ -203,7 +203,7 @@ def test_bad_input(small_cnn: nn.Module, images: torch.Tensor) -> None:
 
 
 def test_layers_that_give_no_feature_maps_are_named(small_cnn: nn.Module, images: torch.Tensor) -> None:
-    with pytest.raises(ValueError, match=r"target layer 'fc' must output feature maps \(B,C,h,w\)"):
+    with pytest.raises(ValueError, match=r"target layer 'fc' must output feature maps \(N,K,h,w\)"):
         fast_cam(small_cnn, layers=["fc"])(images[:1])
     unused = nn.Conv2d(3, 3, 1)
     small_cnn.add_module("unused", unused)

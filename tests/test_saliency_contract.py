@@ -70,6 +70,8 @@ def test_targets_forms_agree(cls, small_cnn, images):
     for form in (predicted, predicted.tolist(), predicted.numpy()):
         torch.testing.assert_close(method(images, form), by_none)
     torch.testing.assert_close(method(images, 3), method(images, [3] * 5))
+    for one_class in (np.int64(3), np.array(3), torch.tensor(3), np.array([3] * 5, dtype=np.uint8)):
+        torch.testing.assert_close(method(images, one_class), method(images, [3] * 5))
 
 
 def test_numpy_input_is_accepted(small_cnn, images):
@@ -94,6 +96,9 @@ def test_layer_given_as_module(small_cnn, images):
         (torch.rand(2, 3, 32, 32), -1, ValueError, r"\[0, 10\)"),
         (torch.rand(2, 3, 32, 32), [1, 2, 3], ValueError, "expected 2"),
         (torch.rand(2, 3, 32, 32), [1.0, 2.0], TypeError, "integers"),
+        (torch.rand(2, 3, 32, 32), torch.tensor(1.0), TypeError, "integers"),
+        (torch.rand(2, 3, 32, 32), "cat", TypeError, "integers"),
+        (torch.rand(2, 3, 32, 32), True, TypeError, "integers"),
         ([[1.0]], None, TypeError, "x must be"),
     ],
 )
@@ -170,4 +175,14 @@ def test_layer_not_reached_is_reported(small_cnn, images):
     small_cnn.unused = torch.nn.Conv2d(3, 3, 1)
     with pytest.raises(ValueError, match="not called"):
         GradCAM(small_cnn, "unused")(images)
+    assert hook_count(small_cnn) == 0
+
+
+@pytest.mark.parametrize("cls", SINGLE_LAYER)
+def test_layer_without_feature_maps_is_reported(cls, small_cnn, images):
+    """A target layer must give (N,K,h,w): CAMERAS used to mix the images of a (N,classes) output."""
+    with pytest.raises(
+        ValueError, match=r"target layer 'fc' must output feature maps \(N,K,h,w\), got shape \(5, 10\)"
+    ):
+        make(cls, small_cnn, "fc")(images)
     assert hook_count(small_cnn) == 0

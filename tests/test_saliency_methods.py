@@ -191,6 +191,25 @@ def test_cameras_same_label_gate(small_cnn, images):
     assert not torch.allclose(gated(x), ungated(x))
 
 
+def test_cameras_resolutions_in_any_order_and_without_the_input_size(small_cnn, images):
+    """K(I) is the input resolution's prediction whatever the list's order, also when the list leaves the
+    input size out; an image that no listed resolution keeps gets a zero map and a warning."""
+    model, layer = ScaleSensitive(small_cnn), "net.features.5"
+    x = (images * torch.tensor([0.5, 1.5, 0.5, 1.5, 0.5])[:, None, None, None]).clamp(0, 1)
+    in_order = CAMERAS(model, layer, resolutions=[32, 40, 48, 64])(x)
+    torch.testing.assert_close(
+        CAMERAS(model, layer, resolutions=[64, 32, 48, 40])(x), in_order, atol=1e-5, rtol=0
+    )
+    maps = CAMERAS(model, layer, resolutions=[40, 48, 64])(x)
+    for i, bright in enumerate([False, True, False, True, False]):
+        kept = [40] if bright else [40, 48, 64]  # bright images predict 9 from 48 px up
+        expected = CAMERAS(model, layer, resolutions=kept, same_label=False)(x[i : i + 1])
+        torch.testing.assert_close(maps[i : i + 1], expected, atol=1e-5, rtol=0)
+    with pytest.warns(UserWarning, match=r"images \[1, 3\] keep their predicted class at none"):
+        maps = CAMERAS(model, layer, resolutions=[48, 64])(x)
+    assert maps[[1, 3]].max() == 0 and maps[[0, 2, 4]].amax(dim=(1, 2)).min() == 1
+
+
 def test_grad_cam_and_hirescam_agree_with_pytorch_grad_cam(small_cnn, images):
     from pytorch_grad_cam import GradCAM as PGCGradCAM
     from pytorch_grad_cam import HiResCAM as PGCHiResCAM
