@@ -124,8 +124,9 @@ class CAMERAS(SaliencyMethod):
                 )
                 del rec, logits, grads, activations
         if (counts == 0).any():
+            unkept = torch.nonzero(counts == 0).flatten().tolist()
             warnings.warn(
-                f"CAMERAS: images {torch.nonzero(counts == 0).flatten().tolist()} keep their predicted class at "
+                f"CAMERAS: images {unkept} keep their predicted class at "
                 f"none of the resolutions {sizes}; their maps are all zero (list the input size "
                 f"{size[0]}x{size[1]}, which always counts, or set same_label=False)",
                 stacklevel=2,
