@@ -10,12 +10,15 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 
 T = TypeVar("T")
+#: How long a collective (a barrier) waits for the other ranks before the run fails.
+BARRIER_TIMEOUT = timedelta(hours=24)
 
 
 def _env_int(name: str, default: int) -> int:
@@ -56,15 +59,19 @@ class DistributedContext:
         if self.is_distributed and dist.is_initialized():
             dist.barrier()
 
-    def all_ok(self, ok: bool) -> bool:
-        """True when ``ok`` holds on every rank (a collective: every rank must call it)."""
+    def total(self, value: int) -> int:
+        """The sum of ``value`` over all ranks (a collective: every rank must call it; also a barrier)."""
         if not (self.is_distributed and dist.is_initialized()):
-            return ok
-        flag = torch.tensor([0 if ok else 1], dtype=torch.int64)
+            return value
+        summed = torch.tensor([value], dtype=torch.int64)
         if dist.get_backend() == "nccl":
-            flag = flag.cuda()
-        dist.all_reduce(flag, op=dist.ReduceOp.SUM)
-        return int(flag.item()) == 0
+            summed = summed.cuda()
+        dist.all_reduce(summed, op=dist.ReduceOp.SUM)
+        return int(summed.item())
+
+    def all_ok(self, ok: bool) -> bool:
+        """True when ``ok`` holds on every rank (a collective: every rank must call it; also a barrier)."""
+        return self.total(0 if ok else 1) == 0
 
 
 def uses_cuda(device: str | None) -> bool:
@@ -89,7 +96,9 @@ def init_distributed(device: str | torch.device | None = None) -> DistributedCon
         backend = "nccl" if on_cuda else "gloo"
         if on_cuda:
             torch.cuda.set_device(_env_int("LOCAL_RANK", rank) % torch.cuda.device_count())
-        dist.init_process_group(backend=backend, rank=rank, world_size=world_size)
+        # A rank that ends its share early waits at the final barrier for the slowest one, which on a
+        # resume or with GPNN-CAM can take far longer than torch's default 30-minute timeout.
+        dist.init_process_group(backend=backend, rank=rank, world_size=world_size, timeout=BARRIER_TIMEOUT)
     return DistributedContext(rank, world_size)
 
 

@@ -681,15 +681,27 @@ def run_experiment(
     data = load_dataset(config.data, config.n, size, seed=config.seed, resize=resize)
     n = len(data.x)
     out.mkdir(parents=True, exist_ok=True)
-    check_config(out, config, write=ctx.is_main)
+    digest = data_digest([data.x])
 
+    # Every rank checks the folder before any rank appends to it. Only rank 0 writes config.json and
+    # data.sha256; the others check them after all_ok (a collective, so they wait for rank 0): a rank
+    # can never see records of this run before its digest exists.
+    refusal: ConfigMismatchError | None = None
+    stored = [r for path in record_files(out) for r in RecordLog(path).read()]
+    try:
+        _check_names(stored, data.names, config.data)
+        if ctx.is_main:
+            check_config(out, config)
+            check_data(out, digest, has_results=bool(stored))
+    except ConfigMismatchError as err:
+        refusal = err
+    if not ctx.all_ok(refusal is None):
+        raise refusal or ConfigMismatchError(f"{out}: rank 0 refused this folder (see its message)")
+    if not ctx.is_main:
+        check_config(out, config, write=False)
+        check_data(out, digest, has_results=False, write=False)
     own = RecordLog(out / (f"records.rank{ctx.rank}.jsonl" if ctx.is_distributed else RECORDS_FILE))
-    stored = own.read(repair=True)
-    for path in record_files(out):
-        if path != own.path:
-            stored += RecordLog(path).read()
-    _check_names(stored, data.names, config.data)
-    check_data(out, data_digest([data.x]), has_results=bool(stored), write=ctx.is_main)
+    own.read(repair=True)  # cut a line a crash left half-written before appending after it
     done: set[Key] = {record_key(r) for r in stored}
 
     jobs = config.jobs()
@@ -702,12 +714,25 @@ def run_experiment(
         disable=not verbose,
         desc=f"rank {ctx.rank}" if ctx.is_distributed else "attacks",
     )
+
+    def example_missing(attack: str, focuser: str, area: float) -> bool:
+        """A cell of the example figure whose arrays a run interrupted in batch 0 did not save."""
+        return (
+            attack == config.attacks[0] and area in (1.0, example_area) and f"adv:{focuser}" not in examples
+        )
+
     for batch in my_batches:
-        pending = [job for job in jobs if any((i, *job) not in done for i in batch)]
+        pending = [
+            job
+            for job in jobs
+            if any((i, *job) not in done for i in batch) or (0 in batch and example_missing(*job))
+        ]
         bar.update(len(jobs) - len(pending))
         if not pending:
             continue
         x = data.x[batch]
+        if 0 in batch:
+            examples["x"] = x[:N_EXAMPLES]
         clean_pred = classifier.predict(x, batch_size=config.batch_size).argmax(axis=1)
         labels = data.y[batch] if data.y is not None else clean_pred
         names = [data.names[i] for i in batch]
@@ -755,6 +780,7 @@ def run_experiment(
                 if focuser != UNFOCUSED:
                     examples[f"mask:{focuser}"] = mask[:N_EXAMPLES]
                     examples[f"map:{focuser}"] = maps[focuser][:N_EXAMPLES]
+                _save_examples(out, examples)  # before the cell's records: a resume finds both or neither
             probs = _softmax(classifier.predict(x_adv, batch_size=config.batch_size))
             records = make_records(
                 batch, names, attack, focuser, area, x, x_adv, labels, clean_pred, probs, mask_area, eps
@@ -764,13 +790,10 @@ def run_experiment(
             done.update(record_key(r) for r in missing)
             computed += len(missing)
             bar.update(1)
-        if 0 in batch:
-            examples["x"] = x[:N_EXAMPLES]
-            _save_examples(out, examples)
     bar.close()
 
     records: list[dict[str, Any]] = own.read()
-    ctx.barrier()
+    computed = ctx.total(computed)  # over all ranks; a collective, so every rank's records are written
     if ctx.is_main:
         records = merge_records(out)
         if report:

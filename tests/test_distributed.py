@@ -58,14 +58,30 @@ def test_two_gloo_processes_merge_to_the_single_process_records(tmp_path, world_
     cli = [sys.executable, "-m", "evaluation.cli"]
     run = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={world_size}"]
     subprocess.run([*cli, *args, "--out", str(single)], env=env, check=True, capture_output=True, timeout=120)
+    # Rank 0 starts late, as a slow disk or data loader makes it: the other rank must not write records
+    # before rank 0 has pinned the folder (it used to, and rank 0 then refused its own fresh run).
+    late_rank0 = tmp_path / "late_rank0.py"
+    late_rank0.write_text(
+        "import os, sys, time\n"
+        "import evaluation.runner as runner\n"
+        "from evaluation.cli import main\n"
+        "load = runner.load_dataset\n"
+        "def late(*args, **kwargs):\n"
+        "    if os.environ['RANK'] == '0':\n"
+        "        time.sleep(6)\n"
+        "    return load(*args, **kwargs)\n"
+        "runner.load_dataset = late\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
     done = subprocess.run(
         # "--" stops torchrun's own option parsing (its --nnodes etc. would make our --n ambiguous).
-        [*run, "-m", "evaluation.cli", "--", *args, "--out", str(multi)],
+        [*run, str(late_rank0), "--", *args, "--out", str(multi)],
         env=env,
         capture_output=True,
-        timeout=120,
+        timeout=180,
     )
     assert done.returncode == 0, done.stderr.decode()[-3000:]
+    assert "18 records (18 computed now)" in done.stdout.decode()  # counted over both ranks
 
     def lines(out):
         return [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]

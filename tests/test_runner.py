@@ -230,6 +230,32 @@ def test_resume_after_interrupt_and_truncated_line_loses_and_duplicates_nothing(
     assert _lines(tmp_path / "records.jsonl") == _lines(ref_out / "records.jsonl")
 
 
+def test_resume_inside_batch_0_keeps_the_example_figure_whole(reference_run, tmp_path, monkeypatch):
+    """The figure's arrays come from batch 0: a crash after its first cell used to leave them out for
+    good (the resumed run skipped the recorded cells), dropping rows of the figure silently."""
+    ref_out, _ = reference_run
+    real_attack, calls = runner.run_attack, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:  # Ctrl-C in batch 0's second cell
+            raise KeyboardInterrupt
+        return real_attack(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "run_attack", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        runner.run_experiment(ExperimentConfig(**TINY), tmp_path, verbose=False, report=False)
+    assert len(_lines(tmp_path / "records.jsonl")) == 2  # the first cell, for batch 0's 2 images
+    monkeypatch.setattr(runner, "run_attack", real_attack)
+    result = runner.run_experiment(ExperimentConfig(**TINY), tmp_path, verbose=False, report=False)
+    assert result.computed == len(result.records) - 2
+    resumed, reference = runner.load_examples(tmp_path), runner.load_examples(ref_out)
+    assert sorted(resumed) == sorted(reference)
+    for key in reference:
+        np.testing.assert_array_equal(resumed[key], reference[key])
+    assert _lines(tmp_path / "records.jsonl") == _lines(ref_out / "records.jsonl")
+
+
 def test_resume_into_folder_of_other_arguments_is_refused(reference_run):
     out, _ = reference_run
     with pytest.raises(ConfigMismatchError, match="areas"):
