@@ -1,6 +1,6 @@
 """GPNN and GPNN-CAM speed and memory.
 
-Prints three tables, each configuration measured in its own subprocess (so peak memory is per config):
+Prints three tables, each configuration (in the middle table: each size) measured in its own subprocess:
 
 1. GPNN: seconds per variation (a batch of ``--n`` generated together) and peak memory at each size, for
    each exact NN search (``--search``: shifts and matmul on CPU; matmul and triton on CUDA).
@@ -14,8 +14,13 @@ Prints three tables, each configuration measured in its own subprocess (so peak 
    CPU; torchvision ResNet-50 with random weights, layers layer4/layer3/layer2; timings do not depend on
    the weights).
 
-Peak memory: ``torch.cuda.max_memory_allocated`` on CUDA; on CPU the growth of the process's max RSS
-(``resource.getrusage``) over its value after setup, which includes allocator overhead.
+Each table prints ratios against the matmul search (the exact chunked search every device has) measured
+in the same run: time and peak memory of matmul / this search. ``--repeat k`` times each configuration k
+times in its process and keeps the fastest.
+
+Peak memory: ``torch.cuda.max_memory_allocated`` on CUDA; on CPU the process's peak RSS over its RSS when
+the measurement starts, with the peak reset there (Linux ``/proc/self/clear_refs``; elsewhere the growth
+of ``ru_maxrss``, which hides a peak below an earlier one). It includes allocator overhead.
 
 Example: ``python benchmarks/gpnn_speed.py --sizes 64 128 --device cpu``. The Triton search runs on CPU only
 in Triton's interpreter (``TRITON_INTERPRET=1``), too slowly to time: a smoke test of the benchmark.
@@ -47,18 +52,50 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _proc_status_mib(field: str) -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 2**10
+    raise KeyError(field)
+
+
+def _cpu_peak_mib() -> float:
+    try:
+        return _proc_status_mib("VmHWM")
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
+
+
 def _peak_start(device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
         return torch.cuda.memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets the peak RSS (VmHWM) to the current RSS
+        return _proc_status_mib("VmRSS")
+    except OSError:
+        return _cpu_peak_mib()
 
 
 def _peak_end(device: torch.device, start: float) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20 - start
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10 - start
+    return max(0.0, _cpu_peak_mib() - start)
+
+
+def _timed(call, device: torch.device, repeat: int) -> tuple[object, float, float]:
+    """(result, fastest seconds of ``repeat`` calls, peak memory over all of them in MiB)."""
+    start_mem = _peak_start(device)
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        result = call()
+        _sync(device)
+        best = min(best, time.perf_counter() - start)
+    return result, best, _peak_end(device, start_mem)
 
 
 def _warm_up(gpnn, image: torch.Tensor) -> None:
@@ -100,21 +137,19 @@ def worker(config: dict) -> dict:
     from saliency.shifted_nn import nearest_neighbours_shifted
     from saliency.triton_nn import nearest_neighbours_triton
 
+    torch.backends.cudnn.allow_tf32 = False  # TF32 only where a row says so (GPNN's own tf32 option)
+    torch.backends.cuda.matmul.allow_tf32 = False
     device = torch.device(config["device"])
     image = _photo(config["size"]).to(device)
+    repeat = config["repeat"]
     if config["kind"] == "gpnn":
         gpnn = GPNN(iters=config["iters"], tf32=config["tf32"], search=config["search"])
         _warm_up(gpnn, image)
-        start_mem = _peak_start(device)
-        start = time.perf_counter()
-        gpnn.generate(image, config["n"], seed=0)
-        _sync(device)
-        seconds = time.perf_counter() - start
-        return {"s_per_variation": seconds / config["n"], "peak_mib": _peak_end(device, start_mem)}
+        _, seconds, peak = _timed(lambda: gpnn.generate(image, config["n"], seed=0), device, repeat)
+        return {"s_per_variation": seconds / config["n"], "peak_mib": peak}
     if config["kind"] == "nn":
         variation = GPNN(iters=1).generate(image, config["n"], seed=0)  # also the warm-up
         queries, keys = extract_patches(variation, 7), extract_patches(image[None], 7)[0]
-        # smallest memory first: peak RSS only grows, so each search is measured over the last one's peak
         searches = {}
         if device.type == "cpu":
             searches["shifts"] = lambda: nearest_neighbours_shifted(variation, image, 7, 0.005)
@@ -127,11 +162,8 @@ def worker(config: dict) -> dict:
         for name, search in searches.items():
             if name.startswith("triton"):
                 search()  # compiles the kernels
-            start_mem = _peak_start(device)
-            start = time.perf_counter()
-            found[name] = search()
-            _sync(device)
-            out[name] = {"seconds": time.perf_counter() - start, "peak_mib": _peak_end(device, start_mem)}
+            found[name], seconds, peak = _timed(search, device, repeat)
+            out[name] = {"seconds": seconds, "peak_mib": peak}
         exact = nearest_neighbours_naive(queries.double(), keys.double(), 0.005)
         for name, idx in found.items():
             out[name]["equal"] = float((idx == exact).double().mean())
@@ -155,11 +187,8 @@ def worker(config: dict) -> dict:
             batch_variations=min(10, config["n"]),
             gpnn=gpnn,
         )
-        start_mem = _peak_start(device)
-        start = time.perf_counter()
-        cam(image[None])
-        _sync(device)
-        return {"seconds": time.perf_counter() - start, "peak_mib": _peak_end(device, start_mem)}
+        _, seconds, peak = _timed(lambda: cam(image[None]), device, repeat)
+        return {"seconds": seconds, "peak_mib": peak}
     raise ValueError(f"unknown benchmark kind {config['kind']!r}")
 
 
@@ -193,6 +222,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cam-size", type=int, default=None, help="GPNN-CAM image size (default: last size)")
     parser.add_argument("--cam-variations", type=int, nargs="*", default=None, help="GPNN-CAM N (0 to skip)")
     parser.add_argument("--tf32", action="store_true", help="also measure GPNN(tf32=True) on CUDA")
+    parser.add_argument("--repeat", type=int, default=1, help="timings per configuration; the fastest kept")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -207,20 +237,46 @@ def main(argv: list[str] | None = None) -> None:
     print(f"device: {name}; torch {torch.__version__}")
 
     searches = args.search or (["matmul", "triton"] if cuda else ["shifts", "matmul"])
-    print(f"\nGPNN generation (batch of {n} variations, p=7, r=4/3, coarsest 14, alpha 0.005)")
     tf32_modes = [False, True] if (args.tf32 and cuda) else [False]
-    print(f"{'size':>5} {'iters':>5} {'search':>7} {'tf32':>5} {'s/variation':>12} {'peak MiB':>9}")
-    for size in args.sizes:
+    repeat = {"repeat": args.repeat}
+
+    def ratios(results: dict, seconds: str) -> dict:
+        """'matmul/this' columns per (search, tf32): time and memory of the matmul search (float32) over
+        this row's."""
+        reference = results.get(("matmul", False), {})
+        out = {}
+        for k, r in results.items():
+            if "error" in r or "error" in reference or not reference:
+                out[k] = f"{'-':>14} {'-':>5}"
+                continue
+            small = min(r["peak_mib"], reference["peak_mib"]) < 1  # below 1 MiB: RSS pages, not a ratio
+            memory = "-" if small else f"{reference['peak_mib'] / r['peak_mib']:.1f}x"
+            out[k] = f"{reference[seconds] / r[seconds]:>13.2f}x {memory:>5}"
+        return out
+
+    def table(kind: str, size: int, n_items: int, seconds: str, row_head: int) -> None:
+        """Measure and print the rows of one size (GPNN) or variation count (GPNN-CAM), per iters."""
         for iters in args.iters:
+            results = {}
             for search in searches:
                 for tf32 in tf32_modes if search != "shifts" else [False]:
-                    config = {"kind": "gpnn", "device": args.device, "size": size, "n": n, "iters": iters}
-                    r = run({**config, "tf32": tf32, "search": search})
-                    row = f"{size:>5} {iters:>5} {search:>7} {str(tf32):>5}"
-                    if "error" in r:
-                        print(f"{row} {r['error']}")
-                        continue
-                    print(f"{row} {r['s_per_variation']:>12.3f} {r['peak_mib']:>9.0f}")
+                    config = {"kind": kind, "device": args.device, "size": size, "n": n_items, "iters": iters}
+                    results[(search, tf32)] = run({**config, "tf32": tf32, "search": search, **repeat})
+            vs = ratios(results, seconds)
+            for (search, tf32), r in results.items():
+                row = f"{row_head:>5} {iters:>5} {search:>7} {str(tf32):>5}"
+                if "error" in r:
+                    print(f"{row} {r['error']}")
+                    continue
+                print(f"{row} {r[seconds]:>12.3f} {r['peak_mib']:>9.0f} {vs[(search, tf32)]}")
+
+    print(f"\nGPNN generation (batch of {n} variations, p=7, r=4/3, coarsest 14, alpha 0.005)")
+    ratio_head = f"{'matmul/this: s':>14} {'MiB':>5}"
+    print(
+        f"{'size':>5} {'iters':>5} {'search':>7} {'tf32':>5} {'s/variation':>12} {'peak MiB':>9} {ratio_head}"
+    )
+    for size in args.sizes:
+        table("gpnn", size, n, "s_per_variation", size)
 
     print(
         f"\nOne PNN step at the finest level, {n} variation(s): exact searches vs the naive full distance "
@@ -232,7 +288,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     for size in [s for s in args.sizes if s <= naive_max]:
         config = {"kind": "nn", "device": args.device, "size": size, "n": n, "chunk": args.chunk}
-        r = run({**config, "searches": searches})
+        r = run({**config, "searches": searches, **repeat})
         if "error" in r:
             print(f"{size:>5} {r['error']}")
             continue
@@ -244,18 +300,9 @@ def main(argv: list[str] | None = None) -> None:
 
     cam_size = args.cam_size or args.sizes[-1]
     print(f"\nGPNN-CAM (ResNet-50, 3 layers, batches of <= 10, its GPNN preset) on one {cam_size} px image")
-    print(f"{'N':>5} {'iters':>5} {'search':>7} {'tf32':>5} {'seconds':>8} {'peak MiB':>9}")
+    print(f"{'N':>5} {'iters':>5} {'search':>7} {'tf32':>5} {'seconds':>12} {'peak MiB':>9} {ratio_head}")
     for n_cam in [v for v in cam_variations if v > 0]:
-        for iters in args.iters:
-            for search in searches if cuda else searches[:1]:
-                for tf32 in tf32_modes if search != "shifts" else [False]:
-                    config = {"kind": "cam", "device": args.device, "size": cam_size, "n": n_cam}
-                    r = run({**config, "iters": iters, "tf32": tf32, "search": search})
-                    row = f"{n_cam:>5} {iters:>5} {search:>7} {str(tf32):>5}"
-                    if "error" in r:
-                        print(f"{row} {r['error']}")
-                        continue
-                    print(f"{row} {r['seconds']:>8.2f} {r['peak_mib']:>9.0f}")
+        table("cam", cam_size, n_cam, "seconds", n_cam)
 
 
 if __name__ == "__main__":
