@@ -232,9 +232,7 @@ def cmd_saliency(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from evaluation.train import check_out_file, train_digits_cnn
-    from evaluation.zoo import DIGITS_CNN_WEIGHTS
 
-    args.out = args.out or str(DIGITS_CNN_WEIGHTS)
     try:
         check_out_file(args.out)
     except ValueError as err:
@@ -730,7 +728,7 @@ def build_parser() -> argparse.ArgumentParser:
         "demo",
         help="the embedded benchmark: focused vs unfocused PGD/FGSM/C&W on the digits CNN",
         description="Attack digits-cnn on cluttered digits with PGD, FGSM and C&W, unfocused and focused by "
-        "CAMERAS, GPNN-CAM, Grad-CAM and a random mask of the same area, at 5/10/20%% of the pixels. "
+        "CAMERAS, GPNN-CAM, Grad-CAM and a random mask of the same area, at 5/10/20% of the pixels. "
         "Rerunning the same command resumes.",
     )
     p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
