@@ -687,7 +687,9 @@ def run_experiment(
     # data.sha256; the others check them after all_ok (a collective, so they wait for rank 0): a rank
     # can never see records of this run before its digest exists.
     refusal: ConfigMismatchError | None = None
-    stored = [r for path in record_files(out) for r in RecordLog(path).read()]
+    own = RecordLog(out / (f"records.rank{ctx.rank}.jsonl" if ctx.is_distributed else RECORDS_FILE))
+    stored = own.read(repair=True)  # cuts a line a crash left half-written; only this rank writes here
+    stored += [r for path in record_files(out) if path != own.path for r in RecordLog(path).read()]
     try:
         _check_names(stored, data.names, config.data)
         if ctx.is_main:
@@ -700,8 +702,6 @@ def run_experiment(
     if not ctx.is_main:
         check_config(out, config, write=False)
         check_data(out, digest, has_results=False, write=False)
-    own = RecordLog(out / (f"records.rank{ctx.rank}.jsonl" if ctx.is_distributed else RECORDS_FILE))
-    own.read(repair=True)  # cut a line a crash left half-written before appending after it
     done: set[Key] = {record_key(r) for r in stored}
 
     jobs = config.jobs()
