@@ -14,9 +14,10 @@ Prints three tables, each configuration (in the middle table: each size) measure
    CPU; torchvision ResNet-50 with random weights, layers layer4/layer3/layer2; timings do not depend on
    the weights).
 
-Each table prints ratios against the matmul search (the exact chunked search every device has) measured
-in the same run: time and peak memory of matmul / this search. ``--repeat k`` times each configuration k
-times in its process and keeps the fastest.
+Every ratio is against a reference measured in the same run: tables 1 and 3 print the matmul search's
+(the exact chunked search every device has) time and peak memory over each row's, table 2 the naive
+search's time over each row's. ``--repeat k`` times each configuration k times in its process and keeps
+the fastest.
 
 Peak memory: ``torch.cuda.max_memory_allocated`` on CUDA; on CPU the process's peak RSS over its RSS when
 the measurement starts, with the peak reset there (Linux ``/proc/self/clear_refs``; elsewhere the growth

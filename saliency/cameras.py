@@ -110,8 +110,9 @@ class CAMERAS(SaliencyMethod):
                     with torch.no_grad():
                         x_scaled = x if is_input else resize(x, resolution, mode="bicubic")
                         logits = self.model(self.preprocess(x_scaled))
+                    if predicted is None:  # the first pass, at the input resolution
+                        predicted = logits.argmax(dim=1)
                     if t is None:  # the class: given, else K(I)
-                        predicted = logits.argmax(dim=1) if predicted is None else predicted
                         t = resolve_targets(targets if targets is not None else predicted, logits)
                     (activations,) = rec.feature_maps([self.target_layer_name])
                     (grads,) = gradients_of(class_scores(logits, t), activations)
