@@ -3,10 +3,10 @@ per-pixel gradients, fused at the input resolution.
 
 Follows the official PyTorch code where paper and code differ (reference/cameras_eval.md, 1.4):
 bicubic up-sampling of the input, bilinear resize of activations and gradients to the input size,
-gradients of the class *logit*. Ours: the paper's prediction-consistency gate (``same_label``: a
-resolution counts only if it predicts K(I), the class predicted at the input resolution) applies whether
-or not a class is given (the official code gates only when none is given), and the min-max division is
-guarded.
+gradients of the class *logit*. Ours by default: the paper's prediction-consistency gate (a resolution
+counts only if it predicts K(I), the class predicted at the input resolution) applies whether or not a
+class is given; the official code gates only when none is given (``same_label="official"`` reproduces
+that). The min-max division is guarded.
 """
 
 from __future__ import annotations
@@ -37,6 +37,8 @@ REFERENCE_SIZE = 224
 REFERENCE_RESOLUTIONS = tuple(range(224, 1000, 100))
 #: Floats per (N, chunk, H, W) tensor when fusing at the input size (64 MiB in float32).
 _FUSE_BUDGET = 1 << 24
+#: The values of ``CAMERAS(same_label=...)`` (``True`` is an alias of ``"prediction"``).
+SAME_LABEL_VALUES = ("prediction", "target", "official", False, True)
 
 
 def default_resolutions(short_side: int) -> list[int]:
@@ -44,25 +46,58 @@ def default_resolutions(short_side: int) -> list[int]:
     return [round(short_side * r / REFERENCE_SIZE) for r in REFERENCE_RESOLUTIONS]
 
 
+def check_same_label(same_label: str | bool) -> str | bool:
+    """``same_label`` as stored: ``"prediction"``, ``"target"``, ``"official"`` or ``False``."""
+    if same_label is True:  # the boolean option of earlier versions: the paper's gate
+        return "prediction"
+    if same_label is False or (isinstance(same_label, str) and same_label in SAME_LABEL_VALUES):
+        return same_label
+    raise ValueError(f"same_label must be one of {SAME_LABEL_VALUES}, got {same_label!r}")
+
+
 class CAMERAS(SaliencyMethod):
     """High-resolution CAM from several up-sampled copies of the input.
 
-    :param model: ``nn.Module`` returning logits, or an ART ``PyTorchClassifier``.
-    :param target_layer: module path (``"layer4"``) or module.
-    :param resolutions: short-side sizes in pixels to up-sample the input to (aspect ratio kept);
-        ``None`` scales the official 224..924 schedule to the input (1x .. ~4.1x).
-    :param same_label: keep only resolutions whose top-1 prediction equals the prediction at the input
-        resolution (the paper's gate), also when another target class is given; the input resolution,
-        when listed, always counts (an image that no listed resolution keeps gets a zero map and a
-        warning).
-
-    ``maps = CAMERAS(model, "layer4")(x, targets)``: x (N,C,H,W) float, maps (N,H,W) float32 in [0,1].
     All N images go through each resolution together; the forward pass runs without a graph up to the
     target layer, so the backward pass starts at the logits and stops at the layer. Memory: each
     resolution's activations and gradients are kept at the smaller of the layer's and the input's
     resolution (never as running sums at input size, which for ResNet ``layer4`` would be 2 x 512 x H x W
     floats per image). They are fused at the input size either in factored form (late, small layers:
     no channel is ever up-sampled) or a chunk of channels at a time.
+
+    Args:
+        model (nn.Module or PyTorchClassifier): a module returning logits, or an ART ``PyTorchClassifier``.
+        target_layer (str or nn.Module): module path (``"layer4"``) or module.
+        resolutions (sequence of int, optional): short-side sizes in pixels to up-sample the input to
+            (aspect ratio kept). ``None`` scales the official 224..924 schedule to the input (1x .. ~4.1x).
+            Default: ``None``.
+        same_label (str or bool, optional): which resolutions count, per image:
+
+            - ``"prediction"``: those whose top-1 prediction equals K(I), the class predicted at the input
+              resolution, whatever target class is given (the paper's Algorithm 1). The input resolution,
+              when listed, always counts. ``True`` is an alias, kept from when this option was a bool.
+            - ``"target"``: those whose top-1 prediction equals the image's target class (the input
+              resolution included: it counts only if K(I) is the target). With ``targets=None`` the target
+              is K(I), so this equals ``"prediction"``.
+            - ``"official"``: the official PyTorch code (VisMIL/CAMERAS ``CAMERAS.py``), which keeps a scale
+              if it predicts the first scale's class or ``classOfInterest`` and, when ``classOfInterest``
+              is given, stores that class for every scale: no gate when ``targets`` is given (not
+              ``None``), ``"prediction"`` when ``targets=None``. Its ``demo.py`` passes classes 243 and
+              281 to a ResNet-18, so ``"official"`` (equivalently ``False``) reproduces the demo's maps;
+              ``"prediction"`` matches them only where every scale predicts the 224 px top-1 class.
+            - ``False``: no gate, every listed resolution counts.
+
+            An image that no listed resolution keeps gets a zero map and a warning. Default:
+            ``"prediction"``.
+
+    Returns:
+        ``CAMERAS(...)(x, targets)`` returns maps (N,H,W) float32 in [0,1] for images x (N,C,H,W) float;
+        ``targets`` is ``None`` (each image's predicted class), one class for every image, or N classes.
+
+    Example::
+
+        >>> cameras = CAMERAS(model, "layer4", same_label="official")
+        >>> maps = cameras(x, targets=243)  # the official demo's setting: every scale counts
     """
 
     def __init__(
@@ -70,7 +105,7 @@ class CAMERAS(SaliencyMethod):
         model: object,
         target_layer: str | nn.Module,
         resolutions: Sequence[int] | None = None,
-        same_label: bool = True,
+        same_label: str | bool = "prediction",
     ):
         super().__init__(model)
         self.target_layer_name, self.target_layer = resolve_layer(self.model, target_layer)
@@ -81,7 +116,7 @@ class CAMERAS(SaliencyMethod):
             if any(not isinstance(r, int) or isinstance(r, bool) or r < 1 for r in resolutions):
                 raise ValueError(f"resolutions must be positive ints (pixels), got {resolutions}")
         self.resolutions = resolutions
-        self.same_label = bool(same_label)
+        self.same_label = check_same_label(same_label)
 
     def sizes(self, height: int, width: int) -> list[tuple[int, int]]:
         """(H, W) of every resolution for an input of ``height`` x ``width`` pixels."""
@@ -100,6 +135,7 @@ class CAMERAS(SaliencyMethod):
         counts = torch.zeros(x.shape[0], device=x.device)
         sizes = self.sizes(*size)
         t = None  # the target classes
+        gate = self._gate(targets)
         with model_in_eval(self.model):
             # K(I), the classes predicted at the input resolution: from the first pass when that is the
             # input resolution, else from a pass of its own (outside the hooks of the recorded passes)
@@ -117,22 +153,23 @@ class CAMERAS(SaliencyMethod):
                     (activations,) = rec.feature_maps([self.target_layer_name])
                     (grads,) = gradients_of(class_scores(logits, t), activations)
                 keep = torch.ones_like(counts)
-                if self.same_label and not is_input:
-                    keep = (logits.argmax(dim=1) == predicted).float()
+                if gate is not None:  # the class each image needs at this resolution: K(I) or its target
+                    label = predicted if is_input else logits.argmax(dim=1)
+                    keep = (label == (predicted if gate == "prediction" else t)).float()
                 counts += keep
                 stored.append(
                     (self._compact(activations.detach(), keep, size), self._compact(grads, keep, size))
                 )
                 del rec, logits, grads, activations
         if (counts == 0).any():
-            unkept = torch.nonzero(counts == 0).flatten().tolist()
-            warnings.warn(
-                f"CAMERAS: images {unkept} keep their predicted class at "
-                f"none of the resolutions {sizes}; their maps are all zero (list the input size "
-                f"{size[0]}x{size[1]}, which always counts, or set same_label=False)",
-                stacklevel=2,
-            )
+            _warn_unkept(torch.nonzero(counts == 0).flatten().tolist(), gate, sizes, size)
         return normalize_maps(self._fuse(stored, counts, size))
+
+    def _gate(self, targets: Targets) -> str | None:
+        """The rule of this call: ``"prediction"``, ``"target"`` or ``None`` (every resolution counts)."""
+        if self.same_label == "official":  # the official code gates only when no class is given
+            return "prediction" if targets is None else None
+        return self.same_label or None
 
     @staticmethod
     def _compact(t: torch.Tensor, keep: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -149,6 +186,21 @@ class CAMERAS(SaliencyMethod):
         else:
             cam = _fuse_chunked(stored, size)
         return torch.relu(cam / counts.clamp(min=1)[:, None, None] ** 2)
+
+
+def _warn_unkept(unkept: list[int], gate: str, sizes: list[tuple[int, int]], size: tuple[int, int]) -> None:
+    """Warn that images ``unkept`` have all-zero maps: none of the resolutions ``sizes`` passed ``gate``."""
+    if gate == "prediction":
+        reason = "keep their predicted class"
+        remedy = f"list the input size {size[0]}x{size[1]}, which always counts, or set same_label=False"
+    else:
+        reason = "predict their target class"
+        remedy = 'set same_label="prediction" or False'
+    warnings.warn(
+        f"CAMERAS: images {unkept} {reason} at none of the resolutions {sizes}; their maps are all zero "
+        f"({remedy})",
+        stacklevel=3,
+    )
 
 
 def interpolation_matrix(n_in: int, n_out: int, device: torch.device) -> torch.Tensor:

@@ -155,16 +155,19 @@ def test_cameras_keeps_aspect_ratio_and_handles_non_square(small_cnn):
 
 
 class ScaleSensitive(nn.Module):
-    """``net``, except that from 48 px up, images brighter than 0.5 on average are predicted as class 9."""
+    """``net``, except that from 48 px up, images brighter than 0.5 on average are predicted as class
+    ``flip_to``."""
 
-    def __init__(self, net: nn.Module) -> None:
+    def __init__(self, net: nn.Module, flip_to: int = 9) -> None:
         super().__init__()
         self.net = net
+        self.flip_to = flip_to
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logits = self.net(x)
         flips = (x.mean(dim=(1, 2, 3)) > 0.5) & (x.shape[-1] >= 48)
-        return logits + 100.0 * flips[:, None].float() * F.one_hot(torch.tensor(9), logits.shape[1])
+        one_hot = F.one_hot(torch.tensor(self.flip_to), logits.shape[1])
+        return logits + 100.0 * flips[:, None].float() * one_hot
 
 
 def test_cameras_same_label_gate(small_cnn, images):
@@ -208,6 +211,79 @@ def test_cameras_resolutions_in_any_order_and_without_the_input_size(small_cnn, 
     with pytest.warns(UserWarning, match=r"images \[1, 3\] keep their predicted class at none"):
         maps = CAMERAS(model, layer, resolutions=[48, 64])(x)
     assert maps[[1, 3]].max() == 0 and maps[[0, 2, 4]].amax(dim=(1, 2)).min() == 1
+
+
+def flipping_case(small_cnn: nn.Module, images: torch.Tensor) -> tuple[nn.Module, torch.Tensor, list, list]:
+    """ScaleSensitive around ``small_cnn``, flipping to class 8 (whose maps are not all zero, unlike
+    class 9's), and images of which 1 and 3 (the bright ones) predict 8 from 48 px up, the others their
+    32 px class at every size; with those sizes and the 32 px predictions."""
+    model = ScaleSensitive(small_cnn, flip_to=8)
+    x = (images * torch.tensor([0.5, 1.5, 0.5, 1.5, 0.5])[:, None, None, None]).clamp(0, 1)
+    with torch.no_grad():
+        preds = model(x).argmax(1)
+        at_48 = model(F.interpolate(x, size=(48, 48), mode="bicubic", align_corners=False)).argmax(1)
+    assert not (preds == 8).any() and (at_48 == 8).tolist() == [False, True, False, True, False]
+    return model, x, [32, 40, 48, 64], preds.tolist()
+
+
+def test_cameras_same_label_official_gates_only_without_a_class(small_cnn, images):
+    """same_label="official" is the official code's rule: with a class given every resolution counts (as with
+    same_label=False and the re-stated official algorithm without its gate); with targets=None it is the
+    prediction gate ("prediction", and the re-stated algorithm with its gate)."""
+    model, x, sizes, preds = flipping_case(small_cnn, images)
+    layer = "net.features.5"
+    official = CAMERAS(model, layer, resolutions=sizes, same_label="official")
+    plain = ScaleSensitive(without_inplace(small_cnn), flip_to=8)
+    plain_layer, full_sizes = plain.net.features[5], official.sizes(32, 32)
+    for targets in ([8, 8, 8, 8, 8], [0, 1, 2, 3, 4], 3):
+        maps = official(x, targets)
+        assert torch.equal(maps, CAMERAS(model, layer, resolutions=sizes, same_label=False)(x, targets))
+        assert not torch.allclose(maps, CAMERAS(model, layer, resolutions=sizes)(x, targets))
+        listed = targets if isinstance(targets, list) else [targets] * 5
+        expected = reference_cameras(plain, plain_layer, x, listed, full_sizes, same_label=False)
+        torch.testing.assert_close(maps, expected, atol=1e-4, rtol=0)
+    maps = official(x)
+    assert torch.equal(maps, CAMERAS(model, layer, resolutions=sizes, same_label="prediction")(x))
+    assert not torch.allclose(maps, CAMERAS(model, layer, resolutions=sizes, same_label=False)(x))
+    expected = reference_cameras(plain, plain_layer, x, preds, full_sizes, same_label=True)
+    torch.testing.assert_close(maps, expected, atol=1e-4, rtol=0)
+
+
+def test_cameras_same_label_target_keeps_the_resolutions_predicting_the_target(small_cnn, images):
+    """same_label="target": a resolution counts for an image when it predicts that image's target (the input
+    resolution included); an image whose target no resolution predicts gets a zero map and a warning.
+    With targets=None the target is the prediction, so it equals "prediction"."""
+    model, x, sizes, preds = flipping_case(small_cnn, images)
+    layer = "net.features.5"
+    method = CAMERAS(model, layer, resolutions=sizes, same_label="target")
+    targets = [preds[0], 8, preds[2], 8, 8]  # image 4 predicts 8 nowhere
+    kept = [sizes, [48, 64], sizes, [48, 64]]
+    with pytest.warns(UserWarning, match=r"images \[4\] predict their target class at none"):
+        maps = method(x, targets)
+    assert maps[4].max() == 0 and maps[:4].amax(dim=(1, 2)).min() == 1
+    for i, resolutions in enumerate(kept):
+        expected = CAMERAS(model, layer, resolutions=resolutions, same_label=False)(x[i : i + 1], targets[i])
+        torch.testing.assert_close(maps[i : i + 1], expected, atol=1e-5, rtol=0)
+    assert torch.equal(method(x), CAMERAS(model, layer, resolutions=sizes, same_label="prediction")(x))
+
+
+@pytest.mark.parametrize("value", ["paper", "Prediction", None, 1, 0, np.True_])
+def test_cameras_same_label_rejects_other_values(small_cnn, value):
+    with pytest.raises(ValueError, match=r"same_label must be one of \('prediction', 'target', 'official'"):
+        CAMERAS(small_cnn, "features.5", same_label=value)
+
+
+def test_cameras_same_label_default_and_true_alias_are_the_paper_gate(small_cnn, images):
+    """The default is "prediction", and True (the former boolean option) is an alias of it: identical maps,
+    which the gate makes differ from the ungated ones."""
+    model, x, sizes, _ = flipping_case(small_cnn, images)
+    make = lambda **kw: CAMERAS(model, "net.features.5", resolutions=sizes, **kw)  # noqa: E731
+    assert make(same_label=True).same_label == make().same_label == "prediction"
+    for targets in (None, [0, 1, 2, 3, 4]):
+        default = make()(x, targets)
+        assert torch.equal(make(same_label=True)(x, targets), default)
+        assert torch.equal(make(same_label="prediction")(x, targets), default)
+        assert not torch.allclose(make(same_label=False)(x, targets), default)
 
 
 def test_grad_cam_and_hirescam_agree_with_pytorch_grad_cam(small_cnn, images):
