@@ -142,14 +142,21 @@ class TorchGradients:
 
     def loss_gradient(self, x: torch.Tensor, y: torch.Tensor, per_sample: bool = False) -> torch.Tensor:
         """d loss / dx for one-hot ``y`` (B,K); ``per_sample`` undoes a batch-mean reduction."""
+        return self.loss_gradient_and_logits(x, y, per_sample)[0]
+
+    def loss_gradient_and_logits(
+        self, x: torch.Tensor, y: torch.Tensor, per_sample: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`loss_gradient` and the logits at ``x`` of the same forward pass (detached)."""
         with torch.enable_grad():
             x_req = x.detach().requires_grad_(True)
             loss_fn = self.estimator._loss
-            loss = loss_fn(self._forward(x_req), self.estimator.reduce_labels(y))
+            logits = self._forward(x_req)
+            loss = loss_fn(logits, self.estimator.reduce_labels(y))
             if per_sample and getattr(loss_fn, "reduction", None) == "mean":
                 loss = loss * x.shape[0]
             (grad,) = torch.autograd.grad(loss, x_req)
-        return grad
+        return grad, logits.detach()
 
     def margin_gradient(self, x: torch.Tensor, add: torch.Tensor, sub: torch.Tensor) -> torch.Tensor:
         """d (z_add - z_sub) / dx per sample, for logit indices ``add``, ``sub`` (B,)."""
@@ -192,6 +199,12 @@ class ARTGradients:
             if per_sample and reduction == "mean":
                 grad = grad * len(x_np)
         return torch.from_numpy(np.asarray(grad, dtype=ART_NUMPY_DTYPE).reshape(x.shape))
+
+    def loss_gradient_and_logits(
+        self, x: torch.Tensor, y: torch.Tensor, per_sample: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`loss_gradient` and the estimator's predictions at ``x`` (one more call)."""
+        return self.loss_gradient(x, y, per_sample), self.logits(x)
 
     def margin_gradient(self, x: torch.Tensor, add: torch.Tensor, sub: torch.Tensor) -> torch.Tensor:
         x_np = x.numpy().astype(ART_NUMPY_DTYPE)

@@ -23,6 +23,7 @@ from focused_attacks.base import (
     check_count,
     check_number,
     clip_bounds,
+    is_real,
     lp_direction,
     parse_norm,
     project,
@@ -31,6 +32,46 @@ from focused_attacks.base import (
 
 def _clip(x: torch.Tensor, bounds: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
     return x if bounds is None else torch.maximum(torch.minimum(x, bounds[1]), bounds[0])
+
+
+def reached_confidence(
+    logits: torch.Tensor, labels: torch.Tensor, targeted: bool, confidence: float
+) -> torch.Tensor:
+    """(B,) bool: the softmax probability of the target class (targeted) or of a predicted class other
+    than the label (untargeted) is at least ``confidence``; ``labels`` are one-hot (B,K)."""
+    probs = torch.softmax(logits.float(), dim=1)
+    cls = labels.argmax(dim=1)
+    if targeted:
+        return probs.gather(1, cls[:, None])[:, 0] >= confidence
+    top, pred = probs.max(dim=1)
+    return (pred != cls) & (top >= confidence)
+
+
+def _ascent_direction(
+    grad: torch.Tensor,
+    x: torch.Tensor,
+    x_adv: torch.Tensor,
+    mask: torch.Tensor | None,
+    norm: float,
+    targeted: bool,
+    penalty: bool,
+    beta: float,
+) -> torch.Tensor:
+    """The unit-``norm`` step direction from the loss gradient: reversed when targeted, minus ``beta`` times
+    the gradient of ``||delta * (1 - mask)||_2`` (``penalty``), or weighted by the mask (topk/soft)."""
+    grad = torch.nan_to_num(grad, nan=0.0, posinf=torch.inf, neginf=-torch.inf)
+    if targeted:
+        grad = -grad
+    if mask is not None and penalty:
+        outside = 1.0 - mask
+        weighted = (x_adv - x) * outside
+        size = torch.linalg.vector_norm(weighted.reshape(len(x), -1), dim=1).reshape(-1, 1, 1, 1)
+        penalty_grad = torch.where(size == 0, 0.0, outside * weighted / torch.where(size == 0, 1.0, size))
+        grad = grad - beta * penalty_grad
+    elif mask is not None:
+        grad = torch.where(mask == 0, 0.0, grad * mask)
+    step = lp_direction(grad, norm)
+    return step * mask if mask is not None and not penalty else step
 
 
 def gradient_steps(
@@ -48,13 +89,17 @@ def gradient_steps(
     beta: float = 0.0,
     random_init: bool = False,
     verbose: bool = False,
-) -> torch.Tensor:
+    stop_confidence: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``max_iter`` projected steps of size ``eps_step`` (B,1,1,1) inside the ``norm`` ball ``eps`` (B,1,1,1).
 
     ``mask`` (B,1,H,W) or x's shape: for ``focus`` topk/soft the gradient is weighted by the mask before the
     norm and the step after it (a 0/1 mask equals ART's ``mask``); for ``"penalty"`` the mask is the saliency
     map Psi and ``beta * ||delta * (1 - Psi)||_2`` is subtracted from each sample's loss instead.
     ``random_init`` starts at a random point of the (masked) ball, as ART only when ``max_iter > 0``.
+    ``stop_confidence``: a sample stops stepping once :func:`reached_confidence` holds at its current
+    point (checked on the logits of the gradient's own forward pass, before each step).
+    Returns ``(x_adv, iterations)``: the steps each sample took (B,) int64.
     """
     penalty = focus == "penalty"
     bounds = clip_bounds(clip_values, x.device)
@@ -65,26 +110,25 @@ def gradient_steps(
         if mask is not None:
             noise = noise * mask
         x_adv = _clip(x + noise, bounds)
+    iterations = torch.zeros(len(x), dtype=torch.int64, device=x.device)
+    active = torch.arange(len(x), device=x.device)
     for _ in trange(max_iter, desc="FocusedPGD - Iterations", leave=False, disable=not verbose):
-        grad = grads.loss_gradient(x_adv, labels, per_sample=penalty)
-        grad = torch.nan_to_num(grad, nan=0.0, posinf=torch.inf, neginf=-torch.inf)
-        if targeted:
-            grad = -grad
-        if mask is not None and penalty:
-            outside = 1.0 - mask
-            weighted = (x_adv - x) * outside
-            size = torch.linalg.vector_norm(weighted.reshape(len(x), -1), dim=1).reshape(-1, 1, 1, 1)
-            penalty_grad = torch.where(size == 0, 0.0, outside * weighted / torch.where(size == 0, 1.0, size))
-            grad = grad - beta * penalty_grad
-        elif mask is not None:
-            grad = torch.where(mask == 0, 0.0, grad * mask)
-        step = lp_direction(grad, norm)
-        if mask is not None and not penalty:
-            step = step * mask
-        step = torch.nan_to_num(eps_step * step, nan=0.0)
-        x_adv = _clip(x_adv + step, bounds)
-        x_adv = x + project(x_adv - x, eps, norm)
-    return x_adv
+        if stop_confidence is None:  # every sample steps
+            xs, xa, ys, ms = x, x_adv, labels, mask
+            grad = grads.loss_gradient(xa, ys, per_sample=penalty)
+        else:
+            xs, xa, ys = x[active], x_adv[active], labels[active]
+            grad, logits = grads.loss_gradient_and_logits(xa, ys, per_sample=penalty)
+            moving = ~reached_confidence(logits, ys, targeted, stop_confidence)
+            active, xs, xa, grad = active[moving], xs[moving], xa[moving], grad[moving]
+            ms = None if mask is None else mask[active]
+            if len(active) == 0:
+                break
+        step = _ascent_direction(grad, xs, xa, ms, norm, targeted, penalty, beta)
+        xa = _clip(xa + torch.nan_to_num(eps_step[active] * step, nan=0.0), bounds)
+        x_adv[active] = xs + project(xa - xs, eps[active], norm)
+        iterations[active] += 1
+    return x_adv, iterations
 
 
 class FocusedPGD(FocusedEvasionAttack):
@@ -110,6 +154,7 @@ class FocusedPGD(FocusedEvasionAttack):
         "targeted",
         "num_random_init",
         "beta",
+        "stop_confidence",
         "batch_size",
         "verbose",
     ]
@@ -129,6 +174,7 @@ class FocusedPGD(FocusedEvasionAttack):
         targeted: bool = False,
         num_random_init: int = 0,
         beta: float = 50.0,
+        stop_confidence: float | None = None,
         batch_size: int = 32,
         verbose: bool = True,
     ):
@@ -145,6 +191,9 @@ class FocusedPGD(FocusedEvasionAttack):
         :param targeted: move towards ``y`` (True) or away from it (False).
         :param num_random_init: random starts in the (masked) eps ball (norm 1, 2 or inf); 0 starts at x.
         :param beta: weight of the out-of-saliency L2 penalty (``focus="penalty"``).
+        :param stop_confidence: None (run ``max_iter`` steps) or a probability in (0,1]: a sample stops
+            once the softmax of the estimator's outputs gives its target class (targeted), or a class other
+            than ``y`` (untargeted), at least this probability; ``last_iterations_`` holds the steps taken.
         :param batch_size: images per batch.
         :param verbose: show progress bars.
         """
@@ -155,7 +204,9 @@ class FocusedPGD(FocusedEvasionAttack):
         self.max_iter = max_iter
         self.num_random_init = num_random_init
         self.beta = beta
+        self.stop_confidence = stop_confidence
         self.verbose = verbose
+        self.last_iterations_: np.ndarray | None = None
         FocusedPGD._check_params(self)
 
     def _check_params(self) -> None:
@@ -171,6 +222,9 @@ class FocusedPGD(FocusedEvasionAttack):
                 f"got {self.norm!r}"
             )
         check_number("beta", self.beta, allow_zero=True)
+        confidence = self.stop_confidence
+        if confidence is not None and not (is_real(confidence) and 0 < confidence <= 1):
+            raise ValueError(f"stop_confidence must be None or a probability in (0, 1], got {confidence!r}")
         if not isinstance(self.verbose, bool):
             raise ValueError("The verbose has to be a Boolean.")
 
@@ -183,7 +237,7 @@ class FocusedPGD(FocusedEvasionAttack):
         else:
             scale = eps / self.eps if self.eps > 0 else np.ones_like(eps)
             eps_step = (self.eps_step * scale).astype(ART_NUMPY_DTYPE)
-        return run_batches(
+        x_adv, self.last_iterations_ = run_batches(
             self,
             x,
             labels,
@@ -194,7 +248,9 @@ class FocusedPGD(FocusedEvasionAttack):
             restarts=self.num_random_init,
             beta=self.beta,
             verbose=self.verbose,
+            stop_confidence=self.stop_confidence,
         )
+        return x_adv
 
 
 def run_batches(
@@ -208,12 +264,15 @@ def run_batches(
     restarts: int,
     beta: float,
     verbose: bool,
-) -> np.ndarray:
-    """Run :func:`gradient_steps` batch by batch; later random restarts replace only successful samples."""
+    stop_confidence: float | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Run :func:`gradient_steps` batch by batch; later random restarts replace only successful samples.
+    Returns ``(x_adv, iterations)``: the steps each sample's kept run took."""
     grads = attack._gradients()
     device = grads.device
     norm = parse_norm(attack.norm)
     x_adv = x.astype(ART_NUMPY_DTYPE)
+    iterations = np.zeros(len(x), dtype=np.int64)
     nb_batches = int(np.ceil(len(x) / attack.batch_size))
     with grads.context():
         for batch_id in trange(nb_batches, desc="FocusedPGD - Batches", leave=False, disable=not verbose):
@@ -223,9 +282,9 @@ def run_batches(
             mb = None if mask is None else torch.from_numpy(mask[sl]).to(device)
             eb = torch.from_numpy(np.asarray(eps[sl], ART_NUMPY_DTYPE)).reshape(-1, 1, 1, 1).to(device)
             sb = torch.from_numpy(np.asarray(eps_step[sl], ART_NUMPY_DTYPE)).reshape(-1, 1, 1, 1).to(device)
-            best = None
+            best, best_iterations = None, None
             for _ in range(max(1, restarts)):
-                adv = gradient_steps(
+                adv, steps = gradient_steps(
                     grads,
                     xb,
                     yb,
@@ -240,13 +299,15 @@ def run_batches(
                     beta,
                     random_init=restarts > 0,
                     verbose=verbose,
+                    stop_confidence=stop_confidence,
                 )
                 if best is None:
-                    best = adv
+                    best, best_iterations = adv, steps
                 else:
                     pred = grads.logits(adv).argmax(dim=1)
                     wanted = yb.argmax(dim=1)
                     hit = pred == wanted if attack.targeted else pred != wanted
-                    best[hit] = adv[hit]
+                    best[hit], best_iterations[hit] = adv[hit], steps[hit]
             x_adv[sl] = best.detach().cpu().numpy()
-    return x_adv
+            iterations[sl] = best_iterations.cpu().numpy()
+    return x_adv, iterations

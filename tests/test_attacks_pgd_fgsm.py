@@ -229,3 +229,43 @@ def test_random_restarts_equal_art_with_clean_labels(clf, x):
     np.random.seed(0)  # noqa: NPY002
     got = FocusedPGD(clf, verbose=False, **kwargs).generate(x)
     np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def _probs(clf: PyTorchClassifier, x: np.ndarray) -> np.ndarray:
+    return torch.softmax(torch.from_numpy(clf.predict(x)), dim=1).numpy()
+
+
+@pytest.mark.parametrize("focus", ["topk", "penalty"])
+def test_stop_confidence_stops_each_sample_once_reached(clf, x, focus):
+    """A sample stops stepping at the first point where the target's probability reaches the threshold:
+    its x_adv equals the one of a run with exactly that many steps, and fewer steps never reach it."""
+    target = _probs(clf, x).argmin(axis=1)
+    maps = np.ones((len(x), 32, 32), np.float32)
+    kwargs = dict(focus=focus, area=1.0, eps=0.5, eps_step=0.01, targeted=True, verbose=False)
+    threshold = 0.5
+    attack = FocusedPGD(clf, max_iter=60, stop_confidence=threshold, **kwargs)
+    x_adv = attack.generate(x, y=target, maps=maps)
+    steps = attack.last_iterations_
+    assert steps.shape == (len(x),) and (steps >= 1).all() and (steps < 60).any()
+    reached = _probs(clf, x_adv)[np.arange(len(x)), target] >= threshold
+    for k in np.unique(steps):
+        rows = steps == k
+        inputs = dict(x=x[rows], y=target[rows], maps=maps[rows])
+        fixed = FocusedPGD(clf, max_iter=int(k), **kwargs).generate(**inputs)
+        np.testing.assert_allclose(x_adv[rows], fixed, atol=1e-6)
+        before = FocusedPGD(clf, max_iter=int(k) - 1, **kwargs).generate(**inputs)
+        assert (_probs(clf, before)[np.arange(rows.sum()), target[rows]] < threshold).all()
+    # those that stopped before max_iter reached the threshold
+    assert reached[steps < 60].all()
+
+
+def test_stop_confidence_none_runs_every_step(clf, x):
+    attack = FocusedPGD(clf, eps=0.05, eps_step=0.01, max_iter=7, verbose=False)
+    attack.generate(x)
+    np.testing.assert_array_equal(attack.last_iterations_, np.full(len(x), 7))
+
+
+@pytest.mark.parametrize("value", [0.0, 1.5, -0.1, float("nan"), "0.9", True])
+def test_stop_confidence_is_checked(clf, value):
+    with pytest.raises(ValueError, match="stop_confidence"):
+        FocusedPGD(clf, stop_confidence=value)
