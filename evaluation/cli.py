@@ -24,6 +24,12 @@ DEMO_GPNN_VARIATIONS = 4
 DEMO_GPNN_PARAMS = {"iters": 1, "coarsest": 32, "patch_size": 5}
 #: Images in the demo: the full grid (3 attacks x 13 cells) takes ~4 minutes on 2 free CPU cores.
 DEMO_N = 200
+#: The offline ImageNet model the demo and ``reproduce`` run under the CAMERAS paper protocol.
+REAL_MODEL = "efficientnet-lite0"
+DEMO_PAPER_FOCUSERS = ("uniform", "gradcam", "cameras", "gpnn-cam")
+#: Images per batch: the grid's, and the paper protocol's (224 px images, CAMERAS up to 924 px).
+GRID_BATCH = 50
+PAPER_BATCH = 8
 
 
 #: What an interrupted command keeps: evaluate, demo, pointing-game and sanity resume; train restarts.
@@ -32,6 +38,7 @@ RESTART = "nothing was saved; rerunning the command starts again"
 INTERRUPTED = {
     "evaluate": RESUME,
     "demo": RESUME,
+    "reproduce": RESUME,
     "pointing-game": RESUME,
     "sanity": RESUME,
     "saliency": "the maps written so far are kept; rerunning the command computes them all again",
@@ -93,19 +100,23 @@ def _weights_label(args: argparse.Namespace) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ io
-def resize_crop(image: Any, size: int, resize: int | None = None) -> np.ndarray:
+def resize_crop(
+    image: Any, size: int, resize: int | None = None, interpolation: str = "bilinear"
+) -> np.ndarray:
     """A PIL image or uint8 array (H,W,3) -> float32 (3,size,size) in [0,1], as image folders are loaded:
-    upright RGB, the shorter side resized to ``resize`` (default ``size``; bilinear), then the centre
-    ``size`` x ``size`` crop (see :func:`evaluation.datasets.resize_crop`)."""
+    upright RGB, the shorter side resized to ``resize`` (default ``size``; ``interpolation``), then the
+    centre ``size`` x ``size`` crop (see :func:`evaluation.datasets.resize_crop`)."""
     from PIL import Image
 
     from evaluation import datasets
 
     img = Image.fromarray(np.asarray(image, dtype=np.uint8)) if isinstance(image, np.ndarray) else image
-    return datasets.resize_crop(datasets.to_rgb(img), size, resize)
+    return datasets.resize_crop(datasets.to_rgb(img), size, resize, interpolation)
 
 
-def load_image(path: str | Path, size: int, resize: int | None = None) -> np.ndarray:
+def load_image(
+    path: str | Path, size: int, resize: int | None = None, interpolation: str = "bilinear"
+) -> np.ndarray:
     """Read an image file as float32 (3,size,size) in [0,1] (see :func:`resize_crop`)."""
     from PIL import Image, UnidentifiedImageError
 
@@ -114,7 +125,7 @@ def load_image(path: str | Path, size: int, resize: int | None = None) -> np.nda
         raise CLIError(f"image file not found: {path}")
     try:
         with Image.open(path) as img:
-            return resize_crop(img, size, resize)
+            return resize_crop(img, size, resize, interpolation)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise CLIError(f"cannot read image {path}: {err}") from None
 
@@ -201,7 +212,8 @@ def cmd_saliency(args: argparse.Namespace) -> int:
     if args.target_class is not None and not 0 <= args.target_class < classifier.nb_classes:
         raise CLIError(f"--class must lie in [0, {classifier.nb_classes}), got {args.target_class}")
     resize = zoo.resize_size(args.model, size, args.weights)
-    x = np.stack([load_image(p, size, resize) for p in args.images])
+    interpolation = zoo.resize_interpolation(args.model)
+    x = np.stack([load_image(p, size, resize, interpolation) for p in args.images])
     layers = _split(args.layer) or _default_layers(args.model)
     if args.method != "gpnn-cam" and len(layers) > 1 and args.layer:
         raise CLIError(f"--layer: method {args.method!r} takes one layer, got {', '.join(layers)}")
@@ -260,10 +272,59 @@ def _run(config: Any, args: argparse.Namespace) -> int:
     return 0
 
 
+def _paper_config(args: argparse.Namespace, model: str, data: str, focusers: Sequence[str]) -> Any:
+    """The CAMERAS paper protocol's config from the options of ``evaluate`` / ``demo`` / ``reproduce``;
+    options left at None take :class:`PaperConfig`'s defaults."""
+    from evaluation.paper_protocol import PaperConfig
+
+    options = {
+        "weights": getattr(args, "weights", None),
+        "n": args.n,
+        "size": getattr(args, "size", None),
+        "layers": tuple(_split(getattr(args, "layer", None))) or None,
+        "batch_size": args.batch_size or PAPER_BATCH,
+        "gpnn_params": DEMO_GPNN_PARAMS if getattr(args, "gpnn_fast", True) else {},
+    }
+    return PaperConfig(
+        model=model,
+        data=data,
+        focusers=tuple(focusers),
+        seed=args.seed,
+        beta=args.beta,
+        confidence=args.confidence,
+        max_iter=args.max_iter,
+        gpnn_variations=args.gpnn_variations,
+        **{k: v for k, v in options.items() if v is not None},
+    )
+
+
+def _run_paper(config: Any, args: argparse.Namespace, out: str | Path) -> int:
+    from evaluation.paper_protocol import run_paper_protocol
+    from evaluation.paper_report import PAPER_COLUMNS, summarize_paper, text_table
+
+    _check_out_folder(str(out))
+    result = run_paper_protocol(config, out, device=args.device, verbose=not args.quiet)
+    print(text_table(summarize_paper(result.records, config.focusers), PAPER_COLUMNS), end="")
+    print(
+        f"{len(result.records)} records ({result.computed} computed now) in {result.seconds:.1f} s -> "
+        f"{Path(out) / 'report.md'}"
+    )
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from evaluation.paper_protocol import CONTROLS, PAPER_FOCUSERS, PROTOCOL
     from evaluation.runner import ExperimentConfig
 
-    focusers = _split(args.saliency)
+    if args.protocol == PROTOCOL:
+        focusers = _split(args.saliency) if args.saliency else list(PAPER_FOCUSERS)
+        _check_methods(focusers, "--saliency", extra=CONTROLS)
+        if args.data not in ("digits", "photos"):
+            _check_image_folder(args.data)
+        _image_size(args.model, args.size)
+        _classifier(args.model, args.weights, args.device)
+        return _run_paper(_paper_config(args, args.model, args.data, focusers), args, args.out)
+    focusers = _split(args.saliency) if args.saliency else list(DEMO_FOCUSERS)
     _check_methods(focusers, "--saliency")
     config = ExperimentConfig(
         model=args.model,
@@ -275,12 +336,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         focusers=tuple(focusers),
         areas=tuple(args.areas),
         layers=tuple(_split(args.layer)) or None,
-        batch_size=args.batch_size,
+        batch_size=args.batch_size or GRID_BATCH,
         seed=args.seed,
         gpnn_variations=args.gpnn_variations,
         gpnn_params=DEMO_GPNN_PARAMS if args.gpnn_fast else {},
     )
     _check_out_folder(args.out)
+    if config.data == "photos":
+        raise CLIError("--data photos: the bundled photos run under --protocol cameras-paper")
     if config.data != "digits":
         _check_image_folder(config.data)
     _image_size(config.model, config.size)
@@ -289,6 +352,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    """The digits grid into ``OUT/digits``, then the real model under the paper protocol into
+    ``OUT/photos``."""
     from evaluation.runner import ExperimentConfig
 
     _check_out_folder(args.out)
@@ -299,12 +364,28 @@ def cmd_demo(args: argparse.Namespace) -> int:
         attacks=("pgd", "fgsm", "cw"),
         focusers=DEMO_FOCUSERS,
         areas=(0.05, 0.1, 0.2),
-        batch_size=args.batch_size,
+        batch_size=args.batch_size or GRID_BATCH,
         seed=args.seed,
         gpnn_variations=args.gpnn_variations,
         gpnn_params=DEMO_GPNN_PARAMS,
     )
-    return _run(config, args)
+    args.out, out = str(Path(args.out) / "digits"), args.out
+    _run(config, args)
+    args.n, args.batch_size = args.photos, None  # None: every photo, the protocol's batch
+    paper = _paper_config(args, REAL_MODEL, "photos", DEMO_PAPER_FOCUSERS)
+    return _run_paper(paper, args, Path(out) / "photos")
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    """Every focuser under the paper protocol: the real model on the photos, digits-cnn on the digits."""
+    from evaluation.paper_protocol import PAPER_FOCUSERS
+
+    n = args.n
+    for model, data, count in ((REAL_MODEL, "photos", n), ("digits-cnn", "digits", n or DEMO_N)):
+        args.n = count
+        config = _paper_config(args, model, data, PAPER_FOCUSERS)
+        _run_paper(config, args, Path(args.out) / f"{data}-{model}")
+    return 0
 
 
 POINTING_COLUMNS = (
@@ -687,7 +768,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("saliency", help="saliency maps of image files", description=cmd_saliency.__doc__)
     p.add_argument("images", nargs="+", help="image files (any format PIL reads)")
-    model_args(p, "resnet50")
+    model_args(p, REAL_MODEL)
     p.add_argument("--layer", action="append", help="target layer(s); repeat or comma-separate for gpnn-cam")
     p.add_argument(
         "--method", default="cameras", help="cameras, gradcam, hirescam, gradcam++, layercam, gpnn-cam"
@@ -720,9 +801,39 @@ def build_parser() -> argparse.ArgumentParser:
     common(p, device=False)
     p.set_defaults(func=cmd_train)
 
-    def attack_args(p: argparse.ArgumentParser, n: int) -> None:
-        p.add_argument("--n", type=_positive_int, default=n, help=f"number of images (default {n})")
-        p.add_argument("--batch-size", type=_positive_int, default=50, help="images per batch (default 50)")
+    def attack_args(p: argparse.ArgumentParser, n: int | None) -> None:
+        what = f"default {n}" if n else "default: all photos, and 200 digits"
+        p.add_argument("--n", type=_positive_int, default=n, help=f"number of images ({what})")
+        p.add_argument(
+            "--batch-size",
+            type=_positive_int,
+            default=None,
+            help=f"images per batch (default {GRID_BATCH}; {PAPER_BATCH} under the paper protocol)",
+        )
+
+    def paper_args(p: argparse.ArgumentParser) -> None:
+        """The CAMERAS paper protocol's options, defaults from PaperConfig."""
+        from evaluation.paper_protocol import PaperConfig
+
+        default = PaperConfig()
+        p.add_argument(
+            "--beta",
+            type=_non_negative_float,
+            default=default.beta,
+            help=f"paper protocol: weight of the out-of-map L2 penalty (default {default.beta:g})",
+        )
+        p.add_argument(
+            "--confidence",
+            type=float,
+            default=default.confidence,
+            help=f"paper protocol: target probability that stops the attack (default {default.confidence})",
+        )
+        p.add_argument(
+            "--max-iter",
+            type=_positive_int,
+            default=default.max_iter,
+            help=f"paper protocol: PGD step limit (default {default.max_iter})",
+        )
 
     p = sub.add_parser(
         "demo",
@@ -733,11 +844,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     attack_args(p, DEMO_N)
+    p.add_argument("--photos", type=_positive_int, default=None, help="photos attacked (default: all)")
     p.add_argument(
         "--gpnn-variations", type=_positive_int, default=DEMO_GPNN_VARIATIONS, help=GPNN_VARIATIONS_HELP
     )
+    paper_args(p)
     common(p)
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser(
+        "reproduce",
+        help="every focuser under the CAMERAS paper protocol, on the photos and the digits",
+        description=f"{cmd_reproduce.__doc__} Writes OUT/photos-{REAL_MODEL} and OUT/digits-digits-cnn; "
+        "rerunning the same command resumes.",
+    )
+    p.add_argument("--out", default="runs/reproduce", help="output folder (default runs/reproduce)")
+    attack_args(p, None)
+    p.add_argument(
+        "--gpnn-variations", type=_positive_int, default=DEMO_GPNN_VARIATIONS, help=GPNN_VARIATIONS_HELP
+    )
+    paper_args(p)
+    common(p)
+    p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser(
         "evaluate",
@@ -747,9 +875,26 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluation.cli -- evaluate ... (the -- stops torchrun from reading our options).",
     )
     model_args(p, "digits-cnn")
-    p.add_argument("--data", default="digits", help="'digits' (embedded benchmark) or an image folder")
-    p.add_argument("--attacks", default="pgd,fgsm,cw", help="comma-separated: pgd, fgsm, cw")
-    p.add_argument("--saliency", default=",".join(DEMO_FOCUSERS), help="comma-separated focusers")
+    p.add_argument(
+        "--data",
+        default="digits",
+        help="'digits' (embedded benchmark), 'photos' (the bundled photographs; paper protocol) or an "
+        "image folder",
+    )
+    p.add_argument(
+        "--protocol",
+        choices=("grid", "cameras-paper"),
+        default="grid",
+        help="grid: attacks x focusers x areas, minimal budgets (default); cameras-paper: the CAMERAS "
+        "paper's targeted PGD with the saliency penalty",
+    )
+    p.add_argument("--attacks", default="pgd,fgsm,cw", help="grid: comma-separated: pgd, fgsm, cw")
+    p.add_argument(
+        "--saliency",
+        default=None,
+        help=f"comma-separated focusers (default: grid {','.join(DEMO_FOCUSERS)}; cameras-paper uniform, "
+        "shuffled and every CAM)",
+    )
     p.add_argument("--areas", type=_areas, default=[0.05, 0.1, 0.2], help="comma-separated mask fractions")
     add_saliency_args(
         p,
@@ -758,6 +903,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", required=True, help="output folder")
     attack_args(p, 200)
+    paper_args(p)
     common(p)
     p.set_defaults(func=cmd_evaluate)
 

@@ -113,3 +113,47 @@ def attack_grid(examples: dict[str, np.ndarray], path: str | Path, max_images: i
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
+
+
+#: Panels of :func:`paper_figure`: (focuser, what is drawn, title).
+PAPER_PANELS = (
+    ("none", "x", "image"),
+    ("gradcam", "map", "Grad-CAM"),
+    ("cameras", "map", "CAMERAS"),
+    ("gpnn-cam", "map", "GPNN-CAM"),
+    ("none", "delta", "plain PGD |delta|"),
+    ("cameras", "delta", "CAMERAS-focused |delta|"),
+)
+
+
+def paper_figure(arrays: dict[str, dict[str, np.ndarray]], path: str | Path, title: str) -> Path:
+    """One image under the CAMERAS paper protocol: the image, three maps, and the plain and CAMERAS-focused
+    perturbations as |delta| summed over channels, magnified by one shared factor (the larger maximum of
+    the two maps to white), so their sizes compare. ``arrays[focuser]`` holds ``x``, ``delta`` and (not
+    for ``none``) ``map``; a missing one leaves its panel empty."""
+    deltas = {f: np.abs(a["delta"]).sum(axis=0) for f, a in arrays.items() if "delta" in a}
+    scale = max((float(d.max()) for d in deltas.values()), default=0.0) or 1.0
+    fig, axes = plt.subplots(1, len(PAPER_PANELS), figsize=(2.2 * len(PAPER_PANELS), 2.6))
+    for ax, (focuser, what, label) in zip(axes, PAPER_PANELS):
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(label, fontsize=8)
+        entry = arrays.get(focuser)
+        if entry is None or (what == "map" and "map" not in entry):
+            ax.text(0.5, 0.5, "not run", ha="center", va="center", fontsize=8, transform=ax.transAxes)
+            continue
+        if what == "x":
+            ax.imshow(_hwc(entry["x"]))
+        elif what == "map":
+            ax.imshow(entry["map"], cmap="jet", vmin=0, vmax=1)
+        else:
+            l2 = float(np.sqrt((entry["delta"].astype(np.float64) ** 2).sum()))
+            ax.imshow(deltas[focuser] / scale, cmap="gray", vmin=0, vmax=1)
+            ax.set_xlabel(f"L2 {l2:.3f}, x{1 / scale:.0f}", fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path

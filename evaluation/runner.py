@@ -321,17 +321,29 @@ class Dataset:
     boxes: np.ndarray | None = None
 
 
-def load_dataset(data: str, n: int, size: int, seed: int = 0, resize: int | None = None) -> Dataset:
-    """``"digits"`` (the embedded benchmark's test split, with labels and boxes) or an image folder
-    (:func:`evaluation.datasets.image_folder`, only the first ``n`` files decoded, shorter side resized to
-    ``resize`` before the centre crop). Folder images get no labels: their folder indices need not match
-    the model's classes, so the model's clean prediction is attacked."""
+def load_dataset(
+    data: str,
+    n: int,
+    size: int,
+    seed: int = 0,
+    resize: int | None = None,
+    interpolation: str = "bilinear",
+) -> Dataset:
+    """``"digits"`` (the embedded benchmark's test split, with labels and boxes), ``"photos"`` (the
+    natural photographs bundled with the dependencies, :func:`evaluation.datasets.sample_photos`; no
+    labels) or an image folder (:func:`evaluation.datasets.image_folder`, only the first ``n`` files
+    decoded). Photos and folders: shorter side resized to ``resize`` with ``interpolation`` before the
+    centre crop. Folder images get no labels: their folder indices need not match the model's classes,
+    so the model's clean prediction is attacked."""
     from evaluation import datasets
 
     if data == "digits":
         x, y, boxes = datasets.cluttered_digits(n, "test", size=size, seed=seed)
         return Dataset(x, y, [f"digits-{i:05d}" for i in range(n)], boxes)
-    loaded = datasets.image_folder(data, size=size, n=n, resize=resize)
+    if data == "photos":
+        x, names = datasets.sample_photos(size, resize=resize, interpolation=interpolation)
+        return Dataset(np.asarray(x[:n], dtype=np.float32), None, list(names[:n]))
+    loaded = datasets.image_folder(data, size=size, n=n, resize=resize, interpolation=interpolation)
     names = [str(Path(p).relative_to(data).with_suffix("")) for p in loaded.paths]
     return Dataset(np.asarray(loaded.x, dtype=np.float32), None, names)
 
@@ -678,7 +690,9 @@ def run_experiment(
     layers = list(config.layers) if config.layers else list(zoo.default_layers(config.model))
     check_layers(classifier, layers)
     resize = zoo.resize_size(config.model, size, config.weights)
-    data = load_dataset(config.data, config.n, size, seed=config.seed, resize=resize)
+    data = load_dataset(
+        config.data, config.n, size, config.seed, resize, zoo.resize_interpolation(config.model)
+    )
     n = len(data.x)
     out.mkdir(parents=True, exist_ok=True)
     digest = data_digest([data.x])

@@ -103,6 +103,10 @@ def gradient_steps(
     """
     penalty = focus == "penalty"
     bounds = clip_bounds(clip_values, x.device)
+    if penalty and mask is not None and stop_confidence is not None:
+        return _penalty_steps_keeping_confidence(
+            grads, x, labels, mask, eps, eps_step, max_iter, norm, targeted, bounds, beta, stop_confidence
+        )
     x_adv = x.clone()
     if random_init and max_iter > 0:
         noise = random_sphere(len(x), int(np.prod(x.shape[1:])), 1.0, norm).reshape(x.shape)
@@ -129,6 +133,44 @@ def gradient_steps(
         x_adv[active] = xs + project(xa - xs, eps[active], norm)
         iterations[active] += 1
     return x_adv, iterations
+
+
+def _penalty_steps_keeping_confidence(
+    grads: TorchGradients | ARTGradients,
+    x: torch.Tensor,
+    labels: torch.Tensor,
+    mask: torch.Tensor,
+    eps: torch.Tensor,
+    eps_step: torch.Tensor,
+    max_iter: int,
+    norm: float,
+    targeted: bool,
+    bounds: tuple[torch.Tensor, torch.Tensor] | None,
+    beta: float,
+    confidence: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The CAMERAS penalty with the fooling confidence maintained: a sample below ``confidence`` steps on
+    its loss alone (towards the threshold), one at or above it on loss + penalty (shrinking the
+    perturbation outside the map); all ``max_iter`` steps run. Returns, per sample, the iterate with the
+    smallest L2 perturbation among those at or above the threshold (else the last one) and its step
+    number."""
+    x_adv = x.clone()
+    best, best_size = x.clone(), torch.full((len(x),), torch.inf, device=x.device)
+    iterations = torch.full((len(x),), max_iter, dtype=torch.int64, device=x.device)
+    for step_number in range(max_iter + 1):
+        grad, logits = grads.loss_gradient_and_logits(x_adv, labels, per_sample=True)
+        feasible = reached_confidence(logits, labels, targeted, confidence)
+        size = torch.linalg.vector_norm((x_adv - x).reshape(len(x), -1), dim=1)
+        better = feasible & (size < best_size)
+        best[better], best_size[better], iterations[better] = x_adv[better], size[better], step_number
+        if step_number == max_iter:
+            break
+        focus = torch.where(feasible.reshape(-1, 1, 1, 1), mask, torch.ones_like(mask))
+        step = _ascent_direction(grad, x, x_adv, focus, norm, targeted, True, beta)
+        x_adv = _clip(x_adv + torch.nan_to_num(eps_step * step, nan=0.0), bounds)
+        x_adv = x + project(x_adv - x, eps, norm)
+    found = torch.isfinite(best_size)
+    return torch.where(found.reshape(-1, 1, 1, 1), best, x_adv), iterations
 
 
 class FocusedPGD(FocusedEvasionAttack):
@@ -194,6 +236,9 @@ class FocusedPGD(FocusedEvasionAttack):
         :param stop_confidence: None (run ``max_iter`` steps) or a probability in (0,1]: a sample stops
             once the softmax of the estimator's outputs gives its target class (targeted), or a class other
             than ``y`` (untargeted), at least this probability; ``last_iterations_`` holds the steps taken.
+            With ``focus="penalty"`` and a map, the confidence is *maintained* instead: below it a sample
+            steps on the loss alone, at or above it on loss + penalty, for all ``max_iter`` steps, and the
+            smallest-L2 iterate at or above it is returned (``last_iterations_``: its step number).
         :param batch_size: images per batch.
         :param verbose: show progress bars.
         """

@@ -269,3 +269,24 @@ def test_stop_confidence_none_runs_every_step(clf, x):
 def test_stop_confidence_is_checked(clf, value):
     with pytest.raises(ValueError, match="stop_confidence"):
         FocusedPGD(clf, stop_confidence=value)
+
+
+def test_penalty_keeps_the_confidence_and_never_grows_the_norm(clf, x):
+    """With a map, focus="penalty" keeps the threshold: its first feasible iterate is the plain attack's
+    stopping point, so the returned (smallest-L2 feasible) perturbation is at or above the threshold and
+    never larger in L2 than the plain one."""
+    target = _probs(clf, x).argmin(axis=1)
+    maps = np.zeros((len(x), 32, 32), np.float32)
+    maps[:, 8:24, 8:24] = 1.0
+    kwargs = dict(eps=1.0, eps_step=0.01, max_iter=40, targeted=True, stop_confidence=0.5, verbose=False)
+    plain = FocusedPGD(clf, **kwargs)
+    x_plain = plain.generate(x, y=target)
+    focused = FocusedPGD(clf, focus="penalty", beta=50.0, **kwargs)
+    x_focused = focused.generate(x, y=target, maps=maps)
+    reached = plain.last_iterations_ < 40
+    assert reached.any()
+    probs = _probs(clf, x_focused)[np.arange(len(x)), target]
+    assert (probs[reached] >= 0.5 - 1e-5).all()
+    size = lambda a: np.linalg.norm((a - x).reshape(len(x), -1), axis=1)  # noqa: E731
+    assert (size(x_focused)[reached] <= size(x_plain)[reached] + 1e-5).all()
+    assert (size(x_focused)[reached] < size(x_plain)[reached] - 1e-3).any()  # the penalty does shrink it

@@ -1,0 +1,419 @@
+"""The CAMERAS paper's attack protocol (Jalwana et al., CVPR 2021, section 6) as a resumable evaluation.
+
+For every image the model classifies as its label (its own prediction when the data have no labels), PGD
+moves the image towards its **least-likely class** (the argmin of the clean logits) with the loss
+``CE(target) + beta * ||delta * (1 - Psi)||_2`` (:class:`focused_attacks.FocusedPGD` with
+``focus="penalty"``), maintaining the target's softmax probability at ``confidence`` (99.99 %): the
+plain attack stops when it gets there; a penalised one steps on CE alone below it and on CE + penalty at
+or above it for ``max_iter`` steps, and its smallest-L2 iterate at or above it is recorded. The focusers
+give Psi:
+
+* ``none``: no penalty, plain targeted PGD (the paper's baseline);
+* ``uniform``: a constant Psi equal to the image's CAMERAS map mean (the same penalty everywhere: it
+  separates "the penalty shrinks the norm" from "the map helps");
+* ``shuffled``: the image's CAMERAS map with its values at random places (fixed per (seed, image));
+* any saliency method of :func:`evaluation.runner.saliency_names` (gradcam, hirescam, layercam, cameras,
+  gpnn-cam, ...).
+
+Each (image, focuser) becomes one record in ``DIR/records.jsonl``; a rerun resumes, ``config.json`` and
+``data.sha256`` pin the arguments and the pixels (as :func:`evaluation.runner.run_experiment`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from evaluation.runner import (
+    UNFOCUSED,
+    ConfigMismatchError,
+    RecordLog,
+    check_config,
+    check_data,
+    check_layers,
+    check_saliency_names,
+    compute_maps,
+    data_digest,
+    load_dataset,
+)
+
+PROTOCOL = "cameras-paper"
+UNIFORM = "uniform"
+SHUFFLED = "shuffled"
+#: Controls derived from the CAMERAS map of the same image.
+CONTROLS = (UNIFORM, SHUFFLED)
+PAPER_FOCUSERS = (UNIFORM, SHUFFLED, "gradcam", "hirescam", "layercam", "cameras", "gpnn-cam")
+#: Focusers whose maps and perturbations the per-image figure shows.
+FIGURE_FOCUSERS = (UNFOCUSED, "gradcam", "cameras", "gpnn-cam")
+ARRAYS_DIR = "arrays"
+
+
+def paper_key(record: dict[str, Any]) -> tuple[int, str]:
+    """The identity of a protocol record: ``(image, focuser)``."""
+    return int(record["image"]), str(record["focuser"])
+
+
+@dataclass(frozen=True)
+class PaperConfig:
+    """Everything that determines a protocol run's records (the device does not).
+
+    The attack: L-inf PGD (sign steps of ``eps_step``, as Madry et al.) bounded only by the pixel range
+    (``eps`` = 1), ``max_iter`` steps. The plain attack stops at ``confidence``; a penalised one keeps
+    it (:class:`focused_attacks.FocusedPGD` ``stop_confidence``) and returns its smallest-L2 iterate at
+    or above it. ``norm="2"`` runs L2 steps instead. docs/cameras_protocol.md says why these values.
+    """
+
+    model: str = "efficientnet-lite0"
+    weights: str | None = None
+    data: str = "photos"
+    n: int = 1000
+    size: int | None = None
+    focusers: tuple[str, ...] = PAPER_FOCUSERS
+    layers: tuple[str, ...] | None = None
+    batch_size: int = 16
+    seed: int = 0
+    beta: float = 50.0
+    confidence: float = 0.9999
+    norm: str = "inf"
+    eps: float = 1.0
+    eps_step: float = 0.5 / 255
+    max_iter: int = 100
+    gpnn_variations: int = 4
+    gpnn_params: dict[str, Any] = field(default_factory=dict)
+    n_figures: int = 12
+    protocol: str = PROTOCOL
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "focusers", tuple(self.focusers))
+        if self.layers is not None:
+            object.__setattr__(self, "layers", tuple(self.layers))
+        self.validate()
+
+    def validate(self) -> None:
+        from saliency.base import is_int, is_real
+
+        for name in ("n", "batch_size", "max_iter", "gpnn_variations"):
+            value = getattr(self, name)
+            if not is_int(value) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if not is_int(self.n_figures) or self.n_figures < 0:
+            raise ValueError(f"n_figures must be an integer >= 0, got {self.n_figures!r}")
+        if self.protocol != PROTOCOL:
+            raise ValueError(f"protocol must be {PROTOCOL!r}, got {self.protocol!r}")
+        if len(set(self.focusers)) != len(self.focusers) or UNFOCUSED in self.focusers:
+            raise ValueError(f"focusers must not repeat a name nor list {UNFOCUSED!r} (always run)")
+        check_saliency_names([f for f in self.focusers if f not in CONTROLS], "focusers")
+        for name in ("beta", "eps", "eps_step"):
+            value = getattr(self, name)
+            if not is_real(value) or not np.isfinite(value) or value < 0 or (value == 0 and name != "beta"):
+                raise ValueError(f"{name} must be a finite number > 0 (beta >= 0), got {value!r}")
+        if not is_real(self.confidence) or not 0 < self.confidence <= 1:
+            raise ValueError(f"confidence must be a probability in (0, 1], got {self.confidence!r}")
+        if self.norm not in ("inf", "2"):
+            raise ValueError(f"norm must be 'inf' or '2', got {self.norm!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (tuples become lists)."""
+        return json.loads(json.dumps(asdict(self)))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PaperConfig:
+        unknown = set(data) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"config: unknown fields {sorted(unknown)}")
+        return cls(**data)
+
+
+# ---------------------------------------------------------------------------------------------- maps
+def least_likely(logits: np.ndarray) -> np.ndarray:
+    """The least-likely class of each row of ``logits`` (N,K): its argmin (the first on ties)."""
+    return np.asarray(logits).argmin(axis=1)
+
+
+def uniform_maps(maps: np.ndarray) -> np.ndarray:
+    """Constant maps (N,H,W): each equal to the mean of its map in ``maps``."""
+    maps = np.asarray(maps, dtype=np.float32)
+    return np.broadcast_to(maps.mean(axis=(1, 2), dtype=np.float64)[:, None, None], maps.shape).astype(
+        np.float32
+    )
+
+
+def shuffled_maps(maps: np.ndarray, image_ids: list[int], seed: int) -> np.ndarray:
+    """Each map's values at random places: a permutation fixed per (seed, image id)."""
+    maps = np.asarray(maps, dtype=np.float32)
+    out = np.empty_like(maps)
+    for j, image in enumerate(image_ids):
+        order = np.random.default_rng([seed, int(image), 1]).permutation(maps[j].size)
+        out[j] = maps[j].reshape(-1)[order].reshape(maps[j].shape)
+    return out
+
+
+def focuser_maps(
+    focuser: str,
+    classifier: Any,
+    x: np.ndarray,
+    labels: np.ndarray,
+    image_ids: list[int],
+    layers: list[str],
+    config: PaperConfig,
+    cache: dict[str, np.ndarray],
+) -> np.ndarray | None:
+    """Psi (N,H,W) of ``focuser`` for images ``x`` explaining ``labels`` (None for the plain attack); maps
+    are computed once per batch in ``cache`` (the controls reuse the CAMERAS map)."""
+    if focuser == UNFOCUSED:
+        return None
+    source = "cameras" if focuser in CONTROLS else focuser
+    if source not in cache:
+        cache[source] = compute_maps(
+            source,
+            classifier,
+            x,
+            labels,
+            image_ids,
+            layers,
+            config.seed,
+            config.gpnn_variations,
+            config.gpnn_params,
+        )
+    if focuser == UNIFORM:
+        return uniform_maps(cache[source])
+    if focuser == SHUFFLED:
+        return shuffled_maps(cache[source], image_ids, config.seed)
+    return cache[source]
+
+
+# -------------------------------------------------------------------------------------------- attack
+def paper_attack(classifier: Any, config: PaperConfig) -> Any:
+    """The protocol's targeted penalty PGD on ``classifier``."""
+    from focused_attacks import FocusedPGD
+
+    return FocusedPGD(
+        classifier,
+        focus="penalty",
+        beta=config.beta,
+        eps=config.eps,
+        eps_step=config.eps_step,
+        max_iter=config.max_iter,
+        norm=np.inf if config.norm == "inf" else 2,
+        targeted=True,
+        stop_confidence=config.confidence,
+        batch_size=config.batch_size,
+        verbose=False,
+    )
+
+
+def attack_records(
+    classifier: Any,
+    config: PaperConfig,
+    focuser: str,
+    x: np.ndarray,
+    maps: np.ndarray | None,
+    info: dict[str, np.ndarray],
+) -> tuple[list[dict[str, Any]], np.ndarray]:
+    """Attack the images ``x`` (all to be attacked) and return their records and x_adv.
+
+    ``info`` holds per image ``image``, ``name``, ``label``, ``clean_pred``, ``target`` and ``map_mean``.
+    A record's norms (pixel scale [0,1], and x255) are null when the attack failed.
+    """
+    from evaluation.metrics import perturbation_norms
+    from evaluation.runner import _softmax
+
+    attack = paper_attack(classifier, config)
+    x_adv = attack.generate(x, y=info["target"], maps=maps)
+    probs = _softmax(classifier.predict(x_adv, batch_size=config.batch_size))
+    norms = perturbation_norms(x, x_adv)
+    records = []
+    for j in range(len(x)):
+        target = int(info["target"][j])
+        confidence = float(probs[j, target])
+        success = confidence >= config.confidence
+        record = {
+            "image": int(info["image"][j]),
+            "name": str(info["name"][j]),
+            "focuser": focuser,
+            "label": int(info["label"][j]),
+            "clean_pred": int(info["clean_pred"][j]),
+            "target": target,
+            "attacked": True,
+            "adv_pred": int(probs[j].argmax()),
+            "target_confidence": confidence,
+            "success": bool(success),
+            "iterations": int(attack.last_iterations_[j]),
+            "map_mean": None if maps is None else float(maps[j].mean()),
+        }
+        for norm in ("l2", "linf"):
+            value = float(norms[norm][j]) if success else None
+            record[norm] = value
+            record[f"{norm}_255"] = None if value is None else 255.0 * value
+        records.append(record)
+    return records, x_adv
+
+
+# --------------------------------------------------------------------------------------------- run
+@dataclass
+class PaperResult:
+    """What :func:`run_paper_protocol` returns."""
+
+    records: list[dict[str, Any]]
+    out_dir: Path
+    seconds: float
+    computed: int
+
+
+def _prepare(config: PaperConfig, out: Path, device: str | None) -> tuple[Any, list[str], Any]:
+    """Validate everything against the model and data before anything is written; load them."""
+    import torch
+
+    from evaluation import zoo
+
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"output folder {out} is a file; give a folder")
+    check_config(out, config.to_dict(), write=False)
+    size = config.size or zoo.input_size(config.model)[-1]
+    zoo.check_size(config.model, size)
+    torch.manual_seed(config.seed)
+    classifier = zoo.classifier(config.model, config.weights, device=device)
+    layers = list(config.layers) if config.layers else list(zoo.default_layers(config.model))
+    check_layers(classifier, layers)
+    resize = zoo.resize_size(config.model, size, config.weights)
+    data = load_dataset(
+        config.data, config.n, size, config.seed, resize, zoo.resize_interpolation(config.model)
+    )
+    return classifier, layers, data
+
+
+def run_paper_protocol(
+    config: PaperConfig, out_dir: str | Path, device: str | None = None, verbose: bool = True
+) -> PaperResult:
+    """Run (or resume) the protocol ``config`` into ``out_dir`` and write its report.
+
+    Example:
+        >>> from evaluation.paper_protocol import PaperConfig, run_paper_protocol
+        >>> result = run_paper_protocol(PaperConfig(focusers=("uniform", "cameras")), "runs/paper")
+        >>> result.records[0]["l2"]  # the L2 norm of the first image's plain attack (None if it failed)
+    """
+    from tqdm.auto import tqdm
+
+    start = time.perf_counter()
+    out = Path(out_dir)
+    classifier, layers, data = _prepare(config, out, device)
+    out.mkdir(parents=True, exist_ok=True)
+    log = RecordLog(out / "records.jsonl", key=paper_key)
+    stored = log.read(repair=True)
+    _check_names(stored, data.names, config.data)
+    check_config(out, config.to_dict())
+    check_data(out, data_digest([data.x]), has_results=bool(stored))
+    done = {paper_key(r) for r in stored}
+    focusers = (UNFOCUSED, *config.focusers)
+    computed = 0
+    batches = [
+        list(range(i, min(i + config.batch_size, len(data.x))))
+        for i in range(0, len(data.x), config.batch_size)
+    ]
+    bar = tqdm(total=len(batches) * len(focusers), disable=not verbose, desc=PROTOCOL)
+    for batch in batches:
+        pending = [f for f in focusers if any((i, f) not in done for i in batch)]
+        bar.update(len(focusers) - len(pending))
+        if not pending:
+            continue
+        info, attacked = _batch_info(classifier, config, data, batch)
+        x = data.x[batch][attacked]
+        ids = [i for i, a in zip(batch, attacked) if a]
+        cache: dict[str, np.ndarray] = {}
+        for focuser in pending:
+            records: list[dict[str, Any]] = []
+            if ids:
+                maps = focuser_maps(
+                    focuser, classifier, x, info["label"][attacked], ids, layers, config, cache
+                )
+                records, x_adv = attack_records(
+                    classifier, config, focuser, x, maps, {k: v[attacked] for k, v in info.items()}
+                )
+                _save_arrays(out, config, focuser, ids, x, x_adv, maps)
+            records += _skipped_records(info, ~attacked, focuser)
+            missing = [r for r in records if paper_key(r) not in done]
+            log.append(missing)
+            done.update(paper_key(r) for r in missing)
+            computed += len(missing)
+            bar.update(1)
+    bar.close()
+    records = sorted(log.read(), key=paper_key)
+    from evaluation.paper_report import write_paper_report
+
+    write_paper_report(out, records, config.to_dict())
+    return PaperResult(records, out, time.perf_counter() - start, computed)
+
+
+def _check_names(records: list[dict[str, Any]], names: list[str], data: str) -> None:
+    for r in records:
+        image = int(r["image"])
+        if (names[image] if image < len(names) else None) != r["name"]:
+            raise ConfigMismatchError(
+                f"data {data!r} changed since this run started: image {image} was {r['name']!r}; choose "
+                "another --out folder"
+            )
+
+
+def _batch_info(
+    classifier: Any, config: PaperConfig, data: Any, batch: list[int]
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Per-image fields of a batch and which images are attacked (classified as their label)."""
+    logits = classifier.predict(data.x[batch], batch_size=config.batch_size)
+    clean_pred = logits.argmax(axis=1)
+    labels = data.y[batch] if data.y is not None else clean_pred
+    info = {
+        "image": np.asarray(batch),
+        "name": np.asarray([data.names[i] for i in batch]),
+        "label": np.asarray(labels),
+        "clean_pred": clean_pred,
+        "target": least_likely(logits),
+    }
+    return info, clean_pred == labels
+
+
+def _skipped_records(info: dict[str, np.ndarray], skipped: np.ndarray, focuser: str) -> list[dict[str, Any]]:
+    """Records of images not attacked (the model misclassifies them): no attack, no norms."""
+    return [
+        {
+            "image": int(info["image"][j]),
+            "name": str(info["name"][j]),
+            "focuser": focuser,
+            "label": int(info["label"][j]),
+            "clean_pred": int(info["clean_pred"][j]),
+            "target": int(info["target"][j]),
+            "attacked": False,
+            "success": False,
+        }
+        for j in np.flatnonzero(skipped)
+    ]
+
+
+def _save_arrays(
+    out: Path,
+    config: PaperConfig,
+    focuser: str,
+    ids: list[int],
+    x: np.ndarray,
+    x_adv: np.ndarray,
+    maps: np.ndarray | None,
+) -> None:
+    """Map and perturbation of the figure's focusers for the first ``n_figures`` images (float16)."""
+    if focuser not in FIGURE_FOCUSERS:
+        return
+    folder = out / ARRAYS_DIR
+    folder.mkdir(exist_ok=True)
+    for j, image in enumerate(ids):
+        if image >= config.n_figures:
+            continue
+        arrays = {"x": x[j].astype(np.float16), "delta": (x_adv[j] - x[j]).astype(np.float16)}
+        if maps is not None:
+            arrays["map"] = maps[j].astype(np.float16)
+        tmp = folder / f"{image:05d}-{focuser}.npz.tmp"
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, **arrays)
+        tmp.replace(folder / f"{image:05d}-{focuser}.npz")

@@ -1,0 +1,171 @@
+"""Tables and figures of the CAMERAS paper protocol (:mod:`evaluation.paper_protocol`).
+
+Per focuser, over the images attacked (those the model classifies as their label):
+
+* ``success_rate``: share whose target class reached the protocol's confidence;
+* ``mean_l2`` / ``median_l2`` / ``mean_linf_255``: norms of the successful perturbations (pixel scale
+  [0,1]; L-inf also x255);
+* ``mean_iterations``: PGD steps spent, over all attacked images;
+* ``reduction`` / ``median_reduction``: per-image L2 reduction ``1 - l2_focused / l2_plain`` averaged
+  (the paper's statistic is a mean) or its median, over the ``pairs`` images on which both attacks
+  succeeded; ``reduction_vs_uniform`` (and its median): the same against the uniform-penalty control.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from evaluation.paper_protocol import ARRAYS_DIR, FIGURE_FOCUSERS, UNIFORM
+from evaluation.report import markdown_table, records_csv, text_table
+from evaluation.runner import UNFOCUSED
+
+PAPER_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("focuser", "focuser", "s"),
+    ("n", "n", "d"),
+    ("success_rate", "success", "pct"),
+    ("mean_l2", "mean L2", ".3f"),
+    ("median_l2", "median L2", ".3f"),
+    ("mean_linf_255", "mean Linf x255", ".2f"),
+    ("mean_iterations", "mean steps", ".1f"),
+    ("reduction", "L2 reduction vs plain: mean", "pct"),
+    ("median_reduction", "median", "pct"),
+    ("pairs", "pairs", "d"),
+    ("reduction_vs_uniform", "vs uniform: mean", "pct"),
+    ("median_reduction_vs_uniform", "median", "pct"),
+    ("pairs_uniform", "pairs", "d"),
+)
+#: The paper's headline: mean PGD perturbation-norm reduction with CAMERAS, ResNet-50, ImageNet val.
+PAPER_REDUCTION = 0.565
+
+
+def paired_reductions(focused: dict[int, dict[str, Any]], reference: dict[int, dict[str, Any]]) -> np.ndarray:
+    """Per-image ``1 - l2_focused / l2_reference`` over the images both attacks fooled (reference L2 > 0)."""
+    images = [
+        i
+        for i in sorted(set(focused) & set(reference))
+        if focused[i]["success"] and reference[i]["success"] and reference[i]["l2"] > 0
+    ]
+    return np.array([1.0 - focused[i]["l2"] / reference[i]["l2"] for i in images], dtype=np.float64)
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return float(np.mean(values)) if len(values) else None
+
+
+def _median(values: Sequence[float]) -> float | None:
+    return float(np.median(values)) if len(values) else None
+
+
+def summarize_paper(records: Sequence[dict[str, Any]], focusers: Sequence[str] | None = None) -> list[dict]:
+    """One row per focuser (the plain attack first, then ``focusers`` or their first appearance)."""
+    groups: dict[str, dict[int, dict[str, Any]]] = {}
+    for r in records:
+        group = groups.setdefault(str(r["focuser"]), {})
+        if r.get("attacked", True):
+            group.setdefault(int(r["image"]), r)
+    order = [UNFOCUSED, *(focusers or [])]
+    order += [f for f in groups if f not in order]
+    rows = []
+    for focuser in (f for f in order if f in groups):
+        group = groups[focuser]
+        won = [r for r in group.values() if r["success"]]
+        row: dict[str, Any] = {
+            "focuser": focuser,
+            "n": len(group),
+            "success_rate": len(won) / len(group) if group else None,
+            "mean_l2": _mean([r["l2"] for r in won]),
+            "median_l2": _median([r["l2"] for r in won]),
+            "mean_linf_255": _mean([r["linf_255"] for r in won]),
+            "mean_iterations": _mean([r["iterations"] for r in group.values()]),
+        }
+        for suffix, reference in (("", UNFOCUSED), ("_vs_uniform", UNIFORM)):
+            pairs_key = "pairs" if not suffix else "pairs_uniform"
+            if focuser in (UNFOCUSED, reference) or reference not in groups:
+                row.update({f"reduction{suffix}": None, f"median_reduction{suffix}": None, pairs_key: None})
+                continue
+            reductions = paired_reductions(group, groups[reference])
+            row[f"reduction{suffix}"] = _mean(reductions)
+            row[f"median_reduction{suffix}"] = _median(reductions)
+            row[pairs_key] = len(reductions)
+        rows.append(row)
+    return rows
+
+
+def settings_notes(config: dict[str, Any], records: Sequence[dict[str, Any]]) -> str:
+    """What was run, in words: model, data, labels, attack settings."""
+    attacked = {r["image"] for r in records if r.get("attacked", True)}
+    images = {r["image"] for r in records}
+    labels = "their labels" if config["data"] == "digits" else "the model's own prediction (no labels)"
+    step = f"{255 * config['eps_step']:.3g}/255" if config["norm"] == "inf" else f"{config['eps_step']:g}"
+    return (
+        f"Model {config['model']} (weights: {config['weights'] or 'default'}), data {config['data']}: "
+        f"{len(attacked)} of {len(images)} images attacked (classified as {labels}). Targeted PGD to the "
+        f"least-likely class of the clean image, loss CE + {config['beta']:g} * ||delta * (1 - Psi)||_2, "
+        f"L-{config['norm']} steps of {step} inside an L-{config['norm']} ball of "
+        f"{255 * config['eps']:.3g}/255, stopped once the target's softmax probability reaches "
+        f"{100 * config['confidence']:g} % or after {config['max_iter']} steps; success = that "
+        "probability reached. Norms of the successful perturbations in pixel units [0,1] (L-inf also "
+        "x255). Reductions are per-image L2 reductions over the pairs both attacks fooled: the mean (the "
+        f"paper's statistic: {100 * PAPER_REDUCTION:.1f} % for CAMERAS on ResNet-50, ImageNet val) and the "
+        "median. `uniform` is the same penalty with a constant map (the image's CAMERAS mean); "
+        "`shuffled` the CAMERAS map's values at random places."
+    )
+
+
+def write_paper_report(
+    out_dir: str | Path, records: Sequence[dict[str, Any]], config: dict[str, Any], figures: bool = True
+) -> dict[str, Any]:
+    """Write ``report.md``, ``results.json``, ``records.csv`` and the per-image figures to ``out_dir``."""
+    out = Path(out_dir)
+    rows = summarize_paper(records, config.get("focusers"))
+    notes = settings_notes(config, records)
+    paths = [] if not figures else image_figures(out, records)
+    parts = [
+        "# CAMERAS paper protocol: targeted PGD with the saliency penalty\n",
+        notes + "\n",
+        markdown_table(rows, PAPER_COLUMNS),
+    ]
+    if paths:
+        parts.append(
+            "## Figures\n\n" + "\n".join(f"![{p.stem}]({p.relative_to(out).as_posix()})" for p in paths)
+        )
+    parts.append("## Configuration\n\n```json\n" + json.dumps(config, indent=2, sort_keys=True) + "\n```\n")
+    (out / "report.md").write_text("\n".join(parts), encoding="utf-8")
+    (out / "results.json").write_text(
+        json.dumps({"config": config, "notes": notes, "summary": rows}, indent=2) + "\n", encoding="utf-8"
+    )
+    (out / "records.csv").write_text(records_csv(records), encoding="utf-8")
+    return {"rows": rows, "table": text_table(rows, PAPER_COLUMNS), "figures": paths}
+
+
+def _load_arrays(path: Path) -> dict[str, np.ndarray] | None:
+    """An arrays file, or None when it is missing or unreadable (a derived file: the figure skips it)."""
+    try:
+        with np.load(path) as data:
+            return {k: data[k].astype(np.float32) for k in data.files}
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile):
+        return None
+
+
+def image_figures(out: Path, records: Sequence[dict[str, Any]]) -> list[Path]:
+    """One PNG per image with saved arrays: the image, the maps of Grad-CAM / CAMERAS / GPNN-CAM, and the
+    plain and CAMERAS-focused perturbations (|delta| summed over channels, one shared magnification)."""
+    from evaluation import plots
+
+    names = {int(r["image"]): str(r["name"]) for r in records}
+    paths = []
+    for image in sorted(names):
+        arrays = {f: _load_arrays(out / ARRAYS_DIR / f"{image:05d}-{f}.npz") for f in FIGURE_FOCUSERS}
+        arrays = {f: a for f, a in arrays.items() if a is not None}
+        if arrays:
+            safe = names[image].replace("/", "_")
+            paths.append(
+                plots.paper_figure(arrays, out / "figures" / f"{image:05d}-{safe}.png", names[image])
+            )
+    return paths
