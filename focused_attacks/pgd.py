@@ -34,17 +34,25 @@ def _clip(x: torch.Tensor, bounds: tuple[torch.Tensor, torch.Tensor] | None) -> 
     return x if bounds is None else torch.maximum(torch.minimum(x, bounds[1]), bounds[0])
 
 
+#: Share of the allowed miss ``1 - confidence`` kept in reserve by :func:`reached_confidence`: the logits
+#: of one image change in float32 round-off with the batch it is computed in (the attack's active
+#: samples, a later ``predict``), and a smallest-norm search stops right at the threshold.
+ROUND_OFF_MARGIN = 0.01
+
+
 def reached_confidence(
     logits: torch.Tensor, labels: torch.Tensor, targeted: bool, confidence: float
 ) -> torch.Tensor:
     """(B,) bool: the softmax probability of the target class (targeted) or of a predicted class other
-    than the label (untargeted) is at least ``confidence``; ``labels`` are one-hot (B,K)."""
-    probs = torch.softmax(logits.float(), dim=1)
+    than the label (untargeted) is at least ``confidence``, with :data:`ROUND_OFF_MARGIN` of ``1 -
+    confidence`` to spare (0.9999 -> 0.999901); ``labels`` are one-hot (B,K)."""
+    probs = torch.softmax(logits.double(), dim=1)
+    threshold = 1.0 - (1.0 - confidence) * (1.0 - ROUND_OFF_MARGIN)
     cls = labels.argmax(dim=1)
     if targeted:
-        return probs.gather(1, cls[:, None])[:, 0] >= confidence
+        return probs.gather(1, cls[:, None])[:, 0] >= threshold
     top, pred = probs.max(dim=1)
-    return (pred != cls) & (top >= confidence)
+    return (pred != cls) & (top >= threshold)
 
 
 def _ascent_direction(
@@ -206,7 +214,7 @@ class FocusedPGD(FocusedEvasionAttack):
     def __init__(
         self,
         estimator: object,
-        saliency: Callable | None = None,
+        saliency: Callable | object | None = None,
         area: float = 0.1,
         focus: str = "topk",
         eps: float = 0.3,
@@ -223,7 +231,8 @@ class FocusedPGD(FocusedEvasionAttack):
         """
         :param estimator: ART classifier with loss gradients (a PyTorchClassifier runs in torch).
         :param saliency: ``maps = saliency(x, targets)`` (N,H,W) in [0,1], e.g.
-            ``saliency.CAMERAS(clf, "layer4")``.
+            ``saliency.CAMERAS(clf, "layer4")``; a pytorch-grad-cam CAM or a captum attribution object is
+            wrapped by :func:`saliency.external.as_saliency`.
         :param area: fraction of pixels in (0,1] kept by ``focus="topk"``.
         :param focus: ``"topk"``, ``"soft"`` or ``"penalty"``.
         :param eps: radius of the ``norm`` ball (input units).
