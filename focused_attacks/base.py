@@ -19,6 +19,7 @@ from art.utils import check_and_transform_label_format, get_labels_np_array
 
 from saliency import masks as saliency_masks
 from saliency.base import is_int, is_real, model_in_eval
+from saliency.external import as_saliency
 
 #: Focus modes every attack supports; FocusedPGD adds ``"penalty"``.
 FOCUS_MODES = ("topk", "soft")
@@ -225,7 +226,7 @@ class FocusedEvasionAttack(EvasionAttack):
     def __init__(
         self,
         estimator: object,
-        saliency: Callable | None,
+        saliency: Callable | object | None,
         area: float,
         focus: str,
         targeted: bool,
@@ -242,11 +243,8 @@ class FocusedEvasionAttack(EvasionAttack):
     def _check_focus_params(self) -> None:
         check_focus(self.area, self.focus, self.focus_modes)
         if self.saliency is not None:
-            if not callable(self.saliency):
-                raise TypeError(
-                    f"saliency must be a callable maps = saliency(x, targets) or None, "
-                    f"got {type(self.saliency).__name__}"
-                )
+            # a pytorch-grad-cam CAM or captum attribution object is wrapped; a non-callable: TypeError
+            self.saliency = as_saliency(self.saliency, "saliency")
             if not is_torch_estimator(self.estimator):
                 raise TypeError(
                     "saliency: a saliency method needs a torch model, i.e. an ART PyTorchClassifier with "

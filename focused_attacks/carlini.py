@@ -154,7 +154,7 @@ class FocusedCarliniL2(FocusedEvasionAttack):
     def __init__(
         self,
         estimator: object,
-        saliency: Callable | None = None,
+        saliency: Callable | object | None = None,
         area: float = 0.1,
         focus: str = "topk",
         confidence: float = 0.0,
@@ -170,7 +170,8 @@ class FocusedCarliniL2(FocusedEvasionAttack):
     ):
         """
         :param estimator: ART classifier with class gradients (a PyTorchClassifier runs in torch).
-        :param saliency: ``maps = saliency(x, targets)`` (N,H,W) in [0,1], or None.
+        :param saliency: ``maps = saliency(x, targets)`` (N,H,W) in [0,1], a pytorch-grad-cam CAM or a
+            captum attribution object (wrapped by :func:`saliency.external.as_saliency`), or None.
         :param area: fraction of pixels in (0,1] kept by ``focus="topk"``.
         :param focus: ``"topk"`` or ``"soft"``.
         :param confidence: margin (logits) the adversarial class must win by.

