@@ -61,7 +61,7 @@ def _paired_reduction(
     def report(group: dict[int, dict[str, Any]]) -> dict[str, np.ndarray]:
         return {
             "success": np.array([bool(group[i]["success"]) for i in images]),
-            norm: np.array([float(group[i][norm]) for i in images]),
+            norm: np.array([np.nan if group[i][norm] is None else float(group[i][norm]) for i in images]),
         }
 
     result = norm_reduction(report(focused), report(reference))[norm]

@@ -621,7 +621,7 @@ def make_records(
     adv_pred), ``mask_area`` (fraction of pixels the mask lets change; null for images not attacked
     because the model already misclassifies them), ``eps`` (the searched L-inf budget; null for C&W,
     when no eps succeeded or the image was not attacked) and the perturbation norms of
-    :func:`evaluation.metrics.perturbation_norms`.
+    :func:`evaluation.metrics.perturbation_norms` (null when the attack did not succeed).
     """
     from evaluation.metrics import perturbation_norms
 
@@ -647,7 +647,8 @@ def make_records(
             "mask_area": m,
             "eps": e,
         }
-        record.update({k: np.asarray(v)[j].item() for k, v in norms.items()})
+        # a failed or unattempted attack has no perturbation norm (null, an empty CSV cell), never 0
+        record.update({k: np.asarray(v)[j].item() if record["success"] else None for k, v in norms.items()})
         records.append(record)
     return records
 

@@ -161,3 +161,15 @@ def test_attack_grid_figure(tmp_path):
     assert path.stat().st_size > 0
     with pytest.raises(ValueError, match="adv"):
         attack_grid({"x": x}, tmp_path / "empty.png")
+
+
+def test_failed_attacks_with_null_norms_are_left_out(records):
+    """As the runner writes them: a failed or unattempted attack has null norms; the summary is the same
+    as with any placeholder value there, and the CSV leaves the cells empty."""
+    nulled = [
+        {**r, **({k: None for k in ("l0", "l0_pixels", "l1", "l2", "linf")} if not r["success"] else {})}
+        for r in records
+    ]
+    assert summarize(nulled) == summarize(records)
+    rows = list(csv.DictReader(records_csv(nulled).splitlines()))
+    assert [row["l2"] == "" for row in rows] == [not r["success"] for r in nulled]
