@@ -28,9 +28,8 @@ REPRODUCE_DIGITS = 200
 #: The offline ImageNet model the demo and ``reproduce`` run under the CAMERAS paper protocol.
 REAL_MODEL = "efficientnet-lite0"
 DEMO_PAPER_FOCUSERS = ("uniform", "gradcam", "cameras", "gpnn-cam")
-#: Images per batch: the grid's, and the paper protocol's (224 px images, CAMERAS up to 924 px).
+#: Images per batch of the grid (the paper protocol's is PaperConfig's).
 GRID_BATCH = 50
-PAPER_BATCH = 8
 
 
 #: What an interrupted command keeps: evaluate, demo, pointing-game and sanity resume; train restarts.
@@ -288,7 +287,7 @@ def _paper_config(args: argparse.Namespace, model: str, data: str, focusers: Seq
         "n": args.n,
         "size": getattr(args, "size", None),
         "layers": tuple(_split(getattr(args, "layer", None))) or None,
-        "batch_size": args.batch_size or PAPER_BATCH,
+        "batch_size": args.batch_size,
         "gpnn_params": DEMO_GPNN_PARAMS if getattr(args, "gpnn_fast", True) else {},
     }
     return PaperConfig(
@@ -810,6 +809,10 @@ def build_parser() -> argparse.ArgumentParser:
     common(p, device=False)
     p.set_defaults(func=cmd_train)
 
+    from evaluation.paper_protocol import PaperConfig
+
+    paper_default = PaperConfig()
+
     def attack_args(p: argparse.ArgumentParser, n: int | None) -> None:
         what = f"default {n}" if n else f"default: all photos, and {REPRODUCE_DIGITS} digits"
         p.add_argument("--n", type=_positive_int, default=n, help=f"number of images ({what})")
@@ -817,14 +820,13 @@ def build_parser() -> argparse.ArgumentParser:
             "--batch-size",
             type=_positive_int,
             default=None,
-            help=f"images per batch (default {GRID_BATCH}; {PAPER_BATCH} under the paper protocol)",
+            help=f"images per batch (default {GRID_BATCH}; {paper_default.batch_size} under the paper "
+            "protocol)",
         )
 
     def paper_args(p: argparse.ArgumentParser) -> None:
         """The CAMERAS paper protocol's options, defaults from PaperConfig."""
-        from evaluation.paper_protocol import PaperConfig
-
-        default = PaperConfig()
+        default = paper_default
         p.add_argument(
             "--beta",
             type=_non_negative_float,

@@ -22,6 +22,7 @@ Each (image, focuser) becomes one record in ``DIR/records.jsonl``; a rerun resum
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -75,7 +76,7 @@ class PaperConfig:
     size: int | None = None
     focusers: tuple[str, ...] = PAPER_FOCUSERS
     layers: tuple[str, ...] | None = None
-    batch_size: int = 16
+    batch_size: int = 8
     seed: int = 0
     beta: float = 50.0
     confidence: float = 0.9999
@@ -273,6 +274,8 @@ def _prepare(config: PaperConfig, out: Path, device: str | None) -> tuple[Any, l
 
     if out.exists() and not out.is_dir():
         raise ValueError(f"output folder {out} is a file; give a folder")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError(f"the {PROTOCOL} protocol runs in one process; start it without torchrun")
     check_config(out, config.to_dict(), write=False)
     size = config.size or zoo.input_size(config.model)[-1]
     zoo.check_size(config.model, size)

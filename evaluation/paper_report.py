@@ -101,20 +101,28 @@ def settings_notes(config: dict[str, Any], records: Sequence[dict[str, Any]]) ->
     """What was run, in words: model, data, labels, attack settings."""
     attacked = {r["image"] for r in records if r.get("attacked", True)}
     images = {r["image"] for r in records}
-    labels = "their labels" if config["data"] == "digits" else "the model's own prediction (no labels)"
-    step = f"{255 * config['eps_step']:.3g}/255" if config["norm"] == "inf" else f"{config['eps_step']:g}"
+    labels = "their labels" if config["data"] == "digits" else "the model's own prediction: no labels"
+    inf = config["norm"] == "inf"
+    step = f"{255 * config['eps_step']:.3g}/255" if inf else f"{config['eps_step']:g}"
+    bound = (
+        "bounded by the pixel range only"
+        if config["eps"] >= 1
+        else f"inside an L-{config['norm']} ball of {255 * config['eps']:.3g}/255"
+    )
     return (
-        f"Model {config['model']} (weights: {config['weights'] or 'default'}), data {config['data']}: "
-        f"{len(attacked)} of {len(images)} images attacked (classified as {labels}). Targeted PGD to the "
-        f"least-likely class of the clean image, loss CE + {config['beta']:g} * ||delta * (1 - Psi)||_2, "
-        f"L-{config['norm']} steps of {step} inside an L-{config['norm']} ball of "
-        f"{255 * config['eps']:.3g}/255, stopped once the target's softmax probability reaches "
-        f"{100 * config['confidence']:g} % or after {config['max_iter']} steps; success = that "
-        "probability reached. Norms of the successful perturbations in pixel units [0,1] (L-inf also "
-        "x255). Reductions are per-image L2 reductions over the pairs both attacks fooled: the mean (the "
-        f"paper's statistic: {100 * PAPER_REDUCTION:.1f} % for CAMERAS on ResNet-50, ImageNet val) and the "
-        "median. `uniform` is the same penalty with a constant map (the image's CAMERAS mean); "
-        "`shuffled` the CAMERAS map's values at random places."
+        f"Model {config['model']} (weights: {config['weights'] or 'the default'}), data {config['data']}: "
+        f"{len(attacked)} of {len(images)} images attacked (those classified as the label; label = "
+        f"{labels}). Targeted PGD to the least-likely class of the clean image, loss CE + "
+        f"{config['beta']:g} * ||delta * (1 - Psi)||_2, L-{config['norm']} steps of {step}, {bound}, "
+        f"{config['max_iter']} steps. The plain attack stops once the target's softmax probability "
+        f"reaches {100 * config['confidence']:g} %; a penalised one keeps that probability (CE steps "
+        "below it, CE + penalty at or above it) and its smallest-L2 perturbation at or above it is "
+        "recorded. Success = that probability reached. Norms of the successful perturbations in pixel "
+        "units [0,1] (L-inf also x255); steps: those taken to the recorded perturbation. Reductions are "
+        "per-image L2 reductions over the pairs both attacks fooled: the mean (the paper's statistic: "
+        f"{100 * PAPER_REDUCTION:.1f} % for CAMERAS on ResNet-50, ImageNet val) and the median. `uniform` "
+        "is the same penalty with a constant map (the image's CAMERAS mean); `shuffled` the CAMERAS map's "
+        "values at random places."
     )
 
 
@@ -133,7 +141,9 @@ def write_paper_report(
     ]
     if paths:
         parts.append(
-            "## Figures\n\n" + "\n".join(f"![{p.stem}]({p.relative_to(out).as_posix()})" for p in paths)
+            "## Figures\n\n"
+            + "\n".join(f"![{p.stem}]({p.relative_to(out).as_posix()})" for p in paths)
+            + "\n"
         )
     parts.append("## Configuration\n\n```json\n" + json.dumps(config, indent=2, sort_keys=True) + "\n```\n")
     (out / "report.md").write_text("\n".join(parts), encoding="utf-8")

@@ -107,10 +107,15 @@ def attack_grid(examples: dict[str, np.ndarray], path: str | Path, max_images: i
                 if i == 0 and j == 0:
                     ax.set_title(columns[c], fontsize=9)
             row[0].set_ylabel(f"#{i} {focuser}", fontsize=8)
+    return _save(fig, path)
+
+
+def _save(fig: Any, path: str | Path, dpi: int = 90) -> Path:
+    """Lay out ``fig``, write it to ``path`` (folders made) and close it."""
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path
 
@@ -151,9 +156,4 @@ def paper_figure(arrays: dict[str, dict[str, np.ndarray]], path: str | Path, tit
             ax.imshow(deltas[focuser] / scale, cmap="gray", vmin=0, vmax=1)
             ax.set_xlabel(f"L2 {l2:.3f}, x{1 / scale:.0f}", fontsize=7)
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
