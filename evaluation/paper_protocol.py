@@ -347,9 +347,12 @@ def run_paper_protocol(
     bar.close()
     records = sorted(log.read(), key=paper_key)
     from evaluation.paper_report import write_paper_report
+    from evaluation.provenance import provenance
 
-    write_paper_report(out, records, config.to_dict())
-    return PaperResult(records, out, time.perf_counter() - start, computed)
+    seconds = time.perf_counter() - start
+    run = provenance(getattr(classifier, "device", None), layers, seconds)
+    write_paper_report(out, records, config.to_dict(), provenance=run)
+    return PaperResult(records, out, seconds, computed)
 
 
 def _check_names(records: list[dict[str, Any]], names: list[str], data: str) -> None:

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from evaluation.paper_protocol import ARRAYS_DIR, FIGURE_FOCUSERS, UNIFORM
+from evaluation.provenance import provenance_markdown
 from evaluation.report import markdown_table, records_csv, text_table
 from evaluation.runner import UNFOCUSED
 
@@ -127,9 +128,14 @@ def settings_notes(config: dict[str, Any], records: Sequence[dict[str, Any]]) ->
 
 
 def write_paper_report(
-    out_dir: str | Path, records: Sequence[dict[str, Any]], config: dict[str, Any], figures: bool = True
+    out_dir: str | Path,
+    records: Sequence[dict[str, Any]],
+    config: dict[str, Any],
+    figures: bool = True,
+    provenance: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Write ``report.md``, ``results.json``, ``records.csv`` and the per-image figures to ``out_dir``."""
+    """Write ``report.md``, ``results.json``, ``records.csv`` and the per-image figures to ``out_dir``;
+    ``provenance`` (:func:`evaluation.provenance.provenance`) is recorded in both report files."""
     out = Path(out_dir)
     rows = summarize_paper(records, config.get("focusers"))
     notes = settings_notes(config, records)
@@ -146,9 +152,13 @@ def write_paper_report(
             + "\n"
         )
     parts.append("## Configuration\n\n```json\n" + json.dumps(config, indent=2, sort_keys=True) + "\n```\n")
+    if provenance:
+        parts.append(provenance_markdown(provenance))
     (out / "report.md").write_text("\n".join(parts), encoding="utf-8")
     (out / "results.json").write_text(
-        json.dumps({"config": config, "notes": notes, "summary": rows}, indent=2) + "\n", encoding="utf-8"
+        json.dumps({"config": config, "notes": notes, "provenance": provenance, "summary": rows}, indent=2)
+        + "\n",
+        encoding="utf-8",
     )
     (out / "records.csv").write_text(records_csv(records), encoding="utf-8")
     return {"rows": rows, "table": text_table(rows, PAPER_COLUMNS), "figures": paths}

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from evaluation.metrics import norm_reduction
+from evaluation.provenance import provenance_markdown
 from evaluation.runner import RANDOM, UNFOCUSED, Key, record_key
 
 #: Columns of the summary table: (key, header, format).
@@ -288,8 +289,11 @@ def write_report(
     examples: dict[str, np.ndarray] | None = None,
     notes: str = "",
     figures: bool = True,
+    provenance: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write ``report.md``, ``results.json``, ``records.csv`` and (``figures=True``) figures to ``out_dir``.
+
+    ``provenance`` (:func:`evaluation.provenance.provenance`) is recorded in both report files.
 
     ``examples`` (see :func:`evaluation.plots.attack_grid`) adds the image/map/mask/perturbation grid.
     Returns ``{"rows": summary rows, "table": plain-text table, "paths": {...}}``.
@@ -331,11 +335,14 @@ def write_report(
         parts.append(
             "## Configuration\n\n```json\n" + json.dumps(config, indent=2, sort_keys=True) + "\n```\n"
         )
+    if provenance:
+        parts.append(provenance_markdown(provenance))
     paths["md"] = out / "report.md"
     paths["md"].write_text("\n".join(parts), encoding="utf-8")
     paths["json"] = out / "results.json"
     paths["json"].write_text(
-        json.dumps({"config": config, "summary": rows}, indent=2) + "\n", encoding="utf-8"
+        json.dumps({"config": config, "provenance": provenance, "summary": rows}, indent=2) + "\n",
+        encoding="utf-8",
     )
     paths["csv"] = out / "records.csv"
     paths["csv"].write_text(records_csv(records), encoding="utf-8")

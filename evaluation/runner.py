@@ -855,8 +855,10 @@ def run_experiment(
     if ctx.is_main:
         records = merge_records(out)
         if report:
+            from evaluation.provenance import provenance
             from evaluation.report import write_report
 
-            write_report(out, records, config=config.to_dict(), examples=load_examples(out))
+            run = provenance(getattr(classifier, "device", None), layers, time.perf_counter() - start)
+            write_report(out, records, config=config.to_dict(), examples=load_examples(out), provenance=run)
     ctx.barrier()
     return RunResult(records, out, time.perf_counter() - start, computed, ctx.is_main)

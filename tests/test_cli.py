@@ -156,6 +156,8 @@ def test_evaluate_end_to_end_and_resume(tmp_path, capsys):
     assert len(records) == 4 * (1 + 2 * 2)
     results = json.loads((out / "results.json").read_text())
     assert len(results["summary"]) == 5
+    assert results["provenance"]["layers"] == ["features.13", "features.9", "features.5"]
+    assert results["provenance"]["versions"]["adversarial-robustness-toolbox"]
     assert (out / "report.md").exists() and (out / "records.csv").exists()
     assert (out / "figures" / "norm_vs_area_fgsm.png").exists()
     assert (out / "figures" / "examples.png").exists()

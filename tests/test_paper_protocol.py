@@ -143,3 +143,12 @@ def test_paired_reductions_use_only_pairs_both_fooled():
 def test_bad_config_is_refused(change, match):
     with pytest.raises(ValueError, match=match):
         PaperConfig(**{**TINY, **change})
+
+
+def test_results_record_their_provenance(tiny_run):
+    results = json.loads((tiny_run.out_dir / "results.json").read_text())
+    run = results["provenance"]
+    assert run["versions"]["torch"] and run["versions"]["numpy"] and run["python"]
+    assert run["device"] == "cpu" and run["threads"] >= 1 and run["seconds"] > 0
+    assert run["layers"] == ["features.13", "features.9", "features.5"]
+    assert "## Provenance" in (tiny_run.out_dir / "report.md").read_text()
