@@ -244,6 +244,13 @@ def cmd_saliency(args: argparse.Namespace) -> int:
         np.save(out / f"{stems[i]}.npy", maps[0].astype(np.float32))
         save_overlay(out / f"{stems[i]}.png", x[i], maps[0])
         print(f"{args.images[i]}: class {int(targets[i])} -> {out / stems[i]}.npy, .png")
+        if not maps[0].any():
+            print(
+                f"{PROG}: warning: {args.images[i]}: the {args.method} map of class {int(targets[i])} is "
+                "blank (all zero): no location raises that class's score at this layer (CAMERAS: or no "
+                "resolution predicts it); its overlay is a uniform tint",
+                file=sys.stderr,
+            )
     return 0
 
 

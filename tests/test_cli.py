@@ -460,3 +460,24 @@ def test_a_missing_optional_library_is_one_line_naming_the_extra(tmp_path, capsy
     ]
     err = _error(capsys, argv)
     assert "focused-attacks[extra]" in err and "Traceback" not in err
+
+
+def test_a_blank_map_is_named_on_stderr(tmp_path, capsys, monkeypatch):
+    from evaluation import runner
+
+    monkeypatch.setattr(runner, "compute_maps", lambda *a, **k: np.zeros((1, 64, 64), np.float32))
+    png = str(_png(tmp_path / "a.png"))
+    argv = [
+        "saliency",
+        png,
+        "--model",
+        "digits-cnn",
+        "--method",
+        "gradcam",
+        "--quiet",
+        "--out",
+        str(tmp_path / "m"),
+    ]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "a.png: the gradcam map of class" in err and "blank (all zero)" in err
