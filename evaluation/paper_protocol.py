@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +32,9 @@ import numpy as np
 
 from evaluation.runner import (
     UNFOCUSED,
-    ConfigMismatchError,
     RecordLog,
+    _batches,
+    _check_names,
     check_config,
     check_data,
     check_layers,
@@ -121,13 +122,6 @@ class PaperConfig:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (tuples become lists)."""
         return json.loads(json.dumps(asdict(self)))
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> PaperConfig:
-        unknown = set(data) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"config: unknown fields {sorted(unknown)}")
-        return cls(**data)
 
 
 # ---------------------------------------------------------------------------------------------- maps
@@ -314,10 +308,7 @@ def run_paper_protocol(
     done = {paper_key(r) for r in stored}
     focusers = (UNFOCUSED, *config.focusers)
     computed = 0
-    batches = [
-        list(range(i, min(i + config.batch_size, len(data.x))))
-        for i in range(0, len(data.x), config.batch_size)
-    ]
+    batches = _batches(len(data.x), config.batch_size)
     bar = tqdm(total=len(batches) * len(focusers), disable=not verbose, desc=PROTOCOL)
     for batch in batches:
         pending = [f for f in focusers if any((i, f) not in done for i in batch)]
@@ -353,16 +344,6 @@ def run_paper_protocol(
     run = provenance(getattr(classifier, "device", None), layers, seconds)
     write_paper_report(out, records, config.to_dict(), provenance=run)
     return PaperResult(records, out, seconds, computed)
-
-
-def _check_names(records: list[dict[str, Any]], names: list[str], data: str) -> None:
-    for r in records:
-        image = int(r["image"])
-        if (names[image] if image < len(names) else None) != r["name"]:
-            raise ConfigMismatchError(
-                f"data {data!r} changed since this run started: image {image} was {r['name']!r}; choose "
-                "another --out folder"
-            )
 
 
 def _batch_info(

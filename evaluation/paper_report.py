@@ -23,7 +23,7 @@ import numpy as np
 
 from evaluation.paper_protocol import ARRAYS_DIR, FIGURE_FOCUSERS, UNIFORM
 from evaluation.provenance import provenance_markdown
-from evaluation.report import markdown_table, records_csv, text_table
+from evaluation.report import _median, markdown_table, records_csv, text_table
 from evaluation.runner import UNFOCUSED
 
 PAPER_COLUMNS: tuple[tuple[str, str, str], ...] = (
@@ -57,10 +57,6 @@ def paired_reductions(focused: dict[int, dict[str, Any]], reference: dict[int, d
 
 def _mean(values: Sequence[float]) -> float | None:
     return float(np.mean(values)) if len(values) else None
-
-
-def _median(values: Sequence[float]) -> float | None:
-    return float(np.median(values)) if len(values) else None
 
 
 def summarize_paper(records: Sequence[dict[str, Any]], focusers: Sequence[str] | None = None) -> list[dict]:

@@ -123,7 +123,8 @@ def gradient_steps(
             noise = noise * mask
         x_adv = _clip(x + noise, bounds)
     iterations = torch.zeros(len(x), dtype=torch.int64, device=x.device)
-    active = torch.arange(len(x), device=x.device)
+    # the samples still stepping: all of them (a slice, no copies) unless some may stop
+    active = slice(None) if stop_confidence is None else torch.arange(len(x), device=x.device)
     for _ in trange(max_iter, desc="FocusedPGD - Iterations", leave=False, disable=not verbose):
         if stop_confidence is None:  # every sample steps
             xs, xa, ys, ms = x, x_adv, labels, mask
