@@ -7,6 +7,9 @@ image, a run folder made with other arguments) prints one line naming the proble
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
+import io
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -16,6 +19,10 @@ from typing import Any, NamedTuple
 import numpy as np
 
 PROG = "focused-attacks"
+#: OSErrors that say what is wrong with the user's files or disk: one line, no traceback.
+FILE_SYSTEM_ERRORS = frozenset(
+    {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR, errno.EISDIR}
+)
 DEMO_FOCUSERS = ("cameras", "gpnn-cam", "gradcam", "random")
 #: GPNN-CAM in the demo: 4 variations per image from a reduced GPNN (1 EM step per level, coarsest side
 #: 32, 5x5 patches): ~0.5 s per 64 px image on 2 CPU cores instead of ~20 s with the preset (at 4
@@ -145,9 +152,18 @@ def _check_image_folder(data: str) -> None:
 
 
 def _check_out_folder(out: str) -> None:
-    """Fail when ``--out`` names an existing file instead of a folder."""
-    if Path(out).exists() and not Path(out).is_dir():
-        raise CLIError(f"--out: {out} is an existing file; expected a folder")
+    """Fail (one line naming --out) unless ``--out`` is a folder the command can create or write into."""
+    from evaluation.run_folder import check_out
+
+    check_out(out)
+
+
+def _lock_out(args: argparse.Namespace) -> Path:
+    """Create ``--out`` and hold its lock until the command returns (:func:`evaluation.run_folder.lock`)."""
+    from evaluation.run_folder import lock
+
+    args.held.enter_context(lock(args.out))
+    return Path(args.out)
 
 
 def _image_size(model: str, size: int | None) -> int:
@@ -203,7 +219,6 @@ def cmd_saliency(args: argparse.Namespace) -> int:
 
     from evaluation import zoo
     from evaluation.runner import compute_maps
-    from saliency.plot import save_overlay
 
     _check_methods([args.method], "--method")
     stems = [Path(p).stem for p in args.images]
@@ -226,8 +241,7 @@ def cmd_saliency(args: argparse.Namespace) -> int:
         targets = classifier.predict(x).argmax(axis=1)
     else:
         targets = np.full(len(x), args.target_class, dtype=np.int64)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = _lock_out(args)
     from tqdm.auto import tqdm
 
     for i in tqdm(range(len(x)), desc=f"{args.method} maps", disable=args.quiet):
@@ -241,8 +255,7 @@ def cmd_saliency(args: argparse.Namespace) -> int:
             args.seed,
             args.gpnn_variations,
         )
-        np.save(out / f"{stems[i]}.npy", maps[0].astype(np.float32))
-        save_overlay(out / f"{stems[i]}.png", x[i], maps[0])
+        _save_map(out / stems[i], x[i], maps[0])
         print(f"{args.images[i]}: class {int(targets[i])} -> {out / stems[i]}.npy, .png")
         if not maps[0].any():
             print(
@@ -252,6 +265,21 @@ def cmd_saliency(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
     return 0
+
+
+def _save_map(stem: Path, image: np.ndarray, saliency_map: np.ndarray) -> None:
+    """``stem.npy`` (the (H,W) float32 map) and ``stem.png`` (its overlay on ``image``)."""
+    from PIL import Image
+
+    from evaluation.run_folder import write_atomic
+    from saliency.plot import overlay
+
+    buffer = io.BytesIO()
+    np.save(buffer, saliency_map.astype(np.float32))
+    write_atomic(stem.with_name(stem.name + ".npy"), buffer.getvalue())
+    buffer = io.BytesIO()
+    Image.fromarray(overlay(image, saliency_map)).save(buffer, format="png")
+    write_atomic(stem.with_name(stem.name + ".png"), buffer.getvalue())
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -426,7 +454,7 @@ def _open_run(
 ) -> tuple[Any, list[dict[str, Any]]]:
     """Pin ``out`` to a command's arguments (``config.json``) and input arrays (``data.sha256``), or check a
     rerun against them; return the ``records`` log and what it holds (a line cut by a crash repaired)."""
-    from evaluation.runner import RecordLog, check_config, check_data, data_digest
+    from evaluation.run_folder import RecordLog, check_config, check_data, data_digest
 
     check_config(out, config)
     log = RecordLog(Path(out) / records, key=key)
@@ -577,6 +605,7 @@ def cmd_pointing_game(args: argparse.Namespace) -> int:
         "gpnn_fast": args.gpnn_fast,
     }
     inputs = [*(group.x for group in groups), classes, *boxes]
+    _lock_out(args)
     log, saved = _open_run(args.out, config, POINTING_RECORDS, _pointing_key, inputs)
     done = {_pointing_key(r): r for r in saved}
     rows = []
@@ -677,6 +706,7 @@ def cmd_sanity(args: argparse.Namespace) -> int:
         "gpnn_fast": args.gpnn_fast,
     }
     # the first steps of the cascade, saved in order (NaN as null)
+    _lock_out(args)
     log, completed = _open_run(args.out, config, SANITY_RECORDS, _sanity_key, [x])
     if [_sanity_key(r) for r in completed] != list(range(len(completed))):
         raise CLIError(f"{log.path}: the saved steps are not 0, 1, 2, ...; use a new --out folder")
@@ -993,11 +1023,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exit_:
         return int(exit_.code or 0)
-    from evaluation.runner import ConfigMismatchError
+    from evaluation.run_folder import ConfigMismatchError
 
     try:
-        return int(args.func(args) or 0)
+        with contextlib.ExitStack() as held:  # what a command holds until it returns (its folder's lock)
+            args.held = held
+            return int(args.func(args) or 0)
     except (CLIError, ConfigMismatchError, FileNotFoundError, ValueError) as err:
+        print(f"{PROG} {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        if err.errno not in FILE_SYSTEM_ERRORS:  # not the user's file system: keep the traceback
+            raise
         print(f"{PROG} {args.command}: error: {err}", file=sys.stderr)
         return 2
     except ImportError as err:

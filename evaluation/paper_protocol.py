@@ -30,17 +30,24 @@ from typing import Any
 
 import numpy as np
 
-from evaluation.runner import (
-    UNFOCUSED,
+from evaluation.run_folder import (
+    BatchMaps,
     RecordLog,
-    _batches,
-    _check_names,
     check_config,
     check_data,
+    check_out,
+    data_digest,
+    lock,
+    make_dir,
+    save_arrays,
+)
+from evaluation.runner import (
+    UNFOCUSED,
+    _batches,
+    _check_names,
     check_layers,
     check_saliency_names,
     compute_maps,
-    data_digest,
     load_dataset,
 )
 
@@ -156,15 +163,16 @@ def focuser_maps(
     image_ids: list[int],
     layers: list[str],
     config: PaperConfig,
-    cache: dict[str, np.ndarray],
+    cache: BatchMaps,
 ) -> np.ndarray | None:
     """Psi (N,H,W) of ``focuser`` for images ``x`` explaining ``labels`` (None for the plain attack); maps
-    are computed once per batch in ``cache`` (the controls reuse the CAMERAS map)."""
+    are computed once per batch and saved in ``cache`` (the controls reuse the CAMERAS map)."""
     if focuser == UNFOCUSED:
         return None
     source = "cameras" if focuser in CONTROLS else focuser
-    if source not in cache:
-        cache[source] = compute_maps(
+    maps = cache.get(
+        source,
+        lambda: compute_maps(
             source,
             classifier,
             x,
@@ -174,12 +182,13 @@ def focuser_maps(
             config.seed,
             config.gpnn_variations,
             config.gpnn_params,
-        )
+        ),
+    )
     if focuser == UNIFORM:
-        return uniform_maps(cache[source])
+        return uniform_maps(maps)
     if focuser == SHUFFLED:
-        return shuffled_maps(cache[source], image_ids, config.seed)
-    return cache[source]
+        return shuffled_maps(maps, image_ids, config.seed)
+    return maps
 
 
 # -------------------------------------------------------------------------------------------- attack
@@ -266,8 +275,7 @@ def _prepare(config: PaperConfig, out: Path, device: str | None) -> tuple[Any, l
 
     from evaluation import zoo
 
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"output folder {out} is a file; give a folder")
+    check_out(out)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ValueError(f"the {PROTOCOL} protocol runs in one process; start it without torchrun")
     check_config(out, config.to_dict(), write=False)
@@ -294,17 +302,40 @@ def run_paper_protocol(
         >>> result = run_paper_protocol(PaperConfig(focusers=("uniform", "cameras")), "runs/paper")
         >>> result.records[0]["l2"]  # the L2 norm of the first image's plain attack (None if it failed)
     """
-    from tqdm.auto import tqdm
 
     start = time.perf_counter()
     out = Path(out_dir)
     classifier, layers, data = _prepare(config, out, device)
-    out.mkdir(parents=True, exist_ok=True)
-    log = RecordLog(out / "records.jsonl", key=paper_key)
-    stored = log.read(repair=True)
-    _check_names(stored, data.names, config.data)
-    check_config(out, config.to_dict())
-    check_data(out, data_digest([data.x]), has_results=bool(stored))
+    with lock(out):
+        log = RecordLog(out / "records.jsonl", key=paper_key)
+        stored = log.read(repair=True)
+        _check_names(stored, data.names, config.data)
+        check_config(out, config.to_dict())
+        check_data(out, data_digest([data.x]), has_results=bool(stored))
+        computed = _run_batches(config, out, classifier, layers, data, log, stored, verbose)
+        records = sorted(log.read(), key=paper_key)
+        from evaluation.paper_report import write_paper_report
+        from evaluation.provenance import provenance
+
+        seconds = time.perf_counter() - start
+        run = provenance(getattr(classifier, "device", None), layers, seconds)
+        write_paper_report(out, records, config.to_dict(), provenance=run)
+    return PaperResult(records, out, seconds, computed)
+
+
+def _run_batches(
+    config: PaperConfig,
+    out: Path,
+    classifier: Any,
+    layers: list[str],
+    data: Any,
+    log: RecordLog,
+    stored: list[dict[str, Any]],
+    verbose: bool,
+) -> int:
+    """Compute and append every missing record, batch by batch; return how many were computed."""
+    from tqdm.auto import tqdm
+
     done = {paper_key(r) for r in stored}
     focusers = (UNFOCUSED, *config.focusers)
     computed = 0
@@ -318,7 +349,7 @@ def run_paper_protocol(
         info, attacked = _batch_info(classifier, config, data, batch)
         x = data.x[batch][attacked]
         ids = [i for i, a in zip(batch, attacked) if a]
-        cache: dict[str, np.ndarray] = {}
+        cache = BatchMaps(out, batch)
         for focuser in pending:
             records: list[dict[str, Any]] = []
             if ids:
@@ -335,15 +366,9 @@ def run_paper_protocol(
             done.update(paper_key(r) for r in missing)
             computed += len(missing)
             bar.update(1)
+        cache.clear()
     bar.close()
-    records = sorted(log.read(), key=paper_key)
-    from evaluation.paper_report import write_paper_report
-    from evaluation.provenance import provenance
-
-    seconds = time.perf_counter() - start
-    run = provenance(getattr(classifier, "device", None), layers, seconds)
-    write_paper_report(out, records, config.to_dict(), provenance=run)
-    return PaperResult(records, out, seconds, computed)
+    return computed
 
 
 def _batch_info(
@@ -392,15 +417,11 @@ def _save_arrays(
     """Map and perturbation of the figure's focusers for the first ``n_figures`` images (float16)."""
     if focuser not in FIGURE_FOCUSERS:
         return
-    folder = out / ARRAYS_DIR
-    folder.mkdir(exist_ok=True)
+    folder = make_dir(out / ARRAYS_DIR)
     for j, image in enumerate(ids):
         if image >= config.n_figures:
             continue
         arrays = {"x": x[j].astype(np.float16), "delta": (x_adv[j] - x[j]).astype(np.float16)}
         if maps is not None:
             arrays["map"] = maps[j].astype(np.float16)
-        tmp = folder / f"{image:05d}-{focuser}.npz.tmp"
-        with open(tmp, "wb") as f:
-            np.savez_compressed(f, **arrays)
-        tmp.replace(folder / f"{image:05d}-{focuser}.npz")
+        save_arrays(folder / f"{image:05d}-{focuser}.npz", arrays, compressed=True)

@@ -14,7 +14,6 @@ Per focuser, over the images attacked (those the model classifies as their label
 from __future__ import annotations
 
 import json
-import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ import numpy as np
 from evaluation.paper_protocol import ARRAYS_DIR, FIGURE_FOCUSERS, UNIFORM
 from evaluation.provenance import provenance_markdown
 from evaluation.report import _median, markdown_table, records_csv, text_table
+from evaluation.run_folder import load_arrays, write_atomic
 from evaluation.runner import UNFOCUSED
 
 PAPER_COLUMNS: tuple[tuple[str, str, str], ...] = (
@@ -150,23 +150,17 @@ def write_paper_report(
     parts.append("## Configuration\n\n```json\n" + json.dumps(config, indent=2, sort_keys=True) + "\n```\n")
     if provenance:
         parts.append(provenance_markdown(provenance))
-    (out / "report.md").write_text("\n".join(parts), encoding="utf-8")
-    (out / "results.json").write_text(
-        json.dumps({"config": config, "notes": notes, "provenance": provenance, "summary": rows}, indent=2)
-        + "\n",
-        encoding="utf-8",
-    )
-    (out / "records.csv").write_text(records_csv(records), encoding="utf-8")
+    write_atomic(out / "report.md", "\n".join(parts))
+    summary = {"config": config, "notes": notes, "provenance": provenance, "summary": rows}
+    write_atomic(out / "results.json", json.dumps(summary, indent=2) + "\n")
+    write_atomic(out / "records.csv", records_csv(records))
     return {"rows": rows, "table": text_table(rows, PAPER_COLUMNS), "figures": paths}
 
 
 def _load_arrays(path: Path) -> dict[str, np.ndarray] | None:
-    """An arrays file, or None when it is missing or unreadable (a derived file: the figure skips it)."""
-    try:
-        with np.load(path) as data:
-            return {k: data[k].astype(np.float32) for k in data.files}
-    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile):
-        return None
+    """An arrays file as float32, or None when it is missing or unreadable (the figure skips it)."""
+    arrays = load_arrays(path)
+    return None if arrays is None else {k: v.astype(np.float32) for k, v in arrays.items()}
 
 
 def image_figures(out: Path, records: Sequence[dict[str, Any]]) -> list[Path]:

@@ -15,6 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from evaluation.run_folder import make_dir, save_figure  # noqa: E402
 from evaluation.runner import UNFOCUSED  # noqa: E402
 
 #: Norms drawn by :func:`norm_vs_area`: (summary key, axis label).
@@ -31,8 +32,7 @@ def norm_vs_area(rows: Sequence[dict[str, Any]], folder: str | Path) -> list[Pat
     One line per focuser; the unfocused attack is a dashed horizontal line. Rows are
     :func:`evaluation.report.summarize` rows.
     """
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = make_dir(folder)
     paths = []
     for attack in dict.fromkeys(r["attack"] for r in rows):
         mine = [r for r in rows if r["attack"] == attack]
@@ -57,7 +57,7 @@ def norm_vs_area(rows: Sequence[dict[str, Any]], folder: str | Path) -> list[Pat
         fig.suptitle(f"{attack}: smallest successful perturbation vs mask area")
         fig.tight_layout()
         path = folder / f"norm_vs_area_{attack}.png"
-        fig.savefig(path, dpi=100)
+        save_figure(fig, path, dpi=100)
         plt.close(fig)
         paths.append(path)
     return paths
@@ -114,8 +114,8 @@ def _save(fig: Any, path: str | Path, dpi: int = 90) -> Path:
     """Lay out ``fig``, write it to ``path`` (folders made) and close it."""
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi)
+    make_dir(path.parent)
+    save_figure(fig, path, dpi)
     plt.close(fig)
     return path
 

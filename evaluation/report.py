@@ -27,6 +27,7 @@ import numpy as np
 
 from evaluation.metrics import norm_reduction
 from evaluation.provenance import provenance_markdown
+from evaluation.run_folder import make_dir, write_atomic
 from evaluation.runner import RANDOM, UNFOCUSED, Key, record_key
 
 #: Columns of the summary table: (key, header, format).
@@ -205,15 +206,12 @@ def write_table(
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Path]:
     """Write ``stem.md`` (title, notes, table), ``stem.json`` (``extra`` + rows) and ``stem.csv``."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_dir(out_dir)
     md = f"# {title}\n\n" + (notes.strip() + "\n\n" if notes else "") + markdown_table(rows, columns)
     paths = {"md": out / f"{stem}.md", "json": out / f"{stem}.json", "csv": out / f"{stem}.csv"}
-    paths["md"].write_text(md, encoding="utf-8")
-    paths["json"].write_text(
-        json.dumps({**(extra or {}), "rows": list(rows)}, indent=2) + "\n", encoding="utf-8"
-    )
-    paths["csv"].write_text(records_csv(rows), encoding="utf-8")
+    write_atomic(paths["md"], md)
+    write_atomic(paths["json"], json.dumps({**(extra or {}), "rows": list(rows)}, indent=2) + "\n")
+    write_atomic(paths["csv"], records_csv(rows))
     return paths
 
 
@@ -298,8 +296,7 @@ def write_report(
     ``examples`` (see :func:`evaluation.plots.attack_grid`) adds the image/map/mask/perturbation grid.
     Returns ``{"rows": summary rows, "table": plain-text table, "paths": {...}}``.
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_dir(out_dir)
     rows = summarize(records, **_order(config))
     paths: dict[str, Path] = {}
     figure_paths: list[Path] = []
@@ -338,14 +335,10 @@ def write_report(
     if provenance:
         parts.append(provenance_markdown(provenance))
     paths["md"] = out / "report.md"
-    paths["md"].write_text("\n".join(parts), encoding="utf-8")
-    paths["json"] = out / "results.json"
-    paths["json"].write_text(
-        json.dumps({"config": config, "provenance": provenance, "summary": rows}, indent=2) + "\n",
-        encoding="utf-8",
-    )
-    paths["csv"] = out / "records.csv"
-    paths["csv"].write_text(records_csv(records), encoding="utf-8")
+    write_atomic(paths["md"], "\n".join(parts))
+    summary = {"config": config, "provenance": provenance, "summary": rows}
+    paths["json"] = write_atomic(out / "results.json", json.dumps(summary, indent=2) + "\n")
+    paths["csv"] = write_atomic(out / "records.csv", records_csv(records))
     for i, p in enumerate(figure_paths):
         paths[f"figure{i}"] = p
     return {"rows": rows, "table": text_table(rows, SUMMARY_COLUMNS), "paths": paths}

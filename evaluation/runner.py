@@ -21,12 +21,12 @@ Each image's saliency maps are computed once per batch and reused for every atta
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import json
-import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, fields
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,21 @@ import torch
 from tqdm.auto import tqdm
 
 from evaluation.distributed import DistributedContext, init_distributed, shard
+from evaluation.run_folder import (
+    BatchMaps,
+    ConfigMismatchError,
+    RecordLog,
+    RunFolderError,
+    check_config,
+    check_data,
+    check_out,
+    data_digest,
+    json_line,
+    load_arrays,
+    lock,
+    save_arrays,
+    write_atomic,
+)
 
 #: Focuser name of the unfocused (whole-image) attack; its records have area 1.0.
 UNFOCUSED = "none"
@@ -46,8 +61,6 @@ CENTRE = "centre"
 ATTACKS = ("pgd", "fgsm", "cw")
 #: Name of the merged records file.
 RECORDS_FILE = "records.jsonl"
-CONFIG_FILE = "config.json"
-DATA_DIGEST_FILE = "data.sha256"
 #: Arrays for the example figure (first images, first attack, middle area), written by the batch of image 0.
 EXAMPLES_FILE = "examples.npz"
 N_EXAMPLES = 3
@@ -59,73 +72,6 @@ Key = tuple[int, str, str, float]
 def record_key(record: dict[str, Any]) -> Key:
     """The identity of a record: ``(image, attack, focuser, area)``."""
     return (int(record["image"]), str(record["attack"]), str(record["focuser"]), float(record["area"]))
-
-
-class RecordLog:
-    """An append-only JSONL file of records, safe against crashes and Ctrl-C.
-
-    :meth:`append` writes a whole batch with one ``write`` call, then flushes and fsyncs, so the file
-    only ever ends inside a line when the process is killed during that call. :meth:`read` drops such a
-    truncated last line and (with ``repair=True``) cuts the file back to its last complete line.
-    """
-
-    def __init__(self, path: str | Path, key: Callable[[dict[str, Any]], object] = record_key):
-        self.path = Path(path)
-        self.key = key
-
-    def read(self, repair: bool = False) -> list[dict[str, Any]]:
-        """All complete records. A bad line (not a JSON object, or ``key`` fails on it) other than the last
-        one raises ``ValueError`` naming it."""
-        if not self.path.exists():
-            return []
-        data = self.path.read_bytes()
-        lines = data.split(b"\n")
-        records: list[dict[str, Any]] = []
-        good_bytes = 0
-        for number, line in enumerate(lines, start=1):
-            is_last = number == len(lines)
-            if is_last and line == b"":
-                break
-            try:
-                if is_last:  # no newline after it: written only partly
-                    raise ValueError("line is not terminated")
-                record = json.loads(line)
-                if not isinstance(record, dict):
-                    raise ValueError("line is not a JSON object")
-                self.key(record)
-            except (ValueError, KeyError, TypeError) as err:
-                if is_last or (number == len(lines) - 1 and lines[-1] == b""):
-                    # The last line of the file, cut short by a crash: ignore it.
-                    break
-                raise ValueError(f"{self.path}: line {number} is not a valid record ({err})") from None
-            records.append(record)
-            good_bytes += len(line) + 1
-        if repair and good_bytes < len(data):
-            with open(self.path, "r+b") as f:
-                f.truncate(good_bytes)
-                f.flush()
-                os.fsync(f.fileno())
-        return records
-
-    def append(self, records: Sequence[dict[str, Any]]) -> None:
-        """Append ``records`` durably: one write, flush and fsync."""
-        if not records:
-            return
-        payload = "".join(json.dumps(r, sort_keys=True, allow_nan=False) + "\n" for r in records)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def record_files(out_dir: str | Path) -> list[Path]:
@@ -146,16 +92,15 @@ def unique_records(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def load_records(out_dir: str | Path) -> list[dict[str, Any]]:
     """Every record of a run folder (merged file and per-rank files), deduplicated and sorted."""
-    return unique_records(r for path in record_files(out_dir) for r in RecordLog(path).read())
+    return unique_records(r for path in record_files(out_dir) for r in RecordLog(path, record_key).read())
 
 
 def merge_records(out_dir: str | Path) -> list[dict[str, Any]]:
     """Merge all record files of ``out_dir`` into ``records.jsonl`` (atomically) and delete the rank files."""
     out = Path(out_dir)
     files = record_files(out)
-    records = unique_records(r for path in files for r in RecordLog(path).read())
-    text = "".join(json.dumps(r, sort_keys=True, allow_nan=False) + "\n" for r in records)
-    _atomic_write_text(out / RECORDS_FILE, text)
+    records = unique_records(r for path in files for r in RecordLog(path, record_key).read())
+    write_atomic(out / RECORDS_FILE, "".join(json_line(r) for r in records))
     for path in files:
         if path.name != RECORDS_FILE:
             path.unlink()
@@ -172,10 +117,6 @@ DEFAULT_ATTACK_PARAMS: dict[str, dict[str, Any]] = {
     "fgsm": {"eps_min": 1 / 1024, "eps_max": 1.0, "search_steps": 8},
     "cw": {"max_iter": 10, "binary_search_steps": 3, "learning_rate": 0.1, "initial_const": 1.0},
 }
-
-
-class ConfigMismatchError(ValueError):
-    """A run folder already holds a run made with different arguments."""
 
 
 @dataclass(frozen=True)
@@ -252,62 +193,6 @@ class ExperimentConfig:
             cells.append((attack, UNFOCUSED, 1.0))
             cells.extend((attack, f, a) for f in self.focusers for a in self.areas)
         return cells
-
-
-def check_config(out_dir: str | Path, config: ExperimentConfig | dict[str, Any], write: bool = True) -> None:
-    """Store ``config`` (an experiment's, or a JSON-ready dict of another command's arguments) in
-    ``out_dir/config.json``, or check that the stored one equals it.
-
-    Raises :class:`ConfigMismatchError` naming the differing fields when it does not.
-    """
-    path = Path(out_dir) / CONFIG_FILE
-    wanted = json.loads(json.dumps(config)) if isinstance(config, dict) else config.to_dict()
-    if path.exists():
-        try:
-            stored = json.loads(path.read_text(encoding="utf-8"))
-        except ValueError as err:
-            raise ConfigMismatchError(f"{path} is not valid JSON ({err}); use a new --out folder") from None
-        if stored != wanted:
-            diff = sorted(k for k in set(stored) | set(wanted) if stored.get(k) != wanted.get(k))
-            details = "; ".join(f"{k}: stored {stored.get(k)!r}, now {wanted.get(k)!r}" for k in diff)
-            raise ConfigMismatchError(
-                f"{Path(out_dir)} holds a run made with different arguments ({details}); "
-                "rerun with the same arguments to resume, or choose another --out folder"
-            )
-    elif write:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write_text(path, json.dumps(wanted, indent=2, sort_keys=True) + "\n")
-
-
-def data_digest(arrays: Iterable[np.ndarray]) -> str:
-    """SHA-256 over the shapes, dtypes and bytes of ``arrays``, in order: the pixels a run is made of."""
-    digest = hashlib.sha256()
-    for array in arrays:
-        array = np.ascontiguousarray(array)
-        digest.update(f"{array.dtype.str}{array.shape}".encode())
-        digest.update(array.tobytes())
-    return digest.hexdigest()
-
-
-def check_data(out_dir: str | Path, digest: str, has_results: bool, write: bool = True) -> None:
-    """Store ``digest`` (see :func:`data_digest`) in ``out_dir/data.sha256``, or check that the stored one
-    equals it: a run resumed on other pixels would mix two datasets in one table. A folder that holds
-    results but no digest (made by an older version) cannot be checked and is refused too."""
-    path = Path(out_dir) / DATA_DIGEST_FILE
-    if path.exists():
-        if path.read_text(encoding="utf-8").strip() != digest:
-            raise ConfigMismatchError(
-                f"{Path(out_dir)} holds results for other data than --data gives now (images or "
-                "annotations changed since the run started, or read by another version); choose another "
-                "--out folder"
-            )
-    elif has_results:
-        raise ConfigMismatchError(
-            f"{Path(out_dir)} holds results but no {DATA_DIGEST_FILE} (an older version made it), so its "
-            "images cannot be checked against --data; choose another --out folder"
-        )
-    elif write:
-        _atomic_write_text(path, digest + "\n")
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -659,20 +544,10 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def _save_examples(out_dir: Path, examples: dict[str, np.ndarray]) -> None:
-    tmp = out_dir / (EXAMPLES_FILE + ".tmp")
-    with open(tmp, "wb") as f:
-        np.savez(f, **examples)
-    os.replace(tmp, out_dir / EXAMPLES_FILE)
-
-
 def load_examples(out_dir: str | Path) -> dict[str, np.ndarray] | None:
-    """The arrays of ``examples.npz`` (see :func:`evaluation.plots.attack_grid`), or None if absent."""
-    path = Path(out_dir) / EXAMPLES_FILE
-    if not path.exists():
-        return None
-    with np.load(path) as data:
-        return {k: data[k] for k in data.files}
+    """The arrays of ``examples.npz`` (see :func:`evaluation.plots.attack_grid`); None if absent or
+    unreadable (then recomputed)."""
+    return load_arrays(Path(out_dir) / EXAMPLES_FILE)
 
 
 # --------------------------------------------------------------------------------------------- runner
@@ -704,50 +579,106 @@ def _batches(n: int, batch_size: int) -> list[list[int]]:
     return [list(range(i, min(i + batch_size, n))) for i in range(0, n, batch_size)]
 
 
-def run_experiment(
+def _batch_maps(
+    focuser: str,
     config: ExperimentConfig,
-    out_dir: str | Path,
-    device: str | None = None,
-    verbose: bool = True,
-    report: bool = True,
-) -> RunResult:
-    """Run (or resume) ``config`` into ``out_dir``; under torchrun the batches are sharded over the ranks.
+    classifier: Any,
+    x: np.ndarray,
+    labels: np.ndarray,
+    batch: list[int],
+    attacked: np.ndarray,
+    layers: list[str],
+) -> np.ndarray:
+    """The maps (N,H,W) of ``focuser`` for a batch: those of the attacked images, zero for the others."""
+    maps = np.zeros((len(x), *x.shape[-2:]), np.float32)
+    if attacked.any():
+        ids = [i for i, a in zip(batch, attacked) if a]
+        maps[attacked] = compute_maps(
+            focuser,
+            classifier,
+            x[attacked],
+            labels[attacked],
+            ids,
+            layers,
+            config.seed,
+            config.gpnn_variations,
+            config.gpnn_params,
+        )
+    return maps
 
-    Rank 0 merges every rank's records into ``records.jsonl`` and, when ``report`` is true, writes the
-    report (``report.md``, ``results.json``, ``records.csv``, figures) with
-    :func:`evaluation.report.write_report`.
-    """
-    from evaluation import zoo
 
-    start = time.perf_counter()
-    ctx: DistributedContext = init_distributed(device)
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"output folder {out} is a file; give a folder")
-    # Validate everything before config.json pins the folder, so a failed start can be rerun fixed.
-    check_config(out, config, write=False)
-    check_saliency_names(config.focusers, "focusers")
-    size = config.size or zoo.input_size(config.model)[-1]
-    zoo.check_size(config.model, size)
-    torch.manual_seed(config.seed)  # random weights (weights=None for torchvision) are the same on every rank
-    classifier = zoo.classifier(config.model, config.weights, device=device)
-    layers = list(config.layers) if config.layers else list(zoo.default_layers(config.model))
+def _attack_batch(
+    config: ExperimentConfig,
+    attack: str,
+    classifier: Any,
+    x: np.ndarray,
+    labels: np.ndarray,
+    attacked: np.ndarray,
+    maps: np.ndarray | None,
+    area: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(x_adv, mask (N,1,H,W), eps)`` of one cell: only the attacked (correctly classified) images are
+    attacked; the others keep ``x_adv = x``, a zero mask and eps NaN."""
+    x_adv = x.copy()
+    mask = np.zeros((len(x), 1, *x.shape[-2:]), np.float32)
+    eps = np.full(len(x), np.nan)
+    if attacked.any():
+        adv, used_mask, used_eps = run_attack(
+            attack,
+            classifier,
+            x[attacked],
+            labels[attacked],
+            None if maps is None else maps[attacked],
+            area,
+            config.attack_params[attack],
+            config.batch_size,
+        )
+        x_adv[attacked] = adv
+        mask[attacked] = 1.0 if used_mask is None else used_mask
+        eps[attacked] = np.nan if used_eps is None else used_eps
+    return x_adv, mask, eps
+
+
+def _check_before_pinning(
+    config: ExperimentConfig, data: Dataset, classifier: Any, layers: list[str]
+) -> None:
+    """Every check of the arguments against the model and the data, made before the folder is pinned, so
+    that a failed start can be rerun corrected into the same folder."""
+    from saliency.masks import top_k
+
     check_layers(classifier, layers)
-    resize = zoo.resize_size(config.model, size, config.weights)
-    data = load_dataset(
-        config.data, config.n, size, config.seed, resize, zoo.resize_interpolation(config.model)
-    )
-    n = len(data.x)
-    out.mkdir(parents=True, exist_ok=True)
-    digest = data_digest([data.x])
+    try:
+        for area in config.areas:
+            top_k(np.zeros((1, *data.x.shape[-2:]), np.float32), area)
+    except ValueError as err:
+        raise ValueError(f"areas: {err}") from None
+    if (
+        data.y is not None
+        and len(data.y)
+        and not 0 <= int(data.y.min()) <= int(data.y.max()) < classifier.nb_classes
+    ):
+        raise ValueError(
+            f"data {config.data!r}: labels must lie in [0, {classifier.nb_classes}) for {config.model}, got "
+            f"[{int(data.y.min())}, {int(data.y.max())}]"
+        )
 
-    # Every rank checks the folder before any rank appends to it. Only rank 0 writes config.json and
-    # data.sha256; the others check them after all_ok (a collective, so they wait for rank 0): a rank
-    # can never see records of this run before its digest exists.
+
+def _pin_folder(
+    out: Path, ctx: DistributedContext, config: ExperimentConfig, data: Dataset
+) -> tuple[RecordLog, list[dict[str, Any]]]:
+    """Check the folder against ``config`` and ``data`` on every rank, pin it (rank 0), and return this
+    rank's record log with every record already in the folder."""
+    # Only rank 0 writes config.json and data.sha256; the others check them after all_ok (a collective, so
+    # they wait for rank 0): a rank can never see records of this run before its digest exists.
+    digest = data_digest([data.x])
     refusal: ConfigMismatchError | None = None
-    own = RecordLog(out / (f"records.rank{ctx.rank}.jsonl" if ctx.is_distributed else RECORDS_FILE))
+    own = RecordLog(
+        out / (f"records.rank{ctx.rank}.jsonl" if ctx.is_distributed else RECORDS_FILE), record_key
+    )
     stored = own.read(repair=True)  # cuts a line a crash left half-written; only this rank writes here
-    stored += [r for path in record_files(out) if path != own.path for r in RecordLog(path).read()]
+    stored += [
+        r for path in record_files(out) if path != own.path for r in RecordLog(path, record_key).read()
+    ]
     try:
         _check_names(stored, data.names, config.data)
         if ctx.is_main:
@@ -760,18 +691,88 @@ def run_experiment(
     if not ctx.is_main:
         check_config(out, config, write=False)
         check_data(out, digest, has_results=False, write=False)
-    done: set[Key] = {record_key(r) for r in stored}
+    return own, stored
 
+
+def run_experiment(
+    config: ExperimentConfig,
+    out_dir: str | Path,
+    device: str | None = None,
+    verbose: bool = True,
+    report: bool = True,
+) -> RunResult:
+    """Run (or resume) ``config`` into ``out_dir``; under torchrun the batches are sharded over the ranks.
+
+    Rank 0 holds the folder's lock (:func:`evaluation.run_folder.lock`), merges every rank's records into
+    ``records.jsonl`` and, when ``report`` is true, writes the report (``report.md``, ``results.json``,
+    ``records.csv``, figures) with :func:`evaluation.report.write_report`.
+    """
+    from evaluation import zoo
+
+    start = time.perf_counter()
+    ctx: DistributedContext = init_distributed(device)
+    out = Path(out_dir)
+    check_out(out)
+    # Validate everything before config.json pins the folder, so a failed start can be rerun fixed.
+    check_config(out, config, write=False)
+    check_saliency_names(config.focusers, "focusers")
+    size = config.size or zoo.input_size(config.model)[-1]
+    zoo.check_size(config.model, size)
+    torch.manual_seed(config.seed)  # random weights (weights=None for torchvision) are the same on every rank
+    classifier = zoo.classifier(config.model, config.weights, device=device)
+    layers = list(config.layers) if config.layers else list(zoo.default_layers(config.model))
+    resize = zoo.resize_size(config.model, size, config.weights)
+    data = load_dataset(
+        config.data, config.n, size, config.seed, resize, zoo.resize_interpolation(config.model)
+    )
+    _check_before_pinning(config, data, classifier, layers)
+    with contextlib.ExitStack() as held:
+        refusal: RunFolderError | None = None
+        if ctx.is_main:
+            try:
+                held.enter_context(lock(out))
+            except RunFolderError as err:
+                refusal = err
+        if not ctx.all_ok(refusal is None):
+            raise refusal or RunFolderError(f"--out: rank 0 could not lock {out} (see its message)")
+        own, stored = _pin_folder(out, ctx, config, data)
+        computed = _run_batches(config, out, ctx, classifier, layers, data, own, stored, verbose)
+        records: list[dict[str, Any]] = own.read()
+        computed = ctx.total(computed)  # over all ranks; a collective, so every rank's records are written
+        if ctx.is_main:
+            records = merge_records(out)
+            if report:
+                from evaluation.provenance import provenance
+                from evaluation.report import write_report
+
+                run = provenance(getattr(classifier, "device", None), layers, time.perf_counter() - start)
+                write_report(
+                    out, records, config=config.to_dict(), examples=load_examples(out), provenance=run
+                )
+        ctx.barrier()
+    return RunResult(records, out, time.perf_counter() - start, computed, ctx.is_main)
+
+
+def _run_batches(
+    config: ExperimentConfig,
+    out: Path,
+    ctx: DistributedContext,
+    classifier: Any,
+    layers: list[str],
+    data: Dataset,
+    own: RecordLog,
+    stored: list[dict[str, Any]],
+    verbose: bool,
+) -> int:
+    """Compute and append every missing record of this rank's batches; return how many were computed."""
+    done: set[Key] = {record_key(r) for r in stored}
     jobs = config.jobs()
     example_area = config.areas[len(config.areas) // 2] if config.areas else 1.0
     examples: dict[str, np.ndarray] = load_examples(out) or {}
-    my_batches = shard(_batches(n, config.batch_size), ctx.rank, ctx.world_size)
+    my_batches = shard(_batches(len(data.x), config.batch_size), ctx.rank, ctx.world_size)
     computed = 0
-    bar = tqdm(
-        total=len(my_batches) * len(jobs),
-        disable=not verbose,
-        desc=f"rank {ctx.rank}" if ctx.is_distributed else "attacks",
-    )
+    desc = f"rank {ctx.rank}" if ctx.is_distributed else "attacks"
+    bar = tqdm(total=len(my_batches) * len(jobs), disable=not verbose, desc=desc)
 
     def example_missing(attack: str, focuser: str, area: float) -> bool:
         """A cell of the example figure whose arrays a run interrupted in batch 0 did not save."""
@@ -795,50 +796,27 @@ def run_experiment(
         labels = data.y[batch] if data.y is not None else clean_pred
         names = [data.names[i] for i in batch]
         attacked = clean_pred == labels
+        saved_maps = BatchMaps(out, batch)
         maps: dict[str, np.ndarray] = {}
         for attack, focuser, area in pending:
             if focuser != UNFOCUSED and focuser not in maps:
                 # Maps of the attacked images only, computed once and reused by every attack and area.
-                maps[focuser] = np.zeros((len(x), *x.shape[-2:]), np.float32)
-                if attacked.any():
-                    maps[focuser][attacked] = compute_maps(
-                        focuser,
-                        classifier,
-                        x[attacked],
-                        labels[attacked],
-                        [i for i, a in zip(batch, attacked) if a],
-                        layers,
-                        config.seed,
-                        config.gpnn_variations,
-                        config.gpnn_params,
-                    )
-            # Only correctly classified images are attacked; the others keep x_adv = x.
-            x_adv, mask, eps = (
-                x.copy(),
-                np.zeros((len(x), 1, *x.shape[-2:]), np.float32),
-                np.full(len(x), np.nan),
-            )
-            if attacked.any():
-                adv, used_mask, used_eps = run_attack(
-                    attack,
-                    classifier,
-                    x[attacked],
-                    labels[attacked],
-                    None if focuser == UNFOCUSED else maps[focuser][attacked],
-                    area,
-                    config.attack_params[attack],
-                    config.batch_size,
+                compute = partial(
+                    _batch_maps, focuser, config, classifier, x, labels, batch, attacked, layers
                 )
-                x_adv[attacked] = adv
-                mask[attacked] = 1.0 if used_mask is None else used_mask
-                eps[attacked] = np.nan if used_eps is None else used_eps
+                maps[focuser] = saved_maps.get(focuser, compute)
+            x_adv, mask, eps = _attack_batch(
+                config, attack, classifier, x, labels, attacked, maps.get(focuser), area
+            )
             mask_area = np.where(attacked, mask.reshape(len(x), -1).mean(axis=1), np.nan)
             if 0 in batch and attack == config.attacks[0] and area in (1.0, example_area):
                 examples[f"adv:{focuser}"] = x_adv[:N_EXAMPLES]
                 if focuser != UNFOCUSED:
                     examples[f"mask:{focuser}"] = mask[:N_EXAMPLES]
                     examples[f"map:{focuser}"] = maps[focuser][:N_EXAMPLES]
-                _save_examples(out, examples)  # before the cell's records: a resume finds both or neither
+                save_arrays(
+                    out / EXAMPLES_FILE, examples
+                )  # before the cell's records: a resume finds both or neither
             probs = _softmax(classifier.predict(x_adv, batch_size=config.batch_size))
             records = make_records(
                 batch, names, attack, focuser, area, x, x_adv, labels, clean_pred, probs, mask_area, eps
@@ -848,17 +826,6 @@ def run_experiment(
             done.update(record_key(r) for r in missing)
             computed += len(missing)
             bar.update(1)
+        saved_maps.clear()
     bar.close()
-
-    records: list[dict[str, Any]] = own.read()
-    computed = ctx.total(computed)  # over all ranks; a collective, so every rank's records are written
-    if ctx.is_main:
-        records = merge_records(out)
-        if report:
-            from evaluation.provenance import provenance
-            from evaluation.report import write_report
-
-            run = provenance(getattr(classifier, "device", None), layers, time.perf_counter() - start)
-            write_report(out, records, config=config.to_dict(), examples=load_examples(out), provenance=run)
-    ctx.barrier()
-    return RunResult(records, out, time.perf_counter() - start, computed, ctx.is_main)
+    return computed

@@ -19,7 +19,8 @@ from evaluation.paper_protocol import (
     uniform_maps,
 )
 from evaluation.paper_report import paired_reductions, summarize_paper
-from evaluation.runner import ConfigMismatchError, load_dataset
+from evaluation.run_folder import ConfigMismatchError
+from evaluation.runner import load_dataset
 
 #: A tiny run on the digits: a threshold digits-cnn reaches in a few steps with a mild penalty.
 TINY = dict(

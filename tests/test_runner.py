@@ -10,12 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from evaluation import runner
+from evaluation import run_folder, runner
+from evaluation.run_folder import ConfigMismatchError, RecordLog, check_config
 from evaluation.runner import (
-    ConfigMismatchError,
     ExperimentConfig,
-    RecordLog,
-    check_config,
     load_records,
     merge_records,
     record_key,
@@ -29,7 +27,7 @@ def _rec(image: int, attack: str = "pgd", focuser: str = "none", area: float = 1
 
 # ----------------------------------------------------------------------------------------- record log
 def test_append_then_read_round_trips(tmp_path):
-    log = RecordLog(tmp_path / "r.jsonl")
+    log = RecordLog(tmp_path / "r.jsonl", record_key)
     assert log.read() == []
     first, second = [_rec(0), _rec(1)], [_rec(2, l2=0.1 + 0.2)]
     log.append(first)
@@ -41,7 +39,7 @@ def test_append_then_read_round_trips(tmp_path):
 
 @pytest.mark.parametrize("cut", [1, 5, 17])
 def test_truncated_last_line_is_ignored_and_repaired(tmp_path, cut):
-    log = RecordLog(tmp_path / "r.jsonl")
+    log = RecordLog(tmp_path / "r.jsonl", record_key)
     log.append([_rec(0), _rec(1)])
     good = log.path.read_bytes()
     partial = (json.dumps(_rec(2)) + "\n").encode()[:cut]
@@ -55,7 +53,7 @@ def test_truncated_last_line_is_ignored_and_repaired(tmp_path, cut):
 
 
 def test_complete_but_unterminated_last_line_counts_as_truncated(tmp_path):
-    log = RecordLog(tmp_path / "r.jsonl")
+    log = RecordLog(tmp_path / "r.jsonl", record_key)
     log.append([_rec(0)])
     log.path.write_bytes(log.path.read_bytes() + json.dumps(_rec(1)).encode())
     assert [r["image"] for r in log.read(repair=True)] == [0]
@@ -67,7 +65,7 @@ def test_corrupt_middle_line_raises_naming_the_line(tmp_path):
     path = tmp_path / "r.jsonl"
     path.write_text(json.dumps(_rec(0)) + "\n{not json\n" + json.dumps(_rec(1)) + "\n")
     with pytest.raises(ValueError, match="line 2"):
-        RecordLog(path).read()
+        RecordLog(path, record_key).read()
 
 
 records_strategy = st.lists(
@@ -95,17 +93,17 @@ def test_unique_records_keeps_each_key_once_sorted(records):
 
 
 def test_merge_records_unions_rank_files_without_duplicates(tmp_path):
-    RecordLog(tmp_path / "records.jsonl").append([_rec(0), _rec(1)])
-    RecordLog(tmp_path / "records.rank0.jsonl").append([_rec(1), _rec(2)])
-    RecordLog(tmp_path / "records.rank1.jsonl").append([_rec(3), _rec(0, "cw")])
-    RecordLog(tmp_path / "records.rank10.jsonl").append([_rec(4)])
+    RecordLog(tmp_path / "records.jsonl", record_key).append([_rec(0), _rec(1)])
+    RecordLog(tmp_path / "records.rank0.jsonl", record_key).append([_rec(1), _rec(2)])
+    RecordLog(tmp_path / "records.rank1.jsonl", record_key).append([_rec(3), _rec(0, "cw")])
+    RecordLog(tmp_path / "records.rank10.jsonl", record_key).append([_rec(4)])
     assert len(load_records(tmp_path)) == 6
     merged = merge_records(tmp_path)
     assert [record_key(r) for r in merged] == sorted(
         [(i, "pgd", "none", 1.0) for i in range(5)] + [(0, "cw", "none", 1.0)]
     )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["records.jsonl"]
-    assert RecordLog(tmp_path / "records.jsonl").read() == merged
+    assert RecordLog(tmp_path / "records.jsonl", record_key).read() == merged
     assert merge_records(tmp_path) == merged  # idempotent
 
 
@@ -280,7 +278,7 @@ def test_resume_refuses_other_pixels_and_folders_without_a_digest(reference_run,
     """An image edited in place (or loaded by another version) keeps its name, so only the pixels'
     digest tells; a folder with records but no digest (an older version's) cannot be checked."""
     out, _ = reference_run
-    assert (out / "data.sha256").read_text().strip() == runner.data_digest(
+    assert (out / "data.sha256").read_text().strip() == run_folder.data_digest(
         [runner.load_dataset("digits", TINY["n"], 64).x]
     )
     shutil.copytree(out, tmp_path / "run")
@@ -303,14 +301,14 @@ def test_resume_refuses_other_pixels_and_folders_without_a_digest(reference_run,
 def test_data_digest_sees_values_shapes_and_order():
     a, b = np.zeros((2, 3), np.float32), np.ones((3,), np.float32)
     digests = {
-        runner.data_digest([a, b]),
-        runner.data_digest([b, a]),
-        runner.data_digest([a.reshape(3, 2), b]),
-        runner.data_digest([a.astype(np.float64), b]),
-        runner.data_digest([a, b * 2]),
+        run_folder.data_digest([a, b]),
+        run_folder.data_digest([b, a]),
+        run_folder.data_digest([a.reshape(3, 2), b]),
+        run_folder.data_digest([a.astype(np.float64), b]),
+        run_folder.data_digest([a, b * 2]),
     }
     assert len(digests) == 5
-    assert runner.data_digest([a, b]) == runner.data_digest([a.copy(), np.asfortranarray(b)])
+    assert run_folder.data_digest([a, b]) == run_folder.data_digest([a.copy(), np.asfortranarray(b)])
 
 
 def test_records_store_counts_as_ints(reference_run):
@@ -360,5 +358,5 @@ def test_a_failed_start_does_not_pin_the_folder(tmp_path, kwargs):
     config = ExperimentConfig(n=2, attacks=("fgsm",), focusers=("gradcam",), areas=(0.1,), batch_size=2)
     with pytest.raises(ValueError):
         runner.run_experiment(ExperimentConfig(**{**config.to_dict(), **kwargs}), tmp_path, verbose=False)
-    assert not (tmp_path / runner.CONFIG_FILE).exists()
+    assert not (tmp_path / run_folder.CONFIG_FILE).exists()
     check_config(tmp_path, config)  # the corrected arguments are accepted
