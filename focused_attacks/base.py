@@ -1,8 +1,10 @@
-"""Shared plumbing for the focused attacks: mask normalisation, saliency maps -> masks, label handling and
-the two ways of asking an ART estimator for gradients.
+"""Shared plumbing for the focused attacks: mask normalisation, saliency maps -> masks, label handling
+(the check itself in :mod:`focused_attacks.inputs`) and the two ways of asking an ART estimator for
+gradients.
 
 Conventions: the attacks compute in float32 numpy (N,C,H,W); masks are float32 numpy in [0,1] of shape
-(N,1,H,W) (shared over channels) or ``x.shape``; saliency maps are (N,H,W) in [0,1].
+(N,1,H,W) (shared over channels) or ``x.shape``; saliency maps are (N,H,W) in [0,1]. An empty batch
+(N = 0) goes through every step and gives an empty result.
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ import torch
 from art.attacks.attack import EvasionAttack
 from art.config import ART_NUMPY_DTYPE
 from art.estimators.classification import PyTorchClassifier
-from art.utils import check_and_transform_label_format, get_labels_np_array
+from art.utils import get_labels_np_array
 
+from focused_attacks.inputs import Labels, check_labels
 from saliency import masks as saliency_masks
 from saliency.base import is_int, is_real, model_in_eval
 from saliency.external import as_saliency
@@ -281,18 +284,16 @@ class FocusedEvasionAttack(EvasionAttack):
             )
 
     def _predict_classes(self, x: np.ndarray) -> np.ndarray:
-        return np.argmax(self.estimator.predict(x, batch_size=self.batch_size), axis=1)
+        return np.argmax(predict(self.estimator, x, self.batch_size), axis=1)
 
-    def _labels(self, x: np.ndarray, y: np.ndarray | None) -> np.ndarray:
-        """One-hot float32 labels (N,K): ``y`` (indices or one-hot), else (untargeted) the predictions."""
+    def _labels(self, x: np.ndarray, y: Labels | None) -> np.ndarray:
+        """One-hot float32 labels (N,K): ``y`` checked by :func:`check_labels`, else (untargeted) the
+        predictions."""
         if y is not None:
-            return check_and_transform_label_format(y, nb_classes=self.estimator.nb_classes).astype(
-                ART_NUMPY_DTYPE
-            )
+            return check_labels(y, len(x), self.estimator.nb_classes)
         if self.targeted:
             raise ValueError(TARGETS_REQUIRED)
-        preds = self.estimator.predict(x, batch_size=self.batch_size)
-        return get_labels_np_array(preds).astype(ART_NUMPY_DTYPE)
+        return get_labels_np_array(predict(self.estimator, x, self.batch_size)).astype(ART_NUMPY_DTYPE)
 
     def _attacked_classes(self, x: np.ndarray, labels: np.ndarray) -> np.ndarray:
         """The attacked (true) class: the labels if untargeted, the clean prediction if targeted."""
@@ -303,7 +304,7 @@ class FocusedEvasionAttack(EvasionAttack):
         if self.saliency is None:
             raise ValueError("saliency: no saliency method was given to the attack")
         device = self.estimator.device
-        out = []
+        out = [np.zeros((0, *x.shape[2:]), np.float32)]  # an empty batch gets empty maps
         for start in range(0, len(x), self.batch_size):
             xb = torch.from_numpy(x[start : start + self.batch_size].copy()).to(device)  # x stays intact
             tb = torch.from_numpy(np.asarray(classes[start : start + self.batch_size], dtype=np.int64))
@@ -338,17 +339,19 @@ class FocusedEvasionAttack(EvasionAttack):
     def generate(
         self,
         x: np.ndarray,
-        y: np.ndarray | None = None,
+        y: Labels | None = None,
         mask: np.ndarray | None = None,
         maps: np.ndarray | None = None,
         **kwargs,
     ) -> np.ndarray:
         """Adversarial examples for x (N,C,H,W), floating and within clip_values -> same shape and dtype.
 
-        The attack runs in float32 (as ART's); pixels where the mask is 0 are returned as x exactly.
+        The attack runs in float32 (as ART's); pixels where the mask is 0 are returned as x exactly. An
+        empty batch (N = 0) gives an empty result (0,C,H,W) once its arguments are checked.
 
         :param y: true labels (untargeted; default the model's predictions) or target labels (targeted),
-            as indices (N,) or one-hot (N,K).
+            as class indices (N,) or one-hot rows (N,K), a numpy array, list or tensor; anything else
+            raises (:func:`focused_attacks.inputs.check_labels`).
         :param mask: perturbation mask in [0,1] broadcastable to x ((H,W), (1,H,W), (N,1,H,W), x.shape).
         :param maps: saliency maps (N,H,W) in [0,1], turned into a mask by ``focus`` and ``area``.
         Without mask and maps, ``saliency(x, attacked class)`` gives the maps; without it, the whole image.
@@ -412,11 +415,18 @@ def parse_norm(norm: int | float | str) -> float:
     return value
 
 
+def predict(estimator: object, x: np.ndarray, batch_size: int) -> np.ndarray:
+    """``estimator.predict(x)`` (N,K); an empty batch gives (0,K) without asking ART (which fails on it)."""
+    if len(x) == 0:
+        return np.zeros((0, estimator.nb_classes), ART_NUMPY_DTYPE)
+    return estimator.predict(x, batch_size=batch_size)
+
+
 def success_mask(
     estimator: object, x_adv: np.ndarray, labels: np.ndarray, targeted: bool, batch_size: int
 ) -> np.ndarray:
     """(N,) bool: prediction on x_adv equals the target (targeted) or differs from ``labels`` (untargeted)."""
-    pred = np.argmax(estimator.predict(x_adv, batch_size=batch_size), axis=1)
+    pred = np.argmax(predict(estimator, x_adv, batch_size), axis=1)
     cls = np.argmax(labels, axis=1)
     return pred == cls if targeted else pred != cls
 

@@ -215,6 +215,8 @@ class FocusedCarliniL2(FocusedEvasionAttack):
     ) -> np.ndarray:
         if eps is not None:
             raise ValueError("eps: FocusedCarliniL2 has no perturbation budget")
+        if len(x) == 0:  # nothing to attack (and no range to take as clip values)
+            return x.copy()
         grads = self._gradients()
         device = grads.device
         clip_values = self.estimator.clip_values

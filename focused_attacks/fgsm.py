@@ -70,9 +70,6 @@ class FocusedFGSM(FocusedEvasionAttack):
     ) -> np.ndarray:
         if eps is None:
             eps = np.full(len(x), self.eps, dtype=ART_NUMPY_DTYPE)
-        # ART's FGM normalises multi-hot labels to sum to one; with one-hot labels this is the identity.
-        if self.estimator.nb_classes > 2:
-            labels = labels / np.sum(labels, axis=1, keepdims=True)
         x_adv, _ = run_batches(
             self, x, labels, mask, eps, eps, max_iter=1, restarts=0, beta=0.0, verbose=False
         )

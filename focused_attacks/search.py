@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 
 from focused_attacks.base import FocusedEvasionAttack, keep_outside, maps_to_mask, success_mask
 from focused_attacks.fgsm import FocusedFGSM
+from focused_attacks.inputs import Labels
 from focused_attacks.pgd import FocusedPGD
 
 
@@ -34,9 +35,7 @@ class SearchResult:
         return self.area
 
 
-def _prepare(
-    attack: FocusedEvasionAttack, x: np.ndarray, y: np.ndarray | None
-) -> tuple[np.ndarray, np.ndarray]:
+def _prepare(attack: FocusedEvasionAttack, x: np.ndarray, y: Labels | None) -> tuple[np.ndarray, np.ndarray]:
     if not isinstance(attack, FocusedEvasionAttack):
         raise TypeError(
             f"attack must be a FocusedFGSM, FocusedPGD or FocusedCarliniL2, got {type(attack).__name__}"
@@ -49,7 +48,7 @@ def _prepare(
 def minimal_area(
     attack: FocusedEvasionAttack,
     x: np.ndarray,
-    y: np.ndarray | None = None,
+    y: Labels | None = None,
     areas: Sequence[float] = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0),
     maps: np.ndarray | None = None,
 ) -> SearchResult:
@@ -98,7 +97,7 @@ _EPS_SCALES: dict[str, tuple[Callable[[Any], Any], Callable[[Any], Any]]] = {
 def minimal_eps(
     attack: FocusedFGSM | FocusedPGD,
     x: np.ndarray,
-    y: np.ndarray | None = None,
+    y: Labels | None = None,
     low: float = 0.0,
     high: float | None = None,
     steps: int = 8,

@@ -1,6 +1,7 @@
 """Saliency maps (N,H,W) in [0,1] -> attack masks (N,1,H,W).
 
-Every function takes a torch tensor or a numpy array and returns the same kind, float32.
+Every function takes a torch tensor or a numpy array and returns the same kind, float32; empty maps
+(0,H,W) give an empty mask (0,1,H,W).
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ def top_k(maps: Maps, fraction: float) -> Maps:
             f"fraction (area) {fraction} of a {h}x{w} map rounds to 0 pixels; use a fraction above "
             f"0.5 / ({h}*{w}) = {0.5 / (h * w):.3g}"
         )
-    order = torch.argsort(t.reshape(n, -1), dim=1, descending=True, stable=True)
+    order = torch.argsort(t.reshape(n, h * w), dim=1, descending=True, stable=True)
     mask = torch.zeros(n, h * w, device=t.device)
     mask.scatter_(1, order[:, :k], 1.0)
     return _like(mask.reshape(n, h, w), maps)
