@@ -75,8 +75,9 @@ def resolve_layer(model: nn.Module, layer: str | nn.Module) -> tuple[str, nn.Mod
     return layer, modules[layer]
 
 
-def check_images(x: torch.Tensor | np.ndarray, name: str = "x") -> torch.Tensor:
-    """Validate a batch of images (N,C,H,W) of a floating dtype with finite values; numpy is converted."""
+def check_images(x: torch.Tensor | np.ndarray, name: str = "x", allow_empty: bool = False) -> torch.Tensor:
+    """Validate a batch of images (N,C,H,W) of a floating dtype with finite values; numpy is converted. An
+    empty batch (N = 0) is refused unless ``allow_empty``."""
     if isinstance(x, np.ndarray):
         x = torch.from_numpy(x)
     if not isinstance(x, torch.Tensor):
@@ -85,11 +86,40 @@ def check_images(x: torch.Tensor | np.ndarray, name: str = "x") -> torch.Tensor:
         raise ValueError(f"{name} must have shape (N,C,H,W), got shape {tuple(x.shape)}")
     if not x.is_floating_point():
         raise TypeError(f"{name} must have a floating dtype, got {x.dtype}")
-    if x.shape[0] == 0:
+    if x.shape[0] == 0 and not allow_empty:
         raise ValueError(f"{name} is an empty batch")
     if not torch.isfinite(x).all():
         raise ValueError(f"{name} contains NaN or infinite values")
     return x
+
+
+def model_dtype(model: object) -> torch.dtype:
+    """The dtype of the first floating parameter or buffer of ``model`` (an ``nn.Module``); PyTorch's
+    default dtype (float32) for a module without one or for any other callable."""
+    if isinstance(model, nn.Module):
+        for tensor in [*model.parameters(), *model.buffers()]:
+            if tensor.is_floating_point():
+                return tensor.dtype
+    return torch.get_default_dtype()
+
+
+def model_images(x: torch.Tensor | np.ndarray, model: object) -> torch.Tensor:
+    """Images for a saliency method: validated by :func:`check_images` (an empty batch allowed) and cast to
+    :func:`model_dtype` (a float64, float16 or bfloat16 x runs in the model's dtype), on x's device.
+
+    Args:
+        x (torch.Tensor or np.ndarray): images (N,C,H,W) of any floating dtype.
+        model (nn.Module or callable): the module (or forward function) the method runs.
+
+    Returns:
+        torch.Tensor: x in the model's dtype.
+    """
+    return check_images(x, allow_empty=True).to(model_dtype(model))
+
+
+def empty_maps(x: torch.Tensor) -> torch.Tensor:
+    """The maps of an empty batch of images x (0,C,H,W): float32 (0,H,W) on x's device."""
+    return torch.zeros((0, *x.shape[-2:]), dtype=torch.float32, device=x.device)
 
 
 def resolve_targets(targets: Targets, logits: torch.Tensor) -> torch.Tensor:
@@ -246,7 +276,11 @@ class LayerGradients(ActivationRecorder):
 
 
 class SaliencyMethod:
-    """Base class: ``maps = method(x, targets=None)`` -> float32 (N,H,W) in [0,1] on x's device."""
+    """Base class: ``maps = method(x, targets=None)`` -> float32 (N,H,W) in [0,1] on x's device.
+
+    x of any floating dtype runs in the model's (:func:`model_images`); an empty batch gives empty maps
+    (0,H,W) (:func:`empty_maps`) without running the model.
+    """
 
     def __init__(self, model: object):
         self.model, self.preprocess = unwrap_model(model)
@@ -282,7 +316,9 @@ class GradientCAM(SaliencyMethod):
         raise NotImplementedError
 
     def __call__(self, x: torch.Tensor, targets: Targets = None) -> torch.Tensor:
-        x = check_images(x)
+        x = model_images(x, self.model)
+        if x.shape[0] == 0:
+            return empty_maps(x)
         activations, gradients = self._activations_and_gradients(x, targets)
         cam = self.combine(activations, gradients)
         return normalize_maps(resize(cam[:, None], tuple(x.shape[-2:]))[:, 0])

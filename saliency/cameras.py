@@ -22,9 +22,10 @@ from saliency.base import (
     LayerGradients,
     SaliencyMethod,
     Targets,
-    check_images,
     class_scores,
+    empty_maps,
     gradients_of,
+    model_images,
     model_in_eval,
     normalize_maps,
     resize,
@@ -129,7 +130,9 @@ class CAMERAS(SaliencyMethod):
             return self.model(self.preprocess(x)).argmax(dim=1)
 
     def __call__(self, x: torch.Tensor, targets: Targets = None) -> torch.Tensor:
-        x = check_images(x).detach()
+        x = model_images(x, self.model).detach()
+        if x.shape[0] == 0:
+            return empty_maps(x)
         size = (x.shape[2], x.shape[3])
         stored: list[tuple[torch.Tensor, torch.Tensor]] = []  # (A, G) per resolution, masked by `keep`
         counts = torch.zeros(x.shape[0], device=x.device)

@@ -27,8 +27,9 @@ from torch import nn
 from saliency.base import (
     Preprocess,
     Targets,
-    check_images,
+    empty_maps,
     is_int,
+    model_images,
     model_in_eval,
     normalize_maps,
     resolve_layer,
@@ -133,7 +134,9 @@ class PytorchGradCamSaliency:
 
     def __call__(self, x: torch.Tensor, targets: Targets = None) -> torch.Tensor:
         """Maps (N,H,W) in [0,1] on x's device for x (N,C,H,W) and ``targets`` (None: predicted)."""
-        x = check_images(x)
+        x = model_images(x, self.cam.model)
+        if x.shape[0] == 0:
+            return empty_maps(x)
         pgc = _import("pytorch_grad_cam", "grad-cam")
         cam, xd = self.cam, x.detach().to(self.cam.device)
         with model_in_eval(cam.model), _kept_grads(cam.model):
@@ -206,9 +209,11 @@ class CaptumSaliency:
 
     def __call__(self, x: torch.Tensor, targets: Targets = None) -> torch.Tensor:
         """Maps (N,H,W) in [0,1] on x's device for x (N,C,H,W) and ``targets`` (None: predicted)."""
-        x = check_images(x)
-        attr = _import("captum.attr", "captum")
         forward = self.method.forward_func
+        x = model_images(x, forward)
+        if x.shape[0] == 0:
+            return empty_maps(x)
+        attr = _import("captum.attr", "captum")
         mode = model_in_eval(forward) if isinstance(forward, nn.Module) else nullcontext()
         with mode:
             classes = resolve_targets(targets, _logits(forward, x.detach()))

@@ -48,7 +48,8 @@ from saliency.base import (
     ActivationRecorder,
     SaliencyMethod,
     Targets,
-    check_images,
+    empty_maps,
+    model_images,
     model_in_eval,
     normalize_maps,
     resize,
@@ -214,7 +215,9 @@ class GPNNCAM(SaliencyMethod):
         return fused[0]
 
     def __call__(self, x: torch.Tensor, targets: Targets = None) -> torch.Tensor:
-        x = check_images(x)
+        x = model_images(x, self.model)
+        if x.shape[0] == 0:
+            return empty_maps(x)
         if x.min() < 0 or x.max() > 1:
             raise ValueError("x must lie in [0,1]: GPNN-CAM generates variations of the [0,1] image")
         height, width = x.shape[-2:]
