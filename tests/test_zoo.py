@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -189,7 +191,54 @@ def test_any_torch_load_failure_is_a_value_error(tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise KeyError("archive/data.pkl")
 
-    (tmp_path / "w.pt").write_bytes(b"x")
+    (tmp_path / "w.pt").write_bytes(b"\x80\x02x")  # binary, not a text file
     monkeypatch.setattr(torch, "load", broken)
-    with pytest.raises(ValueError, match="could not be read"):
+    with pytest.raises(
+        ValueError, match="could not be read as a PyTorch state_dict: KeyError: 'archive/data.pkl'"
+    ):
         zoo.load("resnet18", tmp_path / "w.pt")
+
+
+@pytest.mark.parametrize("device", ["cuda", "gpu"])
+def test_cuda_device_without_cuda_is_refused(monkeypatch, device):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    message = (
+        f"device '{device}' was asked for but CUDA is not available on this machine; use --device cpu or "
+        "leave it unset"
+    )
+    with pytest.raises(ValueError, match=re.escape(message)):
+        zoo.classifier("digits-cnn", device=device)
+    assert zoo.classifier("digits-cnn").device.type == "cpu"  # unset: the CPU when there is no CUDA
+
+
+TEXT = "is a text file, not a PyTorch state_dict (.pt/.pth saved with torch.save) or .safetensors file"
+
+
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("w.pt", b"", re.escape("is empty (0 bytes)")),
+        ("w.pth", b"", re.escape("is empty (0 bytes)")),
+        ("w.safetensors", b"", re.escape("is empty (0 bytes)")),
+        ("w.pt", b"https://example.org/weights.pt\n", re.escape(TEXT)),
+        ("w.safetensors", "poids: réseau\n".encode(), re.escape(TEXT)),
+        ("w.pt", bytes(range(256)) * 4, r"could not be read as a PyTorch state_dict: \w+: \S"),
+    ],
+    ids=["empty-pt", "empty-pth", "empty-safetensors", "text", "utf8-text-safetensors", "binary"],
+)
+def test_unreadable_weights_file_says_what_it_is(tmp_path, name, content, message):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=f"^weights file {re.escape(str(path))} {message}"):
+        zoo.load("digits-cnn", weights=path)
+
+
+def test_unreadable_weights_reason_is_never_empty(tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise EOFError()
+
+    path = tmp_path / "w.pt"
+    path.write_bytes(b"\x80\x02\x00")
+    monkeypatch.setattr(torch, "load", broken)
+    with pytest.raises(ValueError, match=r"could not be read as a PyTorch state_dict: EOFError$"):
+        zoo.load("digits-cnn", weights=path)
