@@ -319,6 +319,7 @@ def _paper_config(args: argparse.Namespace, model: str, data: str, focusers: Seq
 
     options = {
         "weights": getattr(args, "weights", None),
+        "labels": getattr(args, "labels", None),
         "n": args.n,
         "size": getattr(args, "size", None),
         "layers": tuple(_split(getattr(args, "layer", None))) or None,
@@ -370,6 +371,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         model=args.model,
         weights=args.weights,
         data=args.data,
+        labels=args.labels,
         n=args.n,
         size=args.size,
         attacks=tuple(_split(args.attacks)),
@@ -928,6 +930,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="digits",
         help="'digits' (embedded benchmark), 'photos' (the bundled photographs; paper protocol) or an "
         "image folder",
+    )
+    p.add_argument(
+        "--labels",
+        default=None,
+        help="photos and image folders: a CSV file 'image,label' (label: class index or WordNet id), or "
+        "'prediction' to attack the model's prediction (default: class subfolders named by class index "
+        "or WordNet id, else the prediction)",
     )
     p.add_argument(
         "--protocol",

@@ -36,7 +36,6 @@ from evaluation.run_folder import (
     check_config,
     check_data,
     check_out,
-    data_digest,
     lock,
     make_dir,
     save_arrays,
@@ -80,6 +79,7 @@ class PaperConfig:
     model: str = "efficientnet-lite0"
     weights: str | None = None
     data: str = "photos"
+    labels: str | None = None
     n: int = 1000
     size: int | None = None
     focusers: tuple[str, ...] = PAPER_FOCUSERS
@@ -286,8 +286,9 @@ def _prepare(config: PaperConfig, out: Path, device: str | None) -> tuple[Any, l
     layers = list(config.layers) if config.layers else list(zoo.default_layers(config.model))
     check_layers(classifier, layers)
     resize = zoo.resize_size(config.model, size, config.weights)
+    interpolation = zoo.resize_interpolation(config.model)
     data = load_dataset(
-        config.data, config.n, size, config.seed, resize, zoo.resize_interpolation(config.model)
+        config.data, config.n, size, config.seed, resize, interpolation, config.labels, classifier.nb_classes
     )
     return classifier, layers, data
 
@@ -311,7 +312,7 @@ def run_paper_protocol(
         stored = log.read(repair=True)
         _check_names(stored, data.names, config.data)
         check_config(out, config.to_dict())
-        check_data(out, data_digest([data.x]), has_results=bool(stored))
+        check_data(out, data.digest(), has_results=bool(stored))
         computed = _run_batches(config, out, classifier, layers, data, log, stored, verbose)
         records = sorted(log.read(), key=paper_key)
         from evaluation.paper_report import write_paper_report
@@ -319,7 +320,7 @@ def run_paper_protocol(
 
         seconds = time.perf_counter() - start
         run = provenance(getattr(classifier, "device", None), layers, seconds)
-        write_paper_report(out, records, config.to_dict(), provenance=run)
+        write_paper_report(out, records, config.to_dict(), provenance=run, labels=data.label_source)
     return PaperResult(records, out, seconds, computed)
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from evaluation.labels import PREDICTED_SOURCE
 from evaluation.paper_protocol import ARRAYS_DIR, FIGURE_FOCUSERS, UNIFORM
 from evaluation.provenance import provenance_markdown
 from evaluation.report import _median, markdown_table, records_csv, text_table
@@ -94,11 +95,18 @@ def summarize_paper(records: Sequence[dict[str, Any]], focusers: Sequence[str] |
     return rows
 
 
-def settings_notes(config: dict[str, Any], records: Sequence[dict[str, Any]]) -> str:
-    """What was run, in words: model, data, labels, attack settings."""
+def settings_notes(
+    config: dict[str, Any], records: Sequence[dict[str, Any]], labels: str | None = None
+) -> str:
+    """What was run, in words: model, data, labels (where they came from), attack settings."""
     attacked = {r["image"] for r in records if r.get("attacked", True)}
     images = {r["image"] for r in records}
-    labels = "their labels" if config["data"] == "digits" else "the model's own prediction: no labels"
+    labels = labels or ("the digits' own labels" if config["data"] == "digits" else PREDICTED_SOURCE)
+    which = (
+        "every image: without labels, each attack attacked the predicted class"
+        if labels.startswith(PREDICTED_SOURCE)
+        else f"those classified as the label; labels: {labels}"
+    )
     inf = config["norm"] == "inf"
     step = f"{255 * config['eps_step']:.3g}/255" if inf else f"{config['eps_step']:g}"
     bound = (
@@ -108,8 +116,8 @@ def settings_notes(config: dict[str, Any], records: Sequence[dict[str, Any]]) ->
     )
     return (
         f"Model {config['model']} (weights: {config['weights'] or 'the default'}), data {config['data']}: "
-        f"{len(attacked)} of {len(images)} images attacked (those classified as the label; label = "
-        f"{labels}). Targeted PGD to the least-likely class of the clean image, loss CE + "
+        f"{len(attacked)} of {len(images)} images attacked ({which}). "
+        "Targeted PGD to the least-likely class of the clean image, loss CE + "
         f"{config['beta']:g} * ||delta * (1 - Psi)||_2, L-{config['norm']} steps of {step}, {bound}, "
         f"{config['max_iter']} steps. The plain attack stops once the target's softmax probability "
         f"reaches {100 * config['confidence']:g} %; a penalised one keeps that probability (CE steps "
@@ -129,12 +137,14 @@ def write_paper_report(
     config: dict[str, Any],
     figures: bool = True,
     provenance: dict[str, Any] | None = None,
+    labels: str | None = None,
 ) -> dict[str, Any]:
     """Write ``report.md``, ``results.json``, ``records.csv`` and the per-image figures to ``out_dir``;
-    ``provenance`` (:func:`evaluation.provenance.provenance`) is recorded in both report files."""
+    ``provenance`` (:func:`evaluation.provenance.provenance`) is recorded in both report files, ``labels``
+    (where the labels came from) in the notes."""
     out = Path(out_dir)
     rows = summarize_paper(records, config.get("focusers"))
-    notes = settings_notes(config, records)
+    notes = settings_notes(config, records, labels)
     paths = [] if not figures else image_figures(out, records)
     parts = [
         "# CAMERAS paper protocol: targeted PGD with the saliency penalty\n",

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from evaluation.labels import PREDICTED_SOURCE
 from evaluation.metrics import norm_reduction
 from evaluation.provenance import provenance_markdown
 from evaluation.run_folder import make_dir, write_atomic
@@ -215,11 +216,17 @@ def write_table(
     return paths
 
 
+#: The first point of :data:`FAIRNESS`, with labels and without.
+SAME_IMAGES = {
+    True: "the correctly classified ones; the others count in no statistic), against the **same class** "
+    "(the label)",
+    False: "every image: without labels, each attack attacked the predicted class), against the **same "
+    "class** (the model's clean prediction)",
+}
 FAIRNESS = """\
 ## How the comparison is kept fair
 
-* Every attack runs on the **same images** (the correctly classified ones; the others count in no
-  statistic), against the **same class** (the label), with the **same hyper-parameters** whether
+* Every attack runs on the **same images** ({same_images}, with the **same hyper-parameters** whether
   unfocused or focused; only the mask differs.
 * Each image's saliency maps are computed **once**, on the clean image for its label, and reused by
   every attack and area; the mask keeps exactly the top `area` fraction of pixels (`saliency.masks.top_k`).
@@ -288,10 +295,12 @@ def write_report(
     notes: str = "",
     figures: bool = True,
     provenance: dict[str, Any] | None = None,
+    labels: str | None = None,
 ) -> dict[str, Any]:
     """Write ``report.md``, ``results.json``, ``records.csv`` and (``figures=True``) figures to ``out_dir``.
 
-    ``provenance`` (:func:`evaluation.provenance.provenance`) is recorded in both report files.
+    ``provenance`` (:func:`evaluation.provenance.provenance`) and ``labels`` (where the labels came from,
+    :attr:`evaluation.runner.Dataset.label_source`; None: not stated) are recorded in both report files.
 
     ``examples`` (see :func:`evaluation.plots.attack_grid`) adds the image/map/mask/perturbation grid.
     Returns ``{"rows": summary rows, "table": plain-text table, "paths": {...}}``.
@@ -314,12 +323,18 @@ def write_report(
         parts.append(f"Run: {summary}.\n")
     if notes:
         parts.append(notes.strip() + "\n")
+    labelled = labels is None or not labels.startswith(PREDICTED_SOURCE)
+    if labels:
+        parts.append(f"Labels: {labels}.\n")
     parts.append(markdown_table(rows, SUMMARY_COLUMNS))
+    attacked = (
+        "correctly classified images attacked" if labelled else "images attacked (their predicted class)"
+    )
     parts.append(
-        "`n`: correctly classified images attacked; medians over successful attacks; L0 = changed pixels; "
+        f"`n`: {attacked}; medians over successful attacks; L0 = changed pixels; "
         "reductions are paired medians over the `pairs` images both attacks fool (see below).\n"
     )
-    parts.append(FAIRNESS)
+    parts.append(FAIRNESS.format(same_images=SAME_IMAGES[labelled]))
     if config:
         parts.append(settings_text(config))
     if figure_paths:
@@ -336,7 +351,7 @@ def write_report(
         parts.append(provenance_markdown(provenance))
     paths["md"] = out / "report.md"
     write_atomic(paths["md"], "\n".join(parts))
-    summary = {"config": config, "provenance": provenance, "summary": rows}
+    summary = {"config": config, "labels": labels, "provenance": provenance, "summary": rows}
     paths["json"] = write_atomic(out / "results.json", json.dumps(summary, indent=2) + "\n")
     paths["csv"] = write_atomic(out / "records.csv", records_csv(records))
     for i, p in enumerate(figure_paths):

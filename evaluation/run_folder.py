@@ -299,10 +299,10 @@ def check_config(out_dir: str | Path, config: Any, write: bool = True) -> None:
             stored = json.loads(text)
         except ValueError as err:
             raise ConfigMismatchError(f"{path} is not valid JSON ({err}); use a new --out folder") from None
-        if stored != wanted:
-            keys = set(stored) | set(wanted) if isinstance(stored, dict) else set(wanted)
-            stored = stored if isinstance(stored, dict) else {}
-            diff = sorted(k for k in keys if stored.get(k) != wanted.get(k))
+        stored = stored if isinstance(stored, dict) else {}
+        # a field a newer version added, left at None, does not make an older folder another run
+        diff = sorted(k for k in set(stored) | set(wanted) if stored.get(k) != wanted.get(k))
+        if diff:
             details = "; ".join(f"{k}: stored {stored.get(k)!r}, now {wanted.get(k)!r}" for k in diff)
             raise ConfigMismatchError(
                 f"{Path(out_dir)} holds a run made with different arguments ({details}); "

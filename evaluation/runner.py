@@ -35,6 +35,7 @@ import torch
 from tqdm.auto import tqdm
 
 from evaluation.distributed import DistributedContext, init_distributed, shard
+from evaluation.labels import PREDICTED_SOURCE, PREDICTION, csv_labels, folder_labels
 from evaluation.run_folder import (
     BatchMaps,
     ConfigMismatchError,
@@ -126,6 +127,7 @@ class ExperimentConfig:
     model: str = "digits-cnn"
     weights: str | None = None
     data: str = "digits"
+    labels: str | None = None
     n: int = 200
     size: int | None = None
     attacks: tuple[str, ...] = ATTACKS
@@ -198,12 +200,20 @@ class ExperimentConfig:
 # ----------------------------------------------------------------------------------------------- data
 @dataclass
 class Dataset:
-    """Images (N,C,H,W) float32 in [0,1], labels (N,) (None: use the model's prediction), names."""
+    """Images (N,C,H,W) float32 in [0,1], labels (N,) (None: use the model's prediction), names, and where
+    the labels come from (:mod:`evaluation.labels`)."""
 
     x: np.ndarray
     y: np.ndarray | None
     names: list[str]
     boxes: np.ndarray | None = None
+    label_source: str = PREDICTED_SOURCE
+
+    def digest(self) -> str:
+        """:func:`evaluation.run_folder.data_digest` of the pixels, and of the labels when they come from
+        files (class subfolders, a CSV), so that a resume with other labels is refused."""
+        from_files = self.y is not None and self.boxes is None
+        return data_digest([self.x, self.y] if from_files else [self.x])
 
 
 def load_dataset(
@@ -213,24 +223,39 @@ def load_dataset(
     seed: int = 0,
     resize: int | None = None,
     interpolation: str = "bilinear",
+    labels: str | None = None,
+    nb_classes: int = 1000,
 ) -> Dataset:
     """``"digits"`` (the embedded benchmark's test split, with labels and boxes), ``"photos"`` (the
-    natural photographs bundled with the dependencies, :func:`evaluation.datasets.sample_photos`; no
-    labels) or an image folder (:func:`evaluation.datasets.image_folder`, only the first ``n`` files
-    decoded). Photos and folders: shorter side resized to ``resize`` with ``interpolation`` before the
-    centre crop. Folder images get no labels: their folder indices need not match the model's classes,
-    so the model's clean prediction is attacked."""
+    natural photographs bundled with the dependencies, :func:`evaluation.datasets.sample_photos`) or an
+    image folder (:func:`evaluation.datasets.image_folder`, only the first ``n`` files decoded). Photos and
+    folders: shorter side resized to ``resize`` with ``interpolation`` before the centre crop.
+
+    ``labels`` (photos and folders): None takes class subfolders named by class index or WordNet id
+    (:func:`evaluation.labels.folder_labels`; a model of ``nb_classes``), ``"prediction"`` none, any other
+    value is a CSV file (:func:`evaluation.labels.csv_labels`). Without labels the model's clean prediction
+    is attacked."""
     from evaluation import datasets
 
     if data == "digits":
+        if labels is not None:
+            raise ValueError("labels: the digits carry their own labels; --labels is for photos and folders")
         x, y, boxes = datasets.cluttered_digits(n, "test", size=size, seed=seed)
-        return Dataset(x, y, [f"digits-{i:05d}" for i in range(n)], boxes)
+        return Dataset(x, y, [f"digits-{i:05d}" for i in range(n)], boxes, "the digits' own labels")
     if data == "photos":
         x, names = datasets.sample_photos(size, resize=resize, interpolation=interpolation)
-        return Dataset(np.asarray(x[:n], dtype=np.float32), None, list(names[:n]))
-    loaded = datasets.image_folder(data, size=size, n=n, resize=resize, interpolation=interpolation)
-    names = [str(Path(p).relative_to(data).with_suffix("")) for p in loaded.paths]
-    return Dataset(np.asarray(loaded.x, dtype=np.float32), None, names)
+        x, names, y, source = np.asarray(x[:n], dtype=np.float32), list(names[:n]), None, PREDICTED_SOURCE
+    else:
+        loaded = datasets.image_folder(data, size=size, n=n, resize=resize, interpolation=interpolation)
+        names = [str(Path(p).relative_to(data).with_suffix("").as_posix()) for p in loaded.paths]
+        x, y, source = np.asarray(loaded.x, dtype=np.float32), None, PREDICTED_SOURCE
+        if loaded.y is not None:
+            y, source = folder_labels(loaded.classes, loaded.y, nb_classes)
+    if labels == PREDICTION:
+        y, source = None, PREDICTED_SOURCE
+    elif labels is not None:
+        y, source = csv_labels(labels, names, nb_classes), f"the CSV file {labels}"
+    return Dataset(x, y, names, label_source=source)
 
 
 # ------------------------------------------------------------------------------------------- saliency
@@ -670,7 +695,7 @@ def _pin_folder(
     rank's record log with every record already in the folder."""
     # Only rank 0 writes config.json and data.sha256; the others check them after all_ok (a collective, so
     # they wait for rank 0): a rank can never see records of this run before its digest exists.
-    digest = data_digest([data.x])
+    digest = data.digest()
     refusal: ConfigMismatchError | None = None
     own = RecordLog(
         out / (f"records.rank{ctx.rank}.jsonl" if ctx.is_distributed else RECORDS_FILE), record_key
@@ -722,8 +747,9 @@ def run_experiment(
     classifier = zoo.classifier(config.model, config.weights, device=device)
     layers = list(config.layers) if config.layers else list(zoo.default_layers(config.model))
     resize = zoo.resize_size(config.model, size, config.weights)
+    interpolation = zoo.resize_interpolation(config.model)
     data = load_dataset(
-        config.data, config.n, size, config.seed, resize, zoo.resize_interpolation(config.model)
+        config.data, config.n, size, config.seed, resize, interpolation, config.labels, classifier.nb_classes
     )
     _check_before_pinning(config, data, classifier, layers)
     with contextlib.ExitStack() as held:
@@ -746,8 +772,9 @@ def run_experiment(
                 from evaluation.report import write_report
 
                 run = provenance(getattr(classifier, "device", None), layers, time.perf_counter() - start)
+                examples = load_examples(out)
                 write_report(
-                    out, records, config=config.to_dict(), examples=load_examples(out), provenance=run
+                    out, records, config.to_dict(), examples, provenance=run, labels=data.label_source
                 )
         ctx.barrier()
     return RunResult(records, out, time.perf_counter() - start, computed, ctx.is_main)
