@@ -89,13 +89,14 @@ def _compose(
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     _, labels, splits = _sources()
     pool = splits[split]
-    rng = np.random.default_rng([int(seed), _SPLITS.index(split)])
-
     x = np.empty((n, 3, size, size), dtype=np.float32)
     ink = np.zeros((n, size, size), dtype=np.float32)
     boxes = np.empty((n, 4), dtype=np.int64)
-    sources = rng.choice(pool, size=n)
-    for i, src in enumerate(sources):
+    sources = np.empty(n, dtype=np.int64)
+    for i in range(n):
+        # image i depends on (seed, split, i) only: every n is a prefix of a larger one
+        rng = np.random.default_rng([int(seed), _SPLITS.index(split), i])
+        src = sources[i] = rng.choice(pool)
         background = rng.uniform(0.0, 0.3, size=3).astype(np.float32)
         canvas = np.broadcast_to(background[:, None, None], (3, size, size)).copy()
 
@@ -138,7 +139,8 @@ def cluttered_digits(
     a random bright colour at a random position, 3..6 square fragments (6..10 px crops) of other digits in
     random bright colours that never overlap the digit's box, and Gaussian noise (sigma 0.02). Train and
     test draw from disjoint sources (a fixed, class-stratified split of the 1797 digits, see
-    :func:`source_indices`). The same (n, split, size, seed) gives the same images.
+    :func:`source_indices`). Image i depends only on (i, split, size, seed), so the first n images of a
+    larger n are the same: ``cluttered_digits(50)`` is the start of ``cluttered_digits(200)``.
 
     Returns:
         x: float32 (n,3,size,size) in [0,1].

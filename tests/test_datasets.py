@@ -81,6 +81,20 @@ def test_deterministic_and_seed_split_dependent():
     assert not np.array_equal(a[0], cluttered_digits(5, "train", seed=1)[0])
 
 
+@settings(max_examples=15, deadline=None)
+@given(
+    n=st.integers(1, 12),
+    extra=st.integers(1, 12),
+    seed=st.integers(0, 3),
+    split=st.sampled_from(["train", "test"]),
+)
+def test_every_n_is_a_prefix_of_a_larger_one(n, extra, seed, split):
+    small = cluttered_digits(n, split, seed=seed)
+    large = cluttered_digits(n + extra, split, seed=seed)
+    for u, v in zip(small, large):  # images, labels and boxes: "digits-00003" names one image for every n
+        np.testing.assert_array_equal(u, v[:n])
+
+
 def test_other_sizes():
     x, _, boxes = cluttered_digits(3, size=40, seed=0)
     assert x.shape == (3, 3, 40, 40) and (boxes[:, 2:] <= 40).all()
