@@ -1,72 +1,86 @@
-"""Focused PGD on a torchvision model: a CAMERAS map picks the top 10 % of the pixels, L-inf PGD may only
-change those, and the result is compared with the unfocused attack.
+"""Focused PGD on an ImageNet model, compared the fair way: for the unfocused attack and for the attack
+confined to the top 10 % of a CAMERAS map, the *smallest* L-inf budget that fools the model is searched
+per image, and the norms of those minimal perturbations are compared.
 
-    python examples/focused_pgd_torchvision.py                      # resnet18, random weights (smoke run)
-    python examples/focused_pgd_torchvision.py --weights DEFAULT    # ImageNet weights (downloads them)
+    python examples/focused_pgd_torchvision.py                                   # EfficientNet-Lite0, offline
+    python examples/focused_pgd_torchvision.py --model resnet50 --weights DEFAULT  # torchvision (downloads)
 
-The photo is scikit-image's ``chelsea`` (a cat). With random weights the classes mean nothing, but every
-step runs; pass ``--weights DEFAULT`` for meaningful maps. Writes the map overlay and the adversarial
-image to ``--out``.
+Comparing L2 at one imposed eps would be unfair: the focused attack changes fewer pixels, so its L2 is
+smaller whether or not the map is any good. The photos are the bundled ones (chelsea, coffee, astronaut,
+...). Writes each map's overlay and adversarial image into the folder ``--out``. About 5 minutes for the
+default 3 photos on a 2-core CPU. On EfficientNet-Lite0 the untargeted minimal budgets are tiny (well
+under 1/255 for the whole image), and confined to 10 % of the pixels the attack needs a larger L2 on
+these photos: the example prints what it finds.
 """
 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+import io
 
 import numpy as np
 import torch
 from PIL import Image
-from skimage import data
 
 from evaluation import zoo
-from evaluation.cli import resize_crop
-from evaluation.metrics import perturbation_norms
-from focused_attacks import FocusedPGD
+from evaluation.datasets import sample_photos
+from evaluation.metrics import norm_reduction, perturbation_norms
+from evaluation.run_folder import make_dir, write_atomic
+from focused_attacks import FocusedPGD, minimal_eps
 from saliency import CAMERAS
-from saliency.plot import save_overlay
+from saliency.plot import overlay
 
 
-def main() -> None:
+def _png(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="png")
+    return buffer.getvalue()
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="resnet18")
-    parser.add_argument("--weights", default=None, help="None (random), DEFAULT, or a state_dict file")
+    parser.add_argument("--model", default="efficientnet-lite0")
+    parser.add_argument(
+        "--weights", default=None, help="None (the model's own), DEFAULT, or a state_dict file"
+    )
+    parser.add_argument("--n", type=int, default=3, help="photos to attack (default 3)")
     parser.add_argument("--area", type=float, default=0.1, help="fraction of pixels the attack may change")
-    parser.add_argument("--eps", type=float, default=8 / 255, help="L-inf budget")
-    parser.add_argument("--out", default="runs/focused_pgd_torchvision")
-    args = parser.parse_args()
+    parser.add_argument("--out", default="runs/focused_pgd_torchvision", help="output folder")
+    args = parser.parse_args(argv)
 
     torch.manual_seed(0)
     classifier = zoo.classifier(args.model, args.weights, device="cpu")
     size = zoo.input_size(args.model)[-1]
     resize = zoo.resize_size(args.model, size, args.weights)  # as the weights' own transforms
-    x = resize_crop(data.chelsea(), size, resize)[None]  # (1,3,size,size) in [0,1]
+    x, names = sample_photos(size, resize=resize, interpolation=zoo.resize_interpolation(args.model))
+    x, names = x[: args.n], names[: args.n]
     label = classifier.predict(x).argmax(axis=1)
 
     layer = zoo.default_layers(args.model)[0]
-    # Scales 1x..2x of the input instead of the official 1x..~4x: a quarter of the CPU time.
-    cameras = CAMERAS(classifier, layer, resolutions=[size, round(1.5 * size), 2 * size])
-    maps = cameras(torch.from_numpy(x), targets=torch.from_numpy(label)).numpy()
+    maps = CAMERAS(classifier, layer)(torch.from_numpy(x), targets=torch.from_numpy(label)).numpy()
 
-    pgd = dict(eps=args.eps, eps_step=args.eps / 4, max_iter=10, verbose=False)
-    x_full = FocusedPGD(classifier, **pgd).generate(x, label)
-    x_focus = FocusedPGD(classifier, area=args.area, **pgd).generate(x, label, maps=maps)
+    # The smallest eps on a log grid over [2 ** -16, 1] (8 halvings: within 4.4 % of the threshold).
+    search = dict(low=2.0**-16, high=1.0, steps=8, scale="log")
+    pgd = dict(eps=1.0, eps_step=0.25, max_iter=10, verbose=False)
+    full = minimal_eps(FocusedPGD(classifier, **pgd), x, label, **search)
+    focused = minimal_eps(FocusedPGD(classifier, area=args.area, **pgd), x, label, maps=maps, **search)
 
-    out = Path(args.out)
-    save_overlay(out / "cameras_overlay.png", x[0], maps[0])
-    Image.fromarray(np.round(255 * x_focus[0].transpose(1, 2, 0)).astype(np.uint8)).save(
-        out / "adversarial.png"
-    )
-    print(f"{args.model} (weights={args.weights}): clean class {int(label[0])}, CAMERAS at {layer}")
-    for name, x_adv in (("unfocused", x_full), (f"focused {100 * args.area:g}%", x_focus)):
-        norms = perturbation_norms(x, x_adv)
-        pred = int(classifier.predict(x_adv).argmax(axis=1)[0])
-        print(
-            f"  {name:>12}: class {pred} ({'fooled' if pred != label[0] else 'not fooled'}), "
-            f"L0 {int(norms['l0_pixels'][0])} px, L2 {float(norms['l2'][0]):.3f}, "
-            f"Linf {float(norms['linf'][0]):.4f}"
-        )
-    print(f"wrote {out}/cameras_overlay.png and {out}/adversarial.png")
+    out = make_dir(args.out)
+    print(f"{args.model}: CAMERAS at {layer}, PGD with the smallest fooling L-inf budget per image")
+    for i, name in enumerate(names):
+        write_atomic(out / f"{name}_cameras.png", _png(overlay(x[i], maps[i])))
+        adversarial = np.round(255 * focused.x_adv[i].transpose(1, 2, 0)).astype(np.uint8)
+        write_atomic(out / f"{name}_adversarial.png", _png(adversarial))
+        for what, result in (("unfocused", full), (f"top {100 * args.area:g} %", focused)):
+            norms = perturbation_norms(x[i : i + 1], result.x_adv[i : i + 1])
+            found = "none fooled it" if np.isnan(result.eps[i]) else f"eps {255 * result.eps[i]:.2f}/255"
+            print(f"  {name:>12} {what:>10}: {found}, L2 {float(norms['l2'][0]):.3f}")
+    reports = [
+        {"success": np.isfinite(result.eps), **perturbation_norms(x, result.x_adv)}
+        for result in (focused, full)
+    ]
+    l2 = norm_reduction(*reports)["l2"]
+    print(f"median paired L2 reduction over {l2['n']} images: {l2['median_reduction']:.1f} % -> {out}")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Write a grid PNG of GPNN variations of scikit-image's bundled photos (chelsea, coffee, astronaut).
 
 Each row: the source image, then ``--n`` variations. The default (64 px short side, 4 variations) takes
-about 10 s on a 2-core CPU. Example: ``python examples/gpnn_variations.py --size 96 --n 4 --out grid.png``.
+about 10 s on a 2-core CPU. Writes ``variations.png`` into the folder ``--out`` (default
+``runs/gpnn_variations``). Example: ``python examples/gpnn_variations.py --size 96 --n 4 --out runs/gpnn``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import skimage.data  # noqa: E402
 import skimage.transform  # noqa: E402
 import torch  # noqa: E402
 
+from evaluation.run_folder import make_dir, save_figure  # noqa: E402
 from saliency import GPNN  # noqa: E402
 
 PHOTOS = ("chelsea", "coffee", "astronaut")
@@ -39,7 +41,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fold", default="uniform", choices=["uniform", "distance"], help="patch averaging")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--out", default="gpnn_variations.png", help="output PNG path")
+    parser.add_argument("--out", default="runs/gpnn_variations", help="output folder (variations.png)")
     args = parser.parse_args(argv)
 
     gpnn = GPNN(iters=args.iters, fold=args.fold, device=args.device, verbose=True)
@@ -56,8 +58,8 @@ def main(argv: list[str] | None = None) -> None:
             axes[row, col].set_axis_off()
         axes[row, 0].set_title(f"{name} (source)", fontsize=8)
     fig.tight_layout()
-    fig.savefig(args.out, dpi=120)
-    print(f"wrote {args.out}")
+    path = save_figure(fig, make_dir(args.out) / "variations.png", dpi=120)
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":
