@@ -5,12 +5,16 @@ earnest):
 
 * ``success_rate``: share of those images whose adversarial prediction differs from the label;
 * ``median_l0`` / ``median_l2`` / ``median_linf``: medians over the *successful* images of the number of
-  changed pixels and the L2 / L-inf norms of the perturbation;
+  changed pixels and the L2 / L-inf norms of the perturbation; ``q1_l2`` / ``q3_l2`` / ``q1_linf`` /
+  ``q3_linf``: the quartiles of those norms (the error bars of the norm-vs-area figure);
 * ``l2_reduction``: paired reduction against the unfocused attack, ``1 - median(l2_focused / l2_full)``
   over the images on which *both* attacks succeeded (``n_paired`` of them, the "pairs" column), so a
   focused attack is never credited for images it failed on; ``l2_reduction_vs_random``: the same against
   the random mask of the same area (the control; ``n_paired_random`` images). Both are None (printed as
-  a dash) on the unfocused row, where the reduction would compare the attack with itself.
+  a dash) on the unfocused row, where the reduction would compare the attack with itself;
+* ``l2_reduction_ci`` / ``l2_reduction_vs_random_ci``: their 95 % percentile-bootstrap confidence
+  intervals over the paired images, ``[low, high]`` (:func:`evaluation.stats.bootstrap_ci`, seed 0,
+  10,000 resamples), None with fewer than 2 pairs.
 """
 
 from __future__ import annotations
@@ -26,10 +30,10 @@ from typing import Any
 import numpy as np
 
 from evaluation.labels import PREDICTED_SOURCE
-from evaluation.metrics import norm_reduction
 from evaluation.provenance import provenance_markdown
 from evaluation.run_folder import make_dir, write_atomic
 from evaluation.runner import RANDOM, UNFOCUSED, Key, record_key
+from evaluation.stats import bootstrap_ci, paired_reductions
 
 #: Columns of the summary table: (key, header, format).
 SUMMARY_COLUMNS: tuple[tuple[str, str, str], ...] = (
@@ -42,33 +46,100 @@ SUMMARY_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("median_l2", "median L2", ".3f"),
     ("median_linf", "median Linf", ".3f"),
     ("l2_reduction", "L2 reduction vs unfocused", "pct"),
+    ("l2_reduction_ci", "95 % CI", "ci"),
     ("n_paired", "pairs", "d"),
     ("l2_reduction_vs_random", "L2 reduction vs random", "pct"),
+    ("l2_reduction_vs_random_ci", "95 % CI", "ci"),
     ("n_paired_random", "pairs", "d"),
 )
+#: A group of records: one (attack, focuser, area), the correctly classified images by index.
+Group = dict[int, dict[str, Any]]
 
 
 def _median(values: Sequence[float]) -> float | None:
     return float(np.median(values)) if len(values) else None
 
 
+def _quartiles(values: Sequence[float]) -> tuple[float | None, float | None]:
+    if not len(values):
+        return None, None
+    q1, q3 = np.percentile(values, [25, 75])
+    return float(q1), float(q3)
+
+
 def _paired_reduction(
-    focused: dict[int, dict[str, Any]], reference: dict[int, dict[str, Any]], norm: str
-) -> tuple[float | None, int]:
+    focused: Group, reference: Group, norm: str
+) -> tuple[float | None, int, list[float] | None]:
     """Median per-image reduction ``1 - norm_f / norm_ref`` (a fraction) over the images both attacks fool
-    (with a non-zero reference norm), by :func:`evaluation.metrics.norm_reduction`; ``(None, 0)`` if none."""
-    images = sorted(set(focused) & set(reference))
-    if not images:
-        return None, 0
+    (with a non-zero reference norm, :func:`evaluation.stats.paired_reductions`), the number of those
+    images and the median's bootstrap 95 % interval ``[low, high]``; ``(None, 0, None)`` if none."""
+    reductions = paired_reductions(focused, reference, norm)
+    ci = bootstrap_ci(reductions, np.median)
+    return _median(reductions), len(reductions), None if ci is None else list(ci)
 
-    def report(group: dict[int, dict[str, Any]]) -> dict[str, np.ndarray]:
-        return {
-            "success": np.array([bool(group[i]["success"]) for i in images]),
-            norm: np.array([np.nan if group[i][norm] is None else float(group[i][norm]) for i in images]),
-        }
 
-    result = norm_reduction(report(focused), report(reference))[norm]
-    return (None, 0) if result["n"] == 0 else (result["median_reduction"] / 100.0, result["n"])
+def group_records(
+    records: Sequence[dict[str, Any]], attacks: Sequence[str] | None, focusers: Sequence[str] | None
+) -> tuple[dict[tuple[str, str, float], Group], list[str], list[str]]:
+    """The correctly classified records by (attack, focuser, area), then by image.
+
+    The first record of a key wins, as in ``runner.unique_records``; every key gets a group, empty if no
+    image was correct.
+
+    Args:
+        records: the run's records.
+        attacks: the attack order (others follow in order of appearance).
+        focusers: the focuser order (others follow in order of appearance).
+
+    Returns:
+        ``(groups, attack order, focuser order)``; the unfocused attack is in no focuser order.
+    """
+    groups: dict[tuple[str, str, float], Group] = {}
+    attack_order: list[str] = list(attacks or [])
+    focuser_order: list[str] = list(focusers or [])
+    seen: set[Key] = set()
+    for r in records:
+        if record_key(r) in seen:
+            continue
+        seen.add(record_key(r))
+        if r["attack"] not in attack_order:
+            attack_order.append(r["attack"])
+        if r["focuser"] not in focuser_order and r["focuser"] != UNFOCUSED:
+            focuser_order.append(r["focuser"])
+        group = groups.setdefault((r["attack"], r["focuser"], float(r["area"])), {})
+        if r["correct"]:
+            group[int(r["image"])] = r
+    return groups, attack_order, focuser_order
+
+
+def _row(key: tuple[str, str, float], groups: dict[tuple[str, str, float], Group], norm: str) -> dict:
+    """The summary row of one group (see :func:`summarize`)."""
+    attack, focuser, area = key
+    group = groups[key]
+    successes = [r for r in group.values() if r["success"]]
+    row: dict[str, Any] = {
+        "attack": attack,
+        "focuser": focuser,
+        "area": area,
+        "n": len(group),
+        "n_success": len(successes),
+        "success_rate": len(successes) / len(group) if group else None,
+        "median_l0": _median([r["l0_pixels"] for r in successes]),
+        "median_l2": _median([r["l2"] for r in successes]),
+        "median_linf": _median([r["linf"] for r in successes]),
+        "median_mask_area": _median([r["mask_area"] for r in group.values()]),
+    }
+    for name in ("l2", "linf"):
+        row[f"q1_{name}"], row[f"q3_{name}"] = _quartiles([r[name] for r in successes])
+    unfocused = groups.get((attack, UNFOCUSED, 1.0), {})
+    random = groups.get((attack, RANDOM, area), {})
+    fields = (f"{norm}_reduction", "n_paired", f"{norm}_reduction_ci")
+    compare = focuser != UNFOCUSED
+    row.update(zip(fields, _paired_reduction(group, unfocused, norm) if compare else (None,) * 3))
+    fields = (f"{norm}_reduction_vs_random", "n_paired_random", f"{norm}_reduction_vs_random_ci")
+    compare = focuser not in (UNFOCUSED, RANDOM) and bool(random)
+    row.update(zip(fields, _paired_reduction(group, random, norm) if compare else (None,) * 3))
+    return row
 
 
 def summarize(
@@ -82,63 +153,25 @@ def summarize(
     Rows are ordered by attack, then the unfocused row, then the focusers (``attacks`` / ``focusers``
     give the order; otherwise first appearance), each by increasing area. ``norm`` (a record field:
     ``l2``, ``linf``, ``l0_pixels``...) picks the norm of the reductions, stored as
-    ``{norm}_reduction`` and ``{norm}_reduction_vs_random``.
+    ``{norm}_reduction`` and ``{norm}_reduction_vs_random`` with their intervals ``{...}_ci``.
+
+    Args:
+        records: the run's records.
+        norm: the norm of the paired reductions.
+        attacks: the attack order (others follow in order of appearance).
+        focusers: the focuser order (others follow in order of appearance).
+
+    Returns:
+        The rows, keys as in the module docstring.
     """
-    groups: dict[tuple[str, str, float], dict[int, dict[str, Any]]] = {}
-    attack_order: list[str] = list(attacks or [])
-    focuser_order: list[str] = list(focusers or [])
-    seen: set[Key] = set()
-    for r in records:
-        if record_key(r) in seen:  # a duplicate keeps its first record, as in runner.unique_records
-            continue
-        seen.add(record_key(r))
-        if r["attack"] not in attack_order:
-            attack_order.append(r["attack"])
-        if r["focuser"] not in focuser_order and r["focuser"] != UNFOCUSED:
-            focuser_order.append(r["focuser"])
-        if not r["correct"]:
-            continue
-        groups.setdefault((r["attack"], r["focuser"], float(r["area"])), {})[int(r["image"])] = r
-    for r in records:  # groups with no correctly classified image still get a row
-        groups.setdefault((r["attack"], r["focuser"], float(r["area"])), {})
+    groups, attack_order, focuser_order = group_records(records, attacks, focusers)
 
     def order(key: tuple[str, str, float]) -> tuple[int, int, float]:
         attack, focuser, area = key
         f = -1 if focuser == UNFOCUSED else focuser_order.index(focuser)
         return attack_order.index(attack), f, area
 
-    rows = []
-    for key in sorted(groups, key=order):
-        attack, focuser, area = key
-        group = groups[key]
-        successes = [r for r in group.values() if r["success"]]
-        row: dict[str, Any] = {
-            "attack": attack,
-            "focuser": focuser,
-            "area": area,
-            "n": len(group),
-            "n_success": len(successes),
-            "success_rate": len(successes) / len(group) if group else None,
-            "median_l0": _median([r["l0_pixels"] for r in successes]),
-            "median_l2": _median([r["l2"] for r in successes]),
-            "median_linf": _median([r["linf"] for r in successes]),
-            "median_mask_area": _median([r["mask_area"] for r in group.values()]),
-        }
-        name = norm
-        unfocused = groups.get((attack, UNFOCUSED, 1.0), {})
-        random = groups.get((attack, RANDOM, area), {})
-        if focuser == UNFOCUSED:
-            row[f"{name}_reduction"], row["n_paired"] = None, None
-        else:
-            row[f"{name}_reduction"], row["n_paired"] = _paired_reduction(group, unfocused, norm)
-        if focuser in (UNFOCUSED, RANDOM) or not random:
-            row[f"{name}_reduction_vs_random"], row["n_paired_random"] = None, None
-        else:
-            row[f"{name}_reduction_vs_random"], row["n_paired_random"] = _paired_reduction(
-                group, random, norm
-            )
-        rows.append(row)
-    return rows
+    return [_row(key, groups, norm) for key in sorted(groups, key=order)]
 
 
 def _format(value: Any, fmt: str) -> str:
@@ -151,6 +184,8 @@ def _format(value: Any, fmt: str) -> str:
         return ("0.0" if text == "-0.0" else text) + "%"
     if fmt == "count":  # a whole number, or a median halfway between two
         return f"{value:.0f}" if float(value).is_integer() else f"{value:.1f}"
+    if fmt == "ci":  # an interval of fractions
+        return f"[{_format(value[0], 'pct')}, {_format(value[1], 'pct')}]"
     if fmt == "area":
         return "full" if value >= 1.0 else f"{100 * value:g}%"
     if fmt == "s":
@@ -162,8 +197,9 @@ def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, 
     """A GitHub Markdown table of ``rows`` with ``columns`` = (key, header, format) triples.
 
     Formats: ``"pct"`` (fraction -> percent with one decimal; ">99.9%" below 1 that would round to
-    100, never "-0.0%"), ``"count"`` (whole number, or one decimal for a half), ``"area"`` (1.0 ->
-    "full"), ``"s"`` (str) or any ``format()`` spec; ``None`` prints as an en dash.
+    100, never "-0.0%"), ``"ci"`` (a ``[low, high]`` pair of fractions, each as ``"pct"``),
+    ``"count"`` (whole number, or one decimal for a half), ``"area"`` (1.0 -> "full"), ``"s"`` (str)
+    or any ``format()`` spec; ``None`` prints as an en dash.
     """
     header = "| " + " | ".join(h for _, h, _ in columns) + " |"
     rule = "|" + "|".join("---" if f == "s" else "---:" for _, _, f in columns) + "|"
@@ -302,19 +338,20 @@ def write_report(
     ``provenance`` (:func:`evaluation.provenance.provenance`) and ``labels`` (where the labels came from,
     :attr:`evaluation.runner.Dataset.label_source`; None: not stated) are recorded in both report files.
 
-    ``examples`` (see :func:`evaluation.plots.attack_grid`) adds the image/map/mask/perturbation grid.
+    ``examples`` (see :func:`evaluation.plots.attack_grid`) adds the image/map/mask/perturbation grid;
+    the figures are those of :func:`evaluation.report_figures.write_figures`, linked from ``report.md``.
     Returns ``{"rows": summary rows, "table": plain-text table, "paths": {...}}``.
     """
+    from evaluation import report_figures  # it imports this module
+
     out = make_dir(out_dir)
     rows = summarize(records, **_order(config))
     paths: dict[str, Path] = {}
-    figure_paths: list[Path] = []
-    if figures and rows:
-        from evaluation import plots
-
-        figure_paths += plots.norm_vs_area(rows, out / "figures")
-        if examples:
-            figure_paths.append(plots.attack_grid(examples, out / "figures" / "examples.png"))
+    figure_paths = (
+        report_figures.write_figures(out / "figures", records, rows, config, examples)
+        if figures and rows
+        else []
+    )
     parts = ["# Saliency-focused attacks: perturbation norms\n"]
     if config:
         summary = ", ".join(
@@ -332,17 +369,14 @@ def write_report(
     )
     parts.append(
         f"`n`: {attacked}; medians over successful attacks; L0 = changed pixels; "
-        "reductions are paired medians over the `pairs` images both attacks fool (see below).\n"
+        "reductions are paired medians over the `pairs` images both attacks fool (see below), with their "
+        "95 % percentile-bootstrap confidence intervals over those images (10,000 resamples).\n"
     )
     parts.append(FAIRNESS.format(same_images=SAME_IMAGES[labelled]))
     if config:
         parts.append(settings_text(config))
     if figure_paths:
-        parts.append(
-            "## Figures\n\n"
-            + "\n".join(f"![{p.stem}]({p.relative_to(out).as_posix()})" for p in figure_paths)
-            + "\n"
-        )
+        parts.append(report_figures.figures_markdown(figure_paths, out))
     if config:
         parts.append(
             "## Configuration\n\n```json\n" + json.dumps(config, indent=2, sort_keys=True) + "\n```\n"

@@ -121,8 +121,9 @@ def test_markdown_and_text_tables_have_one_line_per_row(records):
     assert len(md) == 2 + len(rows)
     assert all(line.count("|") == len(SUMMARY_COLUMNS) + 1 for line in md)
     assert "| pgd | cameras | 10% | 3 | 66.7% |" in md[3]
-    assert md[3].endswith("| 62.5% | 2 | 50.0% | 1 |")  # each reduction with its number of pairs
-    assert md[2].endswith("| – | – | – | – |")  # the unfocused row is not compared with itself
+    # each reduction with its bootstrap interval and its number of pairs; one pair has no interval
+    assert md[3].endswith("| 62.5% | [50.0%, 75.0%] | 2 | 50.0% | – | 1 |")
+    assert md[2].endswith("| – | – | – | – | – | – |")  # the unfocused row is not compared with itself
     assert "full" in md[2]
     text = text_table(rows, SUMMARY_COLUMNS).splitlines()
     assert len(text) == 2 + len(rows) and len({len(line) for line in text[:2]}) == 1
@@ -173,3 +174,22 @@ def test_failed_attacks_with_null_norms_are_left_out(records):
     assert summarize(nulled) == summarize(records)
     rows = list(csv.DictReader(records_csv(nulled).splitlines()))
     assert [row["l2"] == "" for row in rows] == [not r["success"] for r in nulled]
+
+
+def test_summary_rows_carry_quartiles_and_intervals(records):
+    rows = {(r["focuser"], r["area"]): r for r in summarize(records)}
+    full, cam = rows[("none", 1.0)], rows[("cameras", 0.1)]
+    assert (full["q1_l2"], full["q3_l2"]) == pytest.approx(tuple(np.percentile([1.0, 2.0, 4.0], [25, 75])))
+    assert (cam["q1_linf"], cam["q3_linf"]) == (0.125, 0.125)
+    # two pairs (reductions 0.5 and 0.75): resampled medians are 0.5, 0.625 or 0.75
+    assert cam["l2_reduction_ci"] == [0.5, 0.75]
+    assert cam["l2_reduction_vs_random_ci"] is None  # one pair: no interval
+    assert full["l2_reduction_ci"] is None
+
+
+def test_results_json_rows_hold_the_interval_as_two_numbers(tmp_path, records):
+    write_report(tmp_path, records, figures=False)
+    rows = json.loads((tmp_path / "results.json").read_text())["summary"]
+    cam = next(r for r in rows if r["focuser"] == "cameras")
+    assert cam["l2_reduction_ci"] == [0.5, 0.75]
+    assert "95 % CI" in (tmp_path / "report.md").read_text()
