@@ -8,7 +8,10 @@ Per focuser, over the images attacked (those the model classifies as their label
 * ``mean_iterations``: PGD steps spent, over all attacked images;
 * ``reduction`` / ``median_reduction``: per-image L2 reduction ``1 - l2_focused / l2_plain`` averaged
   (the paper's statistic is a mean) or its median, over the ``pairs`` images on which both attacks
-  succeeded; ``reduction_vs_uniform`` (and its median): the same against the uniform-penalty control.
+  succeeded, with their 95 % percentile-bootstrap confidence intervals over those images
+  (``reduction_ci`` / ``median_reduction_ci``: ``[low, high]``, :func:`evaluation.stats.bootstrap_ci`,
+  seed 0, 10,000 resamples; None with fewer than 2 pairs); ``reduction_vs_uniform`` (and its median):
+  the same against the uniform-penalty control.
 """
 
 from __future__ import annotations
@@ -24,8 +27,10 @@ from evaluation.labels import PREDICTED_SOURCE
 from evaluation.paper_protocol import ARRAYS_DIR, FIGURE_FOCUSERS, UNIFORM
 from evaluation.provenance import provenance_markdown
 from evaluation.report import _median, markdown_table, records_csv, text_table
+from evaluation.report_figures import figures_markdown
 from evaluation.run_folder import load_arrays, write_atomic
 from evaluation.runner import UNFOCUSED
+from evaluation.stats import bootstrap_ci, paired_norms, paired_reductions
 
 PAPER_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("focuser", "focuser", "s"),
@@ -36,7 +41,9 @@ PAPER_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("mean_linf_255", "mean Linf x255", ".2f"),
     ("mean_iterations", "mean steps", ".1f"),
     ("reduction", "L2 reduction vs plain: mean", "pct"),
+    ("reduction_ci", "95 % CI", "ci"),
     ("median_reduction", "median", "pct"),
+    ("median_reduction_ci", "95 % CI", "ci"),
     ("pairs", "pairs", "d"),
     ("reduction_vs_uniform", "vs uniform: mean", "pct"),
     ("median_reduction_vs_uniform", "median", "pct"),
@@ -46,27 +53,44 @@ PAPER_COLUMNS: tuple[tuple[str, str, str], ...] = (
 PAPER_REDUCTION = 0.565
 
 
-def paired_reductions(focused: dict[int, dict[str, Any]], reference: dict[int, dict[str, Any]]) -> np.ndarray:
-    """Per-image ``1 - l2_focused / l2_reference`` over the images both attacks fooled (reference L2 > 0)."""
-    images = [
-        i
-        for i in sorted(set(focused) & set(reference))
-        if focused[i]["success"] and reference[i]["success"] and reference[i]["l2"] > 0
-    ]
-    return np.array([1.0 - focused[i]["l2"] / reference[i]["l2"] for i in images], dtype=np.float64)
-
-
 def _mean(values: Sequence[float]) -> float | None:
     return float(np.mean(values)) if len(values) else None
 
 
-def summarize_paper(records: Sequence[dict[str, Any]], focusers: Sequence[str] | None = None) -> list[dict]:
-    """One row per focuser (the plain attack first, then ``focusers`` or their first appearance)."""
+def _ci(values: np.ndarray, statistic: Any) -> list[float] | None:
+    ci = bootstrap_ci(values, statistic)
+    return None if ci is None else list(ci)
+
+
+def paper_groups(records: Sequence[dict[str, Any]]) -> dict[str, dict[int, dict[str, Any]]]:
+    """The attacked records by focuser, then by image (the first record of an image wins).
+
+    Args:
+        records: the protocol's records.
+
+    Returns:
+        ``{focuser: {image: record}}`` in order of first appearance; a focuser whose images were all
+        skipped has an empty group.
+    """
     groups: dict[str, dict[int, dict[str, Any]]] = {}
     for r in records:
         group = groups.setdefault(str(r["focuser"]), {})
         if r.get("attacked", True):
             group.setdefault(int(r["image"]), r)
+    return groups
+
+
+def summarize_paper(records: Sequence[dict[str, Any]], focusers: Sequence[str] | None = None) -> list[dict]:
+    """One row per focuser (the plain attack first, then ``focusers`` or their first appearance).
+
+    Args:
+        records: the protocol's records.
+        focusers: the focuser order.
+
+    Returns:
+        The rows, keys as in the module docstring.
+    """
+    groups = paper_groups(records)
     order = [UNFOCUSED, *(focusers or [])]
     order += [f for f in groups if f not in order]
     rows = []
@@ -82,6 +106,7 @@ def summarize_paper(records: Sequence[dict[str, Any]], focusers: Sequence[str] |
             "mean_linf_255": _mean([r["linf_255"] for r in won]),
             "mean_iterations": _mean([r["iterations"] for r in group.values()]),
         }
+        intervals: dict[str, Any] = {"reduction_ci": None, "median_reduction_ci": None}
         for suffix, reference in (("", UNFOCUSED), ("_vs_uniform", UNIFORM)):
             pairs_key = "pairs" if not suffix else "pairs_uniform"
             if focuser in (UNFOCUSED, reference) or reference not in groups:
@@ -91,8 +116,46 @@ def summarize_paper(records: Sequence[dict[str, Any]], focusers: Sequence[str] |
             row[f"reduction{suffix}"] = _mean(reductions)
             row[f"median_reduction{suffix}"] = _median(reductions)
             row[pairs_key] = len(reductions)
+            if reference == UNFOCUSED:  # the headline reductions get their intervals
+                intervals = {
+                    "reduction_ci": _ci(reductions, np.mean),
+                    "median_reduction_ci": _ci(reductions, np.median),
+                }
+        row.update(intervals)
         rows.append(row)
     return rows
+
+
+def paired_l2_panels(records: Sequence[dict[str, Any]], rows: Sequence[dict[str, Any]]) -> list[dict]:
+    """The panels of ``figures/paired_l2.png``: each focuser's L2 against the plain attack's, per image.
+
+    Args:
+        records: the protocol's records.
+        rows: their :func:`summarize_paper` rows (the reductions and intervals of the titles).
+
+    Returns:
+        One panel per focuser but the plain attack (see :func:`evaluation.norm_plots.paired_figure`); its
+        points are the ``pairs`` of the focuser's row.
+    """
+    groups = paper_groups(records)
+    panels = []
+    for row in rows:
+        if row["focuser"] == UNFOCUSED:
+            continue
+        images, reference, focused = paired_norms(groups[row["focuser"]], groups.get(UNFOCUSED, {}))
+        panels.append(
+            {
+                "label": row["focuser"],
+                "images": images,
+                "reference": reference,
+                "focused": focused,
+                "mean_reduction": row["reduction"],
+                "mean_ci": row["reduction_ci"],
+                "median_reduction": row["median_reduction"],
+                "median_ci": row["median_reduction_ci"],
+            }
+        )
+    return panels
 
 
 def settings_notes(
@@ -145,18 +208,14 @@ def write_paper_report(
     out = Path(out_dir)
     rows = summarize_paper(records, config.get("focusers"))
     notes = settings_notes(config, records, labels)
-    paths = [] if not figures else image_figures(out, records)
+    paths = [] if not figures else [*paired_l2_figure(out, records, rows), *image_figures(out, records)]
     parts = [
         "# CAMERAS paper protocol: targeted PGD with the saliency penalty\n",
         notes + "\n",
         markdown_table(rows, PAPER_COLUMNS),
     ]
     if paths:
-        parts.append(
-            "## Figures\n\n"
-            + "\n".join(f"![{p.stem}]({p.relative_to(out).as_posix()})" for p in paths)
-            + "\n"
-        )
+        parts.append(figures_markdown(paths, out))
     parts.append("## Configuration\n\n```json\n" + json.dumps(config, indent=2, sort_keys=True) + "\n```\n")
     if provenance:
         parts.append(provenance_markdown(provenance))
@@ -165,6 +224,28 @@ def write_paper_report(
     write_atomic(out / "results.json", json.dumps(summary, indent=2) + "\n")
     write_atomic(out / "records.csv", records_csv(records))
     return {"rows": rows, "table": text_table(rows, PAPER_COLUMNS), "figures": paths}
+
+
+def paired_l2_figure(
+    out: Path, records: Sequence[dict[str, Any]], rows: Sequence[dict[str, Any]]
+) -> list[Path]:
+    """Write ``figures/paired_l2.png`` (:func:`paired_l2_panels`); no file when no focuser ran.
+
+    Args:
+        out: the run folder.
+        records: the protocol's records.
+        rows: their :func:`summarize_paper` rows.
+
+    Returns:
+        The path written, or an empty list.
+    """
+    from evaluation import norm_plots
+
+    panels = paired_l2_panels(records, rows)
+    if not panels:
+        return []
+    title = "Paper protocol: focused vs plain PGD L2 per image"
+    return [norm_plots.paired_plot(panels, out / "figures" / "paired_l2.png", title, reference="plain PGD")]
 
 
 def _load_arrays(path: Path) -> dict[str, np.ndarray] | None:
