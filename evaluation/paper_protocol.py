@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from evaluation.progress import Progress
 from evaluation.run_folder import (
     BatchMaps,
     RecordLog,
@@ -335,41 +336,55 @@ def _run_batches(
     verbose: bool,
 ) -> int:
     """Compute and append every missing record, batch by batch; return how many were computed."""
-    from tqdm.auto import tqdm
-
     done = {paper_key(r) for r in stored}
     focusers = (UNFOCUSED, *config.focusers)
     computed = 0
     batches = _batches(len(data.x), config.batch_size)
-    bar = tqdm(total=len(batches) * len(focusers), disable=not verbose, desc=PROTOCOL)
-    for batch in batches:
+    progress = Progress(PROTOCOL, len(batches), len(focusers), verbose)
+    for number, batch in enumerate(batches, start=1):
         pending = [f for f in focusers if any((i, f) not in done for i in batch)]
-        bar.update(len(focusers) - len(pending))
-        if not pending:
-            continue
-        info, attacked = _batch_info(classifier, config, data, batch)
-        x = data.x[batch][attacked]
-        ids = [i for i, a in zip(batch, attacked) if a]
-        cache = BatchMaps(out, batch)
-        for focuser in pending:
-            records: list[dict[str, Any]] = []
-            if ids:
-                maps = focuser_maps(
-                    focuser, classifier, x, info["label"][attacked], ids, layers, config, cache
+        progress.advance(len(focusers) - len(pending))
+        if pending:
+            info, attacked = _batch_info(classifier, config, data, batch)
+            cache = BatchMaps(out, batch)
+            for focuser in pending:
+                progress.cell(number, "plain PGD" if focuser == UNFOCUSED else focuser)
+                records = _focuser_records(
+                    classifier, config, layers, data, out, focuser, info, attacked, cache
                 )
-                records, x_adv = attack_records(
-                    classifier, config, focuser, x, maps, {k: v[attacked] for k, v in info.items()}
-                )
-                _save_arrays(out, config, focuser, ids, x, x_adv, maps)
-            records += _skipped_records(info, ~attacked, focuser)
-            missing = [r for r in records if paper_key(r) not in done]
-            log.append(missing)
-            done.update(paper_key(r) for r in missing)
-            computed += len(missing)
-            bar.update(1)
-        cache.clear()
-    bar.close()
+                missing = [r for r in records if paper_key(r) not in done]
+                log.append(missing)
+                done.update(paper_key(r) for r in missing)
+                computed += len(missing)
+                progress.advance()
+            cache.clear()
+        progress.batch_done(number, computed=bool(pending))
+    progress.close()
     return computed
+
+
+def _focuser_records(
+    classifier: Any,
+    config: PaperConfig,
+    layers: list[str],
+    data: Any,
+    out: Path,
+    focuser: str,
+    info: dict[str, np.ndarray],
+    attacked: np.ndarray,
+    cache: BatchMaps,
+) -> list[dict[str, Any]]:
+    """The records of one focuser on one batch (``info``): attacked images and the skipped ones."""
+    records: list[dict[str, Any]] = []
+    ids = [int(i) for i, a in zip(info["image"], attacked) if a]
+    if ids:
+        x = data.x[ids]
+        maps = focuser_maps(focuser, classifier, x, info["label"][attacked], ids, layers, config, cache)
+        records, x_adv = attack_records(
+            classifier, config, focuser, x, maps, {k: v[attacked] for k, v in info.items()}
+        )
+        _save_arrays(out, config, focuser, ids, x, x_adv, maps)
+    return records + _skipped_records(info, ~attacked, focuser)
 
 
 def _batch_info(

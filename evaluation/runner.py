@@ -32,10 +32,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from evaluation.distributed import DistributedContext, init_distributed, shard
 from evaluation.labels import PREDICTED_SOURCE, PREDICTION, csv_labels, folder_labels
+from evaluation.progress import Progress
 from evaluation.run_folder import (
     BatchMaps,
     ConfigMismatchError,
@@ -792,67 +792,103 @@ def _run_batches(
     verbose: bool,
 ) -> int:
     """Compute and append every missing record of this rank's batches; return how many were computed."""
-    done: set[Key] = {record_key(r) for r in stored}
-    jobs = config.jobs()
-    example_area = config.areas[len(config.areas) // 2] if config.areas else 1.0
-    examples: dict[str, np.ndarray] = load_examples(out) or {}
+    grid = _Grid(config, out, classifier, layers, data, own, {record_key(r) for r in stored})
     my_batches = shard(_batches(len(data.x), config.batch_size), ctx.rank, ctx.world_size)
+    jobs = config.jobs()
+    name = f"rank {ctx.rank}" if ctx.is_distributed else "attacks"
+    progress = Progress(name, len(my_batches), len(jobs), verbose)
     computed = 0
-    desc = f"rank {ctx.rank}" if ctx.is_distributed else "attacks"
-    bar = tqdm(total=len(my_batches) * len(jobs), disable=not verbose, desc=desc)
-
-    def example_missing(attack: str, focuser: str, area: float) -> bool:
-        """A cell of the example figure whose arrays a run interrupted in batch 0 did not save."""
-        return (
-            attack == config.attacks[0] and area in (1.0, example_area) and f"adv:{focuser}" not in examples
-        )
-
-    for batch in my_batches:
-        pending = [
-            job
-            for job in jobs
-            if any((i, *job) not in done for i in batch) or (0 in batch and example_missing(*job))
-        ]
-        bar.update(len(jobs) - len(pending))
-        if not pending:
-            continue
-        x = data.x[batch]
-        if 0 in batch:
-            examples["x"] = x[:N_EXAMPLES]
-        clean_pred = classifier.predict(x, batch_size=config.batch_size).argmax(axis=1)
-        labels = data.y[batch] if data.y is not None else clean_pred
-        names = [data.names[i] for i in batch]
-        attacked = clean_pred == labels
-        saved_maps = BatchMaps(out, batch)
-        maps: dict[str, np.ndarray] = {}
+    for number, batch in enumerate(my_batches, start=1):
+        pending = [job for job in jobs if grid.missing(batch, *job)]
+        progress.advance(len(jobs) - len(pending))
         for attack, focuser, area in pending:
-            if focuser != UNFOCUSED and focuser not in maps:
-                # Maps of the attacked images only, computed once and reused by every attack and area.
-                compute = partial(
-                    _batch_maps, focuser, config, classifier, x, labels, batch, attacked, layers
-                )
-                maps[focuser] = saved_maps.get(focuser, compute)
-            x_adv, mask, eps = _attack_batch(
-                config, attack, classifier, x, labels, attacked, maps.get(focuser), area
-            )
-            mask_area = np.where(attacked, mask.reshape(len(x), -1).mean(axis=1), np.nan)
-            if 0 in batch and attack == config.attacks[0] and area in (1.0, example_area):
-                examples[f"adv:{focuser}"] = x_adv[:N_EXAMPLES]
-                if focuser != UNFOCUSED:
-                    examples[f"mask:{focuser}"] = mask[:N_EXAMPLES]
-                    examples[f"map:{focuser}"] = maps[focuser][:N_EXAMPLES]
-                save_arrays(
-                    out / EXAMPLES_FILE, examples
-                )  # before the cell's records: a resume finds both or neither
-            probs = _softmax(classifier.predict(x_adv, batch_size=config.batch_size))
-            records = make_records(
-                batch, names, attack, focuser, area, x, x_adv, labels, clean_pred, probs, mask_area, eps
-            )
-            missing = [r for r in records if record_key(r) not in done]
-            own.append(missing)
-            done.update(record_key(r) for r in missing)
-            computed += len(missing)
-            bar.update(1)
-        saved_maps.clear()
-    bar.close()
+            progress.cell(number, f"{attack} x {focuser} x {area:.0%}")
+            computed += grid.cell(batch, attack, focuser, area)
+            progress.advance()
+        grid.batch_done(batch)
+        progress.batch_done(number, computed=bool(pending))
+    progress.close()
     return computed
+
+
+class _Grid:
+    """The grid's cells of one run: what is missing, and computing one (image batch, attack, focuser,
+    area) cell with the batch's maps and clean predictions computed once."""
+
+    def __init__(
+        self,
+        config: ExperimentConfig,
+        out: Path,
+        classifier: Any,
+        layers: list[str],
+        data: Dataset,
+        own: RecordLog,
+        done: set[Key],
+    ):
+        self.config, self.out, self.classifier, self.layers, self.data = config, out, classifier, layers, data
+        self.own, self.done = own, done
+        self.examples: dict[str, np.ndarray] = load_examples(out) or {}
+        self.example_area = config.areas[len(config.areas) // 2] if config.areas else 1.0
+        self.batch: list[int] = []
+
+    def is_example(self, batch: list[int], attack: str, area: float) -> bool:
+        """The cell feeds the example figure (first images, first attack, unfocused and middle area)."""
+        return 0 in batch and attack == self.config.attacks[0] and area in (1.0, self.example_area)
+
+    def missing(self, batch: list[int], attack: str, focuser: str, area: float) -> bool:
+        """A record of the cell is missing, or its example arrays (a run interrupted in batch 0)."""
+        if any((i, attack, focuser, area) not in self.done for i in batch):
+            return True
+        return self.is_example(batch, attack, area) and f"adv:{focuser}" not in self.examples
+
+    def _start(self, batch: list[int]) -> None:
+        x = self.data.x[batch]
+        self.batch, self.x, self.maps, self.saved_maps = batch, x, {}, BatchMaps(self.out, batch)
+        self.clean_pred = self.classifier.predict(x, batch_size=self.config.batch_size).argmax(axis=1)
+        self.labels = self.data.y[batch] if self.data.y is not None else self.clean_pred
+        self.attacked = self.clean_pred == self.labels
+        if 0 in batch:
+            self.examples["x"] = x[:N_EXAMPLES]
+
+    def cell(self, batch: list[int], attack: str, focuser: str, area: float) -> int:
+        """Compute the cell, append its missing records; return how many."""
+        if batch != self.batch:
+            self._start(batch)
+        x, config = self.x, self.config
+        if focuser != UNFOCUSED and focuser not in self.maps:
+            # Maps of the attacked images only, computed once (saved) and reused by every attack and area.
+            compute = partial(
+                _batch_maps,
+                focuser,
+                config,
+                self.classifier,
+                x,
+                self.labels,
+                batch,
+                self.attacked,
+                self.layers,
+            )
+            self.maps[focuser] = self.saved_maps.get(focuser, compute)
+        x_adv, mask, eps = _attack_batch(
+            config, attack, self.classifier, x, self.labels, self.attacked, self.maps.get(focuser), area
+        )
+        mask_area = np.where(self.attacked, mask.reshape(len(x), -1).mean(axis=1), np.nan)
+        if self.is_example(batch, attack, area):
+            self.examples[f"adv:{focuser}"] = x_adv[:N_EXAMPLES]
+            if focuser != UNFOCUSED:
+                self.examples[f"mask:{focuser}"] = mask[:N_EXAMPLES]
+                self.examples[f"map:{focuser}"] = self.maps[focuser][:N_EXAMPLES]
+            save_arrays(self.out / EXAMPLES_FILE, self.examples)  # before the records: both or neither
+        probs = _softmax(self.classifier.predict(x_adv, batch_size=config.batch_size))
+        names = [self.data.names[i] for i in batch]
+        records = make_records(
+            batch, names, attack, focuser, area, x, x_adv, self.labels, self.clean_pred, probs, mask_area, eps
+        )
+        missing = [r for r in records if record_key(r) not in self.done]
+        self.own.append(missing)
+        self.done.update(record_key(r) for r in missing)
+        return len(missing)
+
+    def batch_done(self, batch: list[int]) -> None:
+        """Delete the batch's saved maps: its records are all written."""
+        BatchMaps(self.out, batch).clear()

@@ -120,7 +120,8 @@ def test_report_rows_and_figures(tiny_run):
     assert rows[0]["reduction"] is None and rows[1]["reduction_vs_uniform"] is None
     report = (tiny_run.out_dir / "report.md").read_text()
     assert "least-likely" in report and "| cameras |" in report
-    assert len(list((tiny_run.out_dir / "figures").glob("*.png"))) == TINY["n_figures"]
+    assert len(list((tiny_run.out_dir / "figures").glob("0*.png"))) == TINY["n_figures"]  # one per image
+    assert (tiny_run.out_dir / "figures" / "paired_l2.png").exists()
 
 
 def test_paired_reductions_use_only_pairs_both_fooled():

@@ -1,0 +1,72 @@
+"""Progress of long runs in units a person understands.
+
+A bar whose label names the batch and the cell being computed (``batch 2/4: pgd x cameras x 10 %``), and
+one log line per finished batch with the time spent and an estimate of the time left, on the
+``evaluation`` logger at INFO (the CLI prints them on stderr, with ``--quiet`` too; a library user sees
+them after ``logging.basicConfig(level=logging.INFO)``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from tqdm.auto import tqdm
+
+LOG = logging.getLogger("evaluation")
+
+
+class Progress:
+    """A run of ``batches`` batches of ``cells`` cells each; batches already recorded are skipped.
+
+    Example:
+        >>> progress = Progress("attacks", batches=4, cells=7, verbose=True)
+        >>> progress.cell(1, "pgd x cameras x 10 %")   # the bar reads "attacks batch 1/4: pgd x ..."
+        >>> progress.advance()
+        >>> progress.batch_done(1, computed=True)      # logs "attacks: batch 1/4 done in 12 s, ..."
+    """
+
+    def __init__(self, name: str, batches: int, cells: int, verbose: bool):
+        self.name, self.batches = name, batches
+        self.bar = tqdm(total=batches * cells, disable=not verbose, desc=name)
+        self.start = time.perf_counter()
+        self.computed = 0  # batches computed by this process (resumed ones cost nothing)
+        self.finished = 0
+
+    def cell(self, batch: int, text: str) -> None:
+        """Label the bar with the batch number (1-based) and the cell now computed."""
+        self.bar.set_description_str(f"{self.name} batch {batch}/{self.batches}: {text}")
+
+    def advance(self, cells: int = 1) -> None:
+        """Count ``cells`` cells as done."""
+        self.bar.update(cells)
+
+    def batch_done(self, batch: int, computed: bool) -> None:
+        """Count batch ``batch`` (1-based) as finished and log one line with the time left."""
+        self.finished += 1
+        if not computed:
+            return
+        self.computed += 1
+        elapsed = time.perf_counter() - self.start
+        left = elapsed / self.computed * (self.batches - self.finished)
+        LOG.info(
+            "%s: batch %d/%d done, %s so far, about %s left",
+            self.name,
+            batch,
+            self.batches,
+            _duration(elapsed),
+            _duration(left),
+        )
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _duration(seconds: float) -> str:
+    """``42 s``, ``3 min 05 s`` or ``2 h 07 min``."""
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
