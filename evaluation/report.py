@@ -259,6 +259,36 @@ SAME_IMAGES = {
     False: "every image: without labels, each attack attacked the predicted class), against the **same "
     "class** (the model's clean prediction)",
 }
+
+
+def budgets_at_floor(records: Sequence[dict[str, Any]], config: dict[str, Any]) -> dict[tuple[str, str], int]:
+    """Successful PGD/FGSM records per (attack, focuser) whose searched budget is the search's lowest,
+    ``eps_min``: the true minimal budget may be lower, so their norms are upper bounds."""
+    counts: dict[tuple[str, str], int] = {}
+    for r in records:
+        floor = config.get("attack_params", {}).get(r["attack"], {}).get("eps_min")
+        if floor is None or not r.get("success") or r.get("eps") is None:
+            continue
+        key = (r["attack"], r["focuser"])
+        counts[key] = counts.get(key, 0) + int(r["eps"] <= floor * (1 + 1e-9))
+    return counts
+
+
+def floor_note(at_floor: dict[tuple[str, str], int], config: dict[str, Any]) -> str:
+    """The report's warning about budgets found at the search's floor (:func:`budgets_at_floor`)."""
+    listed = ", ".join(f"{a} {f}: {k}" for (a, f), k in at_floor.items() if k)
+    floors = ", ".join(
+        f"{a} {p['eps_min']:.3g}" for a, p in config.get("attack_params", {}).items() if "eps_min" in p
+    )
+    return (
+        "## Budgets at the search's floor\n\n"
+        f"Some attacks already succeeded at the smallest budget searched (eps_min: {floors}), so their true "
+        f"minimal budget is lower and their norms are upper bounds; reductions involving them are not exact. "
+        f"Successful attacks at the floor: {listed}. Rerun with a lower `eps_min` (the API's "
+        "`attack_params`) into a new folder.\n"
+    )
+
+
 FAIRNESS = """\
 ## How the comparison is kept fair
 
@@ -373,6 +403,9 @@ def write_report(
         "95 % percentile-bootstrap confidence intervals over those images (10,000 resamples).\n"
     )
     parts.append(FAIRNESS.format(same_images=SAME_IMAGES[labelled]))
+    at_floor = budgets_at_floor(records, config or {})
+    if any(at_floor.values()):
+        parts.append(floor_note(at_floor, config or {}))
     if config:
         parts.append(settings_text(config))
     if figure_paths:
@@ -386,6 +419,7 @@ def write_report(
     paths["md"] = out / "report.md"
     write_atomic(paths["md"], "\n".join(parts))
     summary = {"config": config, "labels": labels, "provenance": provenance, "summary": rows}
+    summary["budgets_at_floor"] = {f"{a}/{f}": k for (a, f), k in at_floor.items() if k}
     paths["json"] = write_atomic(out / "results.json", json.dumps(summary, indent=2) + "\n")
     paths["csv"] = write_atomic(out / "records.csv", records_csv(records))
     for i, p in enumerate(figure_paths):

@@ -193,3 +193,22 @@ def test_results_json_rows_hold_the_interval_as_two_numbers(tmp_path, records):
     cam = next(r for r in rows if r["focuser"] == "cameras")
     assert cam["l2_reduction_ci"] == [0.5, 0.75]
     assert "95 % CI" in (tmp_path / "report.md").read_text()
+
+
+def test_budgets_found_at_the_search_floor_are_reported(tmp_path):
+    from evaluation.runner import ExperimentConfig
+
+    config = ExperimentConfig(attacks=("pgd",), focusers=("cameras",), areas=(0.1,)).to_dict()
+    assert config["attack_params"]["pgd"]["eps_min"] == 1 / 1024
+    records = [
+        _record(0, "pgd", "none", 1.0, 0.5, eps=1 / 1024),  # at the floor: an upper bound
+        _record(1, "pgd", "none", 1.0, 0.5, eps=2 / 1024),
+        _record(0, "pgd", "cameras", 0.1, 0.4, eps=4 / 1024),
+        _record(1, "pgd", "cameras", 0.1, 0.4, eps=1 / 1024, success=False),  # failed: no budget found
+    ]
+    write_report(tmp_path, records, config=config, figures=False)
+    report = (tmp_path / "report.md").read_text()
+    assert "## Budgets at the search's floor" in report and "pgd none: 1." in report
+    assert json.loads((tmp_path / "results.json").read_text())["budgets_at_floor"] == {"pgd/none": 1}
+    write_report(tmp_path, records[1:], config=config, figures=False)
+    assert "floor" not in (tmp_path / "report.md").read_text()
