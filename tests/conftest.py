@@ -1,4 +1,5 @@
-"""Shared fixtures: a small seeded CNN (with in-place ReLUs) and random images, all on CPU."""
+"""Shared fixtures and helpers: a small seeded CNN (with in-place ReLUs), random images, all on CPU, and
+hand-made runner records (:func:`grid_record`)."""
 
 from __future__ import annotations
 
@@ -50,3 +51,27 @@ def small_cnn() -> SmallCNN:
 def images() -> torch.Tensor:
     """(5,3,32,32) float32 in [0,1]."""
     return torch.rand(5, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+
+
+def grid_record(image, attack, focuser, area, l2, success=True, correct=True, adv_pred=None, **extra) -> dict:
+    """A record as :func:`evaluation.runner.make_records` writes it, with L2 ``l2`` (L1 2 x l2, L-inf
+    l2 / 4); a failed or unattempted attack has null norms. ``extra`` replaces fields (e.g. ``eps``)."""
+    success = success and correct
+    norms = {"l0": 30.0 * area, "l0_pixels": 10.0 * area, "l1": 2 * l2, "l2": l2, "linf": l2 / 4}
+    return {
+        "image": image,
+        "name": f"img{image}",
+        "attack": attack,
+        "focuser": focuser,
+        "area": area,
+        "label": 1,
+        "clean_pred": 1 if correct else 2,
+        "adv_pred": (adv_pred if adv_pred is not None else 3) if success else 1,
+        "correct": correct,
+        "success": success,
+        "adv_confidence": 0.9,
+        "mask_area": area,
+        "eps": None,
+        **{k: v if success else None for k, v in norms.items()},
+        **extra,
+    }

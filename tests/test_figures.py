@@ -5,6 +5,7 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
+from conftest import grid_record
 from PIL import Image
 
 from evaluation.norm_plots import NO_SUCCESS, area_series, norm_vs_area_figure, paired_figure
@@ -20,27 +21,7 @@ CONFIG = {"attacks": ["pgd", "fgsm"], "focusers": FOCUSERS, "areas": AREAS}
 
 
 def _record(image, attack, focuser, area, l2, success, correct=True):
-    success = success and correct
-    return {
-        "image": image,
-        "name": f"img{image}",
-        "attack": attack,
-        "focuser": focuser,
-        "area": area,
-        "label": 1,
-        "clean_pred": 1 if correct else 2,
-        "adv_pred": 4 + image if success else 1,
-        "correct": correct,
-        "success": success,
-        "adv_confidence": 0.9,
-        "mask_area": area,
-        "eps": None,
-        "l0": None if not success else 30.0 * area,
-        "l0_pixels": None if not success else 10.0 * area,
-        "l1": None if not success else 2 * l2,
-        "l2": None if not success else l2,
-        "linf": None if not success else l2 / 4,
-    }
+    return grid_record(image, attack, focuser, area, l2, success, correct, adv_pred=4 + image)
 
 
 @pytest.fixture

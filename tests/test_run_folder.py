@@ -54,6 +54,15 @@ def small_run(tmp_path_factory):
     return out
 
 
+def _copy(run, out):
+    """A copy of the finished run's files (not its folders) in ``out``."""
+    out.mkdir()
+    for path in run.iterdir():
+        if path.is_file():
+            (out / path.name).write_bytes(path.read_bytes())
+    return out
+
+
 # ------------------------------------------------------------------------------------------- links
 @pytest.mark.parametrize("name", WRITTEN)
 def test_a_link_at_any_name_the_run_writes_is_refused_and_its_target_untouched(tmp_path, name):
@@ -83,11 +92,7 @@ def test_links_at_old_temporary_names_are_never_written_through(tmp_path):
 
 
 def test_a_link_planted_in_a_finished_run_is_refused_on_resume(small_run, tmp_path):
-    out = tmp_path / "copy"
-    out.mkdir()
-    for path in small_run.iterdir():
-        if path.is_file():
-            (out / path.name).write_bytes(path.read_bytes())
+    out = _copy(small_run, tmp_path / "copy")
     target = tmp_path / "target"
     target.write_bytes(b"precious\n")
     (out / "results.json").unlink()
@@ -187,11 +192,7 @@ def test_an_out_that_cannot_be_made_is_one_line_naming_out(tmp_path, capsys, com
 
 # ----------------------------------------------------------------------------- recomputable side files
 def test_a_truncated_examples_file_is_recomputed(small_run, tmp_path):
-    out = tmp_path / "copy"
-    out.mkdir()
-    for path in small_run.iterdir():
-        if path.is_file():
-            (out / path.name).write_bytes(path.read_bytes())
+    out = _copy(small_run, tmp_path / "copy")
     with np.load(out / runner.EXAMPLES_FILE) as npz:
         whole = dict(npz)
     data = (out / runner.EXAMPLES_FILE).read_bytes()
