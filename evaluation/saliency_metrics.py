@@ -29,6 +29,8 @@ from saliency.base import (
 )
 
 Boxes = np.ndarray | Sequence[np.ndarray | Sequence[Sequence[int]]]
+#: A cascade of :func:`sanity_check`: (name, module) in randomisation order, ``("none", None)`` first.
+Cascade = list[tuple[str, nn.Module | None]]
 
 
 def _maps_numpy(maps: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -269,6 +271,12 @@ def _parameterised_layers(module: nn.Module) -> list[str]:
     return names[::-1]
 
 
+def cascade_layers(model: object) -> list[str]:
+    """The layers :func:`sanity_check` randomises by default, in cascade order: every module of ``model``
+    (``nn.Module`` or ART ``PyTorchClassifier``) that owns parameters, last registered first."""
+    return _parameterised_layers(unwrap_model(model)[0])
+
+
 def _randomise(module: nn.Module) -> None:
     if hasattr(module, "reset_parameters"):
         module.reset_parameters()
@@ -333,18 +341,9 @@ def sanity_check(
         mean (NaN if none). The first row, layer ``"none"``, compares the untouched copy with the model
         (1.0 for a deterministic method); row k has the first k layers randomised.
     """
-    module, _ = unwrap_model(model)
-    x = check_images(x).detach()
-    reference = method_factory(model)
-    with torch.no_grad(), model_in_eval(module):
-        logits = module(unwrap_model(model)[1](x.to(_module_device(module))))
-    t = resolve_targets(targets, logits)
-    base = _maps_numpy(reference(x, t)).reshape(len(x), -1)
-    copied = copy.deepcopy(model)
-    copied_module, _ = unwrap_model(copied)
-    layer_names = list(layers) if layers is not None else _parameterised_layers(copied_module)
-    resolved = [resolve_layer(copied_module, name) for name in layer_names]
-    steps = [("none", None), *resolved]
+    x, t, base = _trained_maps(method_factory, model, x, targets)
+    base = base.reshape(len(x), -1)
+    copied, steps = _cascade(model, layers)
     if len(completed) > len(steps):
         raise ValueError(f"completed: {len(completed)} rows given for a cascade of {len(steps)} steps")
     for i, row in enumerate(completed):
@@ -353,10 +352,7 @@ def sanity_check(
     rows = []
     with torch.random.fork_rng(devices=[]):
         for i, (name, layer) in enumerate(tqdm(steps, desc="sanity check", disable=not verbose)):
-            if layer is not None:
-                torch.manual_seed(int(np.random.SeedSequence([seed, i]).generate_state(1)[0]))
-                with torch.no_grad():
-                    _randomise(layer)
+            _randomise_step(layer, seed, i)
             if i < len(completed):
                 rows.append(_sanity_row(name, np.array(completed[i]["spearman"], dtype=np.float64)))
                 continue
@@ -365,3 +361,80 @@ def sanity_check(
             if on_step is not None:
                 on_step(rows[-1])
     return rows
+
+
+def _trained_maps(
+    method_factory: Callable[[object], Callable[..., torch.Tensor]],
+    model: object,
+    x: np.ndarray | torch.Tensor,
+    targets: Targets,
+) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    """(x as a tensor, the targets resolved on the trained model, its maps (N,H,W))."""
+    module, preprocess = unwrap_model(model)
+    x = check_images(x).detach()
+    reference = method_factory(model)
+    with torch.no_grad(), model_in_eval(module):
+        logits = module(preprocess(x.to(_module_device(module))))
+    t = resolve_targets(targets, logits)
+    return x, t, _maps_numpy(reference(x, t))
+
+
+def _cascade(
+    model: object, layers: Sequence[str] | None
+) -> tuple[object, list[tuple[str, nn.Module | None]]]:
+    """A deep copy of ``model`` and its cascade: ``("none", None)``, then (name, module) of the copy's
+    ``layers`` (default :func:`cascade_layers`), in the order they are randomised."""
+    copied = copy.deepcopy(model)
+    copied_module, _ = unwrap_model(copied)
+    layer_names = list(layers) if layers is not None else _parameterised_layers(copied_module)
+    return copied, [("none", None), *(resolve_layer(copied_module, name) for name in layer_names)]
+
+
+def _randomise_step(layer: nn.Module | None, seed: int, step: int) -> None:
+    """Re-initialise ``layer`` (step ``step`` of the cascade) under a torch seed drawn from (seed, step)."""
+    if layer is not None:
+        torch.manual_seed(int(np.random.SeedSequence([seed, step]).generate_state(1)[0]))
+        with torch.no_grad():
+            _randomise(layer)
+
+
+def cascade_maps(
+    method_factory: Callable[[object], Callable[..., torch.Tensor]],
+    model: object,
+    x: np.ndarray | torch.Tensor,
+    steps: Sequence[int],
+    targets: Targets = None,
+    layers: Sequence[str] | None = None,
+    seed: int = 0,
+) -> dict[str, object]:
+    """The maps behind :func:`sanity_check`, for a figure: the trained model's and those after some steps
+    of the same cascade (same layers, same randomised weights for the same ``seed``).
+
+    The copy is randomised step by step up to the last of ``steps``; maps are computed only at
+    ``steps``, so a few steps of a long cascade cost a few maps. ``model`` itself is never modified.
+
+    Args:
+        method_factory, model, x, targets, layers, seed: as :func:`sanity_check`.
+        steps: cascade steps, increasing, at least one, each in ``1..len(layers)`` (step k: the first
+            k layers randomised, as row k of :func:`sanity_check`).
+
+    Returns:
+        ``{"trained": (N,H,W), "maps": (S,N,H,W), "layers": [the layer randomised last at each step]}``
+        float32 numpy maps.
+    """
+    steps = [int(s) for s in steps]
+    x, t, trained = _trained_maps(method_factory, model, x, targets)
+    copied, cascade = _cascade(model, layers)
+    if not steps or sorted(set(steps)) != steps or not 1 <= steps[0] <= steps[-1] < len(cascade):
+        raise ValueError(f"steps must be increasing steps within 1..{len(cascade) - 1}, got {steps}")
+    maps = []
+    with torch.random.fork_rng(devices=[]):
+        for i, (_, layer) in enumerate(cascade[: steps[-1] + 1]):
+            _randomise_step(layer, seed, i)
+            if i in steps:
+                maps.append(_maps_numpy(method_factory(copied)(x, t)).astype(np.float32))
+    return {
+        "trained": trained.astype(np.float32),
+        "maps": np.stack(maps),
+        "layers": [cascade[i][0] for i in steps],
+    }

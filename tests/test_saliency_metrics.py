@@ -14,7 +14,7 @@ from scipy.stats import spearmanr
 from torch import nn
 
 from evaluation import centre_maps, energy_pointing_game, insertion_deletion, pointing_game, sanity_check
-from evaluation.saliency_metrics import _spearman, gaussian_blur
+from evaluation.saliency_metrics import _spearman, cascade_layers, cascade_maps, gaussian_blur
 from saliency import GradCAM
 
 # ---------------------------------------------------------------- pointing game
@@ -370,3 +370,28 @@ def test_sanity_check_resumes_from_completed_rows(small_cnn, images, monkeypatch
         sanity_check(FirstConvEnergy, small_cnn, images, completed=[full[0], full[4]])
     with pytest.raises(ValueError, match="completed: 6 rows"):
         sanity_check(FirstConvEnergy, small_cnn, images, completed=[*full, full[0]])
+
+
+def test_cascade_layers_is_the_default_cascade(small_cnn, images):
+    assert cascade_layers(small_cnn) == ["fc", "features.5", "features.2", "features.0"]
+    rows = sanity_check(FirstConvEnergy, small_cnn, images)
+    assert [r["layer"] for r in rows[1:]] == cascade_layers(small_cnn)
+
+
+def test_cascade_maps_are_the_maps_sanity_check_correlates(small_cnn, images):
+    """Maps at steps 2 and 4 only: their Spearman with the trained maps is sanity_check's row 2 and 4,
+    and the model is untouched."""
+    before = {k: v.clone() for k, v in small_cnn.state_dict().items()}
+    factory = lambda m: GradCAM(m, "features.5")  # noqa: E731
+    rows = sanity_check(factory, small_cnn, images, seed=2)
+    result = cascade_maps(factory, small_cnn, images, steps=[2, 4], seed=2)
+    assert result["layers"] == ["features.5", "features.0"]
+    assert result["maps"].shape == (2, 5, 32, 32) and result["trained"].shape == (5, 32, 32)
+    trained = result["trained"].reshape(5, -1)
+    for maps, step in zip(result["maps"], (2, 4)):
+        np.testing.assert_array_equal(_spearman(trained, maps.reshape(5, -1)), rows[step]["spearman"])
+    for k, v in small_cnn.state_dict().items():
+        assert torch.equal(v, before[k])
+    for bad in ([], [0], [3, 2], [5]):
+        with pytest.raises(ValueError, match="steps must be"):
+            cascade_maps(factory, small_cnn, images, steps=bad)
