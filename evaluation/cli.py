@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import errno
 import io
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -1060,6 +1061,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CLIError, ConfigMismatchError, FileNotFoundError, ValueError) as err:
         print(f"{PROG} {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader stopped early (focused-attacks models | head): no traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nor at the final flush
+        return 0
     except OSError as err:
         if err.errno not in FILE_SYSTEM_ERRORS:  # not the user's file system: keep the traceback
             raise

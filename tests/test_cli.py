@@ -136,6 +136,13 @@ def test_help_does_not_import_torch_through_the_package():
     assert _help_imports(bypass_package=False) == "[]"
 
 
+def test_models_piped_into_head_exits_quietly():
+    command = f"{sys.executable} -m evaluation.cli models | head -n 2"
+    done = subprocess.run(command, shell=True, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.stdout.splitlines()[1].startswith("digits-cnn")
+    assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr
+
+
 def test_models_lists_the_zoo_and_its_shipped_weights(capsys):
     assert main(["models"]) == 0
     lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.strip()}
