@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import errno
 import io
+import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -1045,6 +1046,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _StderrLines(logging.Handler):
+    """The runs' progress lines (logger ``evaluation``, INFO) on whatever ``sys.stderr`` is now."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(f"{PROG}: {record.getMessage()}", file=sys.stderr)
+
+
+def _print_progress_lines() -> None:
+    """One line per finished batch on stderr, with ``--quiet`` too (:mod:`evaluation.progress`)."""
+    logger = logging.getLogger("evaluation")
+    logger.setLevel(logging.INFO)
+    if not any(isinstance(h, _StderrLines) for h in logger.handlers):
+        logger.addHandler(_StderrLines())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``focused-attacks``; returns the exit code (2 for user errors)."""
     parser = build_parser()
@@ -1052,6 +1068,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exit_:
         return int(exit_.code or 0)
+    _print_progress_lines()
     from evaluation.run_folder import ConfigMismatchError
 
     try:

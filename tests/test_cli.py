@@ -127,11 +127,6 @@ def test_help_does_not_import_torch():
     assert _help_imports(bypass_package=True) == "[]"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="evaluation/__init__.py imports datasets, zoo and saliency_metrics (hence torch) eagerly; "
-    "making it lazy (PEP 562 __getattr__) makes this pass: then remove this mark",
-)
 def test_help_does_not_import_torch_through_the_package():
     assert _help_imports(bypass_package=False) == "[]"
 

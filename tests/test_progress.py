@@ -43,3 +43,15 @@ def test_a_quiet_run_still_logs_one_line_per_batch(tmp_path, caplog):
         run_experiment(config, tmp_path, verbose=False, report=False)
     lines = [m for m in caplog.messages if m.startswith("attacks: batch")]
     assert [line.split(" done")[0] for line in lines] == ["attacks: batch 1/2", "attacks: batch 2/2"]
+
+
+def test_the_cli_prints_one_line_per_batch_with_quiet(tmp_path, capsys):
+    from evaluation.cli import main
+
+    argv = ["evaluate", "--n", "4", "--batch-size", "2", "--attacks", "fgsm", "--saliency", "gradcam"]
+    assert main([*argv, "--areas", "0.1", "--out", str(tmp_path), "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert (
+        "focused-attacks: attacks: batch 1/2 done" in err
+        and "focused-attacks: attacks: batch 2/2 done" in err
+    )
