@@ -280,9 +280,19 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _model_for(args: argparse.Namespace) -> tuple[int, Any]:
+    """Check ``--out``, then the image size and the classifier of ``--model`` (random weights seeded by
+    ``--seed``, so they are reproducible): ``(size, classifier)``."""
+    import torch
+
+    _check_out_folder(args.out)
+    size = _image_size(args.model, args.size)
+    torch.manual_seed(args.seed)
+    return size, _classifier(args.model, args.weights, args.device)
+
+
 def cmd_saliency(args: argparse.Namespace) -> int:
     """Maps for image files: ``DIR/<stem>.npy`` (H,W) float32 and ``DIR/<stem>.png`` overlays."""
-    import torch
 
     from evaluation import zoo
     from evaluation.runner import compute_maps
@@ -292,10 +302,7 @@ def cmd_saliency(args: argparse.Namespace) -> int:
     duplicates = sorted({s for s in stems if stems.count(s) > 1})
     if duplicates:
         raise CLIError(f"images: several files share the name {duplicates[0]!r}; outputs would collide")
-    _check_out_folder(args.out)
-    size = _image_size(args.model, args.size)
-    torch.manual_seed(args.seed)  # random weights (--weights none) are reproducible
-    classifier = _classifier(args.model, args.weights, args.device)
+    size, classifier = _model_for(args)
     if args.target_class is not None and not 0 <= args.target_class < classifier.nb_classes:
         raise CLIError(f"--class must lie in [0, {classifier.nb_classes}), got {args.target_class}")
     resize = zoo.resize_size(args.model, size, args.weights)
@@ -527,7 +534,6 @@ def _map_settings(args: argparse.Namespace, layers: list[str]) -> Any:
 
 def cmd_pointing_game(args: argparse.Namespace) -> int:
     """Pointing game (and energy pointing game) accuracy per saliency method."""
-    import torch
     from tqdm.auto import tqdm
 
     from evaluation import datasets, pointing
@@ -537,10 +543,7 @@ def cmd_pointing_game(args: argparse.Namespace) -> int:
 
     methods = _split(args.methods)
     _check_methods(methods, "--methods")
-    _check_out_folder(args.out)
-    size = _image_size(args.model, args.size)
-    torch.manual_seed(args.seed)
-    classifier = _classifier(args.model, args.weights, args.device)
+    size, classifier = _model_for(args)
     data = pointing.pointing_data(args.data, args.n, size, args.seed, args.batch_size, args.tolerance)
     if args.data == "digits" or classifier.nb_classes == len(datasets.VOC_CLASSES):
         targets = data.classes
@@ -599,7 +602,6 @@ def cmd_pointing_game(args: argparse.Namespace) -> int:
 
 def cmd_sanity(args: argparse.Namespace) -> int:
     """Cascading parameter randomisation: Spearman correlation of the maps with the trained model's."""
-    import torch
 
     from evaluation import sanity
     from evaluation.metric_plots import link_figures
@@ -612,10 +614,7 @@ def cmd_sanity(args: argparse.Namespace) -> int:
         raise CLIError(
             f"--method: {args.method!r} does not depend on the model; a sanity check needs a method"
         )
-    _check_out_folder(args.out)
-    size = _image_size(args.model, args.size)
-    torch.manual_seed(args.seed)
-    classifier = _classifier(args.model, args.weights, args.device)
+    size, classifier = _model_for(args)
     layers = _split(args.layer) or _default_layers(args.model)
     data = _metric_dataset(args, size, classifier.nb_classes)
     x = data.x
@@ -655,7 +654,6 @@ def cmd_sanity(args: argparse.Namespace) -> int:
 
 def cmd_insertion_deletion(args: argparse.Namespace) -> int:
     """Insertion and deletion AUC (RISE) per saliency method, with the mean curves."""
-    import torch
 
     from evaluation import insertion_deletion_run as scores
     from evaluation.report import text_table
@@ -663,10 +661,7 @@ def cmd_insertion_deletion(args: argparse.Namespace) -> int:
 
     methods = _split(args.methods)
     _check_methods(methods, "--methods")
-    _check_out_folder(args.out)
-    size = _image_size(args.model, args.size)
-    torch.manual_seed(args.seed)
-    classifier = _classifier(args.model, args.weights, args.device)
+    size, classifier = _model_for(args)
     x = _metric_dataset(args, size, classifier.nb_classes).x
     targets = classifier.predict(x, batch_size=args.batch_size).argmax(axis=1)
     layers = _split(args.layer) or _default_layers(args.model)
