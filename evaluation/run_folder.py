@@ -37,6 +37,10 @@ from typing import Any
 
 import numpy as np
 
+#: The process's umask, read once: files made through a temporary file get the usual 0o666 & ~umask.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
 CONFIG_FILE = "config.json"
 DATA_DIGEST_FILE = "data.sha256"
 LOCK_FILE = "run.lock"
@@ -124,6 +128,7 @@ def write_atomic(path: str | Path, data: bytes | str) -> Path:
         raise RunFolderError(f"{path} is not a regular file; remove it or choose another --out folder")
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0o600; results are meant to be shared
         with os.fdopen(fd, "wb") as f:
             f.write(data.encode("utf-8") if isinstance(data, str) else data)
             f.flush()

@@ -281,3 +281,12 @@ def test_two_runs_started_together_never_both_compute(tmp_path):
     assert sum(computed) == 2 * 2  # every record computed once, by one run
     keys = [record_key(json.loads(line)) for line in (tmp_path / "run" / "records.jsonl").open()]
     assert len(keys) == len(set(keys)) == 2 * 2
+
+
+def test_files_written_whole_get_the_usual_permissions(tmp_path):
+    previous = os.umask(0o022)
+    try:
+        path = run_folder.write_atomic(tmp_path / "report.md", "text")
+    finally:
+        os.umask(previous)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~run_folder._UMASK
