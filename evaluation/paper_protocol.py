@@ -340,7 +340,7 @@ def _run_batches(
     focusers = (UNFOCUSED, *config.focusers)
     computed = 0
     batches = _batches(len(data.x), config.batch_size)
-    progress = Progress(PROTOCOL, len(batches), len(focusers), verbose)
+    progress = Progress(PROTOCOL, len(batches), len(focusers), verbose, [len(b) for b in batches])
     for number, batch in enumerate(batches, start=1):
         pending = [f for f in focusers if any((i, f) not in done for i in batch)]
         progress.advance(len(focusers) - len(pending))

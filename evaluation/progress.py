@@ -17,7 +17,9 @@ LOG = logging.getLogger("evaluation")
 
 
 class Progress:
-    """A run of ``batches`` batches of ``cells`` cells each; batches already recorded are skipped.
+    """A run of ``batches`` batches of ``cells`` cells each; batches already recorded are skipped. The
+    estimate of the time left assumes time proportional to images: ``sizes`` gives each batch's image
+    count (default: equal batches).
 
     Example:
         >>> progress = Progress("attacks", batches=4, cells=7, verbose=True)
@@ -26,12 +28,13 @@ class Progress:
         >>> progress.batch_done(1, computed=True)      # logs "attacks: batch 1/4 done in 12 s, ..."
     """
 
-    def __init__(self, name: str, batches: int, cells: int, verbose: bool):
+    def __init__(self, name: str, batches: int, cells: int, verbose: bool, sizes: list[int] | None = None):
         self.name, self.batches = name, batches
         self.bar = tqdm(total=batches * cells, disable=not verbose, desc=name)
         self.start = time.perf_counter()
-        self.computed = 0  # batches computed by this process (resumed ones cost nothing)
-        self.finished = 0
+        self.sizes = sizes or [1] * batches
+        self.computed = 0  # images of the batches computed by this process (resumed ones cost nothing)
+        self.left = sum(self.sizes)
 
     def cell(self, batch: int, text: str) -> None:
         """Label the bar with the batch number (1-based) and the cell now computed."""
@@ -43,12 +46,12 @@ class Progress:
 
     def batch_done(self, batch: int, computed: bool) -> None:
         """Count batch ``batch`` (1-based) as finished and log one line with the time left."""
-        self.finished += 1
+        self.left -= self.sizes[batch - 1]
         if not computed:
             return
-        self.computed += 1
+        self.computed += self.sizes[batch - 1]
         elapsed = time.perf_counter() - self.start
-        left = elapsed / self.computed * (self.batches - self.finished)
+        left = elapsed / self.computed * self.left
         LOG.info(
             "%s: batch %d/%d done, %s so far, about %s left",
             self.name,

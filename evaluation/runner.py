@@ -796,7 +796,7 @@ def _run_batches(
     my_batches = shard(_batches(len(data.x), config.batch_size), ctx.rank, ctx.world_size)
     jobs = config.jobs()
     name = f"rank {ctx.rank}" if ctx.is_distributed else "attacks"
-    progress = Progress(name, len(my_batches), len(jobs), verbose)
+    progress = Progress(name, len(my_batches), len(jobs), verbose, [len(b) for b in my_batches])
     computed = 0
     for number, batch in enumerate(my_batches, start=1):
         pending = [job for job in jobs if grid.missing(batch, *job)]

@@ -32,6 +32,15 @@ def test_each_computed_batch_logs_its_time_and_an_estimate(caplog, monkeypatch):
     ]
 
 
+def test_the_estimate_counts_images_so_a_short_last_batch_costs_less(caplog, monkeypatch):
+    clock = iter([0.0, 80.0])
+    monkeypatch.setattr(progress_module.time, "perf_counter", lambda: next(clock))
+    progress = Progress("cameras-paper", batches=2, cells=1, verbose=False, sizes=[8, 1])
+    with caplog.at_level(logging.INFO, logger="evaluation"):
+        progress.batch_done(1, computed=True)
+    assert caplog.messages == ["cameras-paper: batch 1/2 done, 1 min 20 s so far, about 10 s left"]
+
+
 @pytest.mark.parametrize(("seconds", "text"), [(42.4, "42 s"), (185, "3 min 05 s"), (7620, "2 h 07 min")])
 def test_durations_read_like_a_person_would_say_them(seconds, text):
     assert _duration(seconds) == text
