@@ -128,7 +128,7 @@ def pointing_examples(
         labels: per item the row's label (default ``"item i"``).
     """
     methods = list(maps)
-    size = (max(2.1 * len(methods), 4.8), 2.2 * len(images) + 0.3)  # wide enough for the title
+    size = (max(2.1 * len(methods), 4.8), 2.45 * len(images) + 0.4)  # room for each row's titles
     fig, axes = plt.subplots(len(images), len(methods), figsize=size, squeeze=False)
     for i, image in enumerate(images):
         for j, method in enumerate(methods):
