@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 
 PROG = "focused-attacks"
+#: The grid's attacks whose L-inf budget is searched (``--eps-min``).
+EPS_SEARCH_ATTACKS = ("pgd", "fgsm")
 #: OSErrors that say what is wrong with the user's files or disk: one line, no traceback.
 FILE_SYSTEM_ERRORS = frozenset(
     {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR, errno.EISDIR}
@@ -79,6 +81,16 @@ def _areas(text: str) -> list[float]:
     if not areas or any(not 0.0 < a < 1.0 for a in areas):
         raise argparse.ArgumentTypeError(f"areas must be fractions in (0, 1), got {text!r}")
     return areas
+
+
+def _eps_min(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text!r}") from None
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text!r}")
+    return value
 
 
 def _positive_int(text: str) -> int:
@@ -456,6 +468,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         seed=args.seed,
         gpnn_variations=args.gpnn_variations,
         gpnn_params=DEMO_GPNN_PARAMS if args.gpnn_fast else {},
+        attack_params={a: {"eps_min": args.eps_min} for a in EPS_SEARCH_ATTACKS} if args.eps_min else {},
     )
     _check_out_folder(args.out)
     if config.data == "photos":
@@ -923,6 +936,13 @@ def _add_evaluate(sub: Subparsers) -> None:
         type=_areas,
         default=[0.05, 0.1, 0.2],
         help="comma-separated mask fractions (default 0.05,0.1,0.2)",
+    )
+    p.add_argument(
+        "--eps-min",
+        type=_eps_min,
+        default=None,
+        help="PGD and FGSM: the smallest L-inf budget their search tries; a report section lists attacks "
+        "that already succeed there (then lower it) (default: the runner's, 1/1024)",
     )
     add_saliency_args(p, gpnn_variations_help=GPNN_VARIATIONS_HELP)
     p.add_argument("--out", required=True, help="output folder (required)")

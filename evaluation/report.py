@@ -284,8 +284,8 @@ def floor_note(at_floor: dict[tuple[str, str], int], config: dict[str, Any]) -> 
         "## Budgets at the search's floor\n\n"
         f"Some attacks already succeeded at the smallest budget searched (eps_min: {floors}), so their true "
         f"minimal budget is lower and their norms are upper bounds; reductions involving them are not exact. "
-        f"Successful attacks at the floor: {listed}. Rerun with a lower `eps_min` (the API's "
-        "`attack_params`) into a new folder.\n"
+        f"Successful attacks at the floor: {listed}. Rerun into a new folder with a lower `--eps-min` "
+        "(the API's `attack_params`).\n"
     )
 
 

@@ -175,6 +175,12 @@ class ExperimentConfig:
             raise ValueError("areas: give at least one area when focusers are given")
         if self.gpnn_variations < 2:
             raise ValueError(f"gpnn_variations must be >= 2, got {self.gpnn_variations}")
+        for attack, params in self.attack_params.items():
+            if "eps_min" in params and not 0 < params["eps_min"] < params["eps_max"]:
+                raise ValueError(
+                    f"attack_params: {attack}'s eps_min must lie in (0, eps_max = {params['eps_max']}), "
+                    f"got {params['eps_min']}"
+                )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (tuples become lists)."""

@@ -735,3 +735,18 @@ def test_sanity_estimates_every_gpnn_cam_map_it_computes(tmp_path, capsys, monke
     assert counted == [2 * (1 + steps) + 2 * (1 + figure_steps)]  # the figure: trained + its steps
     assert main(argv) == 0
     assert counted[1] == 2  # only the trained model's maps: the figure is up to date
+
+
+def test_eps_min_reaches_the_config_and_its_help_states_the_runners_default(tmp_path, capsys):
+    from evaluation.cli import build_parser
+    from evaluation.runner import DEFAULT_ATTACK_PARAMS
+
+    assert DEFAULT_ATTACK_PARAMS["pgd"]["eps_min"] == DEFAULT_ATTACK_PARAMS["fgsm"]["eps_min"] == 1 / 1024
+    evaluate = build_parser()._subparsers._group_actions[0].choices["evaluate"]
+    assert "(default: the runner's, 1/1024)" in " ".join(evaluate.format_help().split())
+    argv = ["evaluate", "--n", "2", "--attacks", "fgsm,cw", "--saliency", "random", "--areas", "0.1"]
+    assert main([*argv, "--eps-min", "1e-5", "--out", str(tmp_path), "--quiet"]) == 0
+    params = json.loads((tmp_path / "config.json").read_text())["attack_params"]
+    assert params["fgsm"]["eps_min"] == 1e-5 and "eps_min" not in params["cw"]
+    assert main([*argv, "--eps-min", "2", "--out", str(tmp_path / "x")]) == 2
+    assert "--eps-min: expected a number in (0, 1), got '2'" in capsys.readouterr().err

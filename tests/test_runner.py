@@ -142,6 +142,11 @@ def test_config_fills_attack_defaults_and_lists_jobs():
         ({"areas": (1.5,)}, "areas"),
         ({"focusers": ("none",)}, "always run"),
         ({"batch_size": 0}, "batch_size"),
+        (
+            {"attack_params": {"pgd": {"eps_min": 1.0}}},
+            r"pgd's eps_min must lie in \(0, eps_max = 1.0\), got 1.0",
+        ),
+        ({"attack_params": {"fgsm": {"eps_min": 0.0}}}, "fgsm's eps_min must lie in"),
     ],
 )
 def test_config_rejects_bad_values(kwargs, match):
