@@ -615,7 +615,6 @@ def cmd_pointing_game(args: argparse.Namespace) -> int:
 
 def cmd_sanity(args: argparse.Namespace) -> int:
     """Cascading parameter randomisation: Spearman correlation of the maps with the trained model's."""
-
     from evaluation import sanity
     from evaluation.metric_plots import link_figures
     from evaluation.report import text_table, write_table
@@ -667,10 +666,10 @@ def cmd_sanity(args: argparse.Namespace) -> int:
 
 def cmd_insertion_deletion(args: argparse.Namespace) -> int:
     """Insertion and deletion AUC (RISE) per saliency method, with the mean curves."""
-
     from evaluation import insertion_deletion_run as scores
     from evaluation.report import text_table
     from evaluation.run_folder import data_digest
+    from evaluation.runner import batches
 
     methods = _split(args.methods)
     _check_methods(methods, "--methods")
@@ -691,8 +690,8 @@ def cmd_insertion_deletion(args: argparse.Namespace) -> int:
     settings = _map_settings(args, layers)
     if "gpnn-cam" in methods:
         done = {scores.record_key(r) for r in saved}
-        batches = enumerate(scores.batches(len(x), args.batch_size))
-        left = sum(len(items) for b, items in batches if ("gpnn-cam", b) not in done)
+        image_batches = enumerate(batches(len(x), args.batch_size))
+        left = sum(len(items) for b, items in image_batches if ("gpnn-cam", b) not in done)
         _gpnn_cost(args, classifier, x[0], settings, left)
     rows, curves = scores.score(
         methods, classifier, x, targets, settings, log, saved, args.batch_size, verbose=not args.quiet

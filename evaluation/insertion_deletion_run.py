@@ -62,11 +62,6 @@ def score_batch(
     }
 
 
-def batches(n: int, batch_size: int) -> list[np.ndarray]:
-    """The image indices of each batch: ``0..batch_size-1``, ``batch_size..``, ..."""
-    return [np.arange(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
-
-
 def score(
     methods: Sequence[str],
     classifier: Any,
@@ -87,9 +82,12 @@ def score(
     """
     from tqdm.auto import tqdm
 
+    from evaluation.runner import batches
+
     done = {record_key(r): r for r in saved}
     rows, curves = [], {}
-    jobs = [(m, b, items) for m in methods for b, items in enumerate(batches(len(x), batch_size))]
+    image_batches = [np.asarray(items) for items in batches(len(x), batch_size)]
+    jobs = [(m, b, items) for m in methods for b, items in enumerate(image_batches)]
     per_method: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
     for method, b, items in tqdm(jobs, desc="insertion/deletion", disable=not verbose):
         record = done.get((method, b))

@@ -43,12 +43,11 @@ from evaluation.run_folder import (
 )
 from evaluation.runner import (
     UNFOCUSED,
-    _batches,
     _check_names,
-    check_layers,
+    batches,
     check_saliency_names,
     compute_maps,
-    load_dataset,
+    load_model_and_data,
 )
 
 PROTOCOL = "cameras-paper"
@@ -272,26 +271,11 @@ class PaperResult:
 
 def _prepare(config: PaperConfig, out: Path, device: str | None) -> tuple[Any, list[str], Any]:
     """Validate everything against the model and data before anything is written; load them."""
-    import torch
-
-    from evaluation import zoo
-
     check_out(out)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ValueError(f"the {PROTOCOL} protocol runs in one process; start it without torchrun")
     check_config(out, config.to_dict(), write=False)
-    size = config.size or zoo.input_size(config.model)[-1]
-    zoo.check_size(config.model, size)
-    torch.manual_seed(config.seed)
-    classifier = zoo.classifier(config.model, config.weights, device=device)
-    layers = list(config.layers) if config.layers else list(zoo.default_layers(config.model))
-    check_layers(classifier, layers)
-    resize = zoo.resize_size(config.model, size, config.weights)
-    interpolation = zoo.resize_interpolation(config.model)
-    data = load_dataset(
-        config.data, config.n, size, config.seed, resize, interpolation, config.labels, classifier.nb_classes
-    )
-    return classifier, layers, data
+    return load_model_and_data(config, device)
 
 
 def run_paper_protocol(
@@ -339,25 +323,22 @@ def _run_batches(
     done = {paper_key(r) for r in stored}
     focusers = (UNFOCUSED, *config.focusers)
     computed = 0
-    batches = _batches(len(data.x), config.batch_size)
-    progress = Progress(PROTOCOL, len(batches), len(focusers), verbose, [len(b) for b in batches])
-    for number, batch in enumerate(batches, start=1):
+    image_batches = batches(len(data.x), config.batch_size)
+    progress = Progress(PROTOCOL, len(image_batches), len(focusers), verbose, [len(b) for b in image_batches])
+    for number, batch in enumerate(image_batches, start=1):
         pending = [f for f in focusers if any((i, f) not in done for i in batch)]
         progress.advance(len(focusers) - len(pending))
+        cache = BatchMaps(out, batch)
         if pending:
             info, attacked = _batch_info(classifier, config, data, batch)
-            cache = BatchMaps(out, batch)
             for focuser in pending:
                 progress.cell(number, "plain PGD" if focuser == UNFOCUSED else focuser)
                 records = _focuser_records(
                     classifier, config, layers, data, out, focuser, info, attacked, cache
                 )
-                missing = [r for r in records if paper_key(r) not in done]
-                log.append(missing)
-                done.update(paper_key(r) for r in missing)
-                computed += len(missing)
+                computed += log.append_new(records, done)
                 progress.advance()
-            cache.clear()
+        cache.clear()  # every record of the batch is written (or was, before a crash)
         progress.batch_done(number, computed=bool(pending))
     progress.close()
     return computed

@@ -280,6 +280,14 @@ class RecordLog:
         if records:
             append_bytes(self.path, "".join(json_line(r) for r in records).encode("utf-8"))
 
+    def append_new(self, records: Sequence[dict[str, Any]], done: set) -> int:
+        """Append (as :meth:`append`) the ``records`` whose key is not in ``done``, add their keys to it and
+        return how many there were: a resumed cell writes only what the log lacks."""
+        new = [r for r in records if self.key(r) not in done]
+        self.append(new)
+        done.update(self.key(r) for r in new)
+        return len(new)
+
 
 def json_line(record: dict[str, Any]) -> str:
     """``record`` as one JSON line (keys sorted); ValueError naming a field holding NaN or infinity."""

@@ -606,7 +606,9 @@ def _check_names(records: Sequence[dict[str, Any]], names: Sequence[str], data: 
             )
 
 
-def _batches(n: int, batch_size: int) -> list[list[int]]:
+def batches(n: int, batch_size: int) -> list[list[int]]:
+    """The image indices of each batch: ``0..batch_size-1``, ``batch_size..``, ...; a batch always holds
+    the same images, whatever the number of ranks or the commands' resumes."""
     return [list(range(i, min(i + batch_size, n))) for i in range(0, n, batch_size)]
 
 
@@ -670,28 +672,41 @@ def _attack_batch(
     return x_adv, mask, eps
 
 
-def _check_before_pinning(
-    config: ExperimentConfig, data: Dataset, classifier: Any, layers: list[str]
-) -> None:
-    """Every check of the arguments against the model and the data, made before the folder is pinned, so
-    that a failed start can be rerun corrected into the same folder."""
-    from saliency.masks import top_k
+def load_model_and_data(config: Any, device: str | None = None) -> tuple[Any, list[str], Dataset]:
+    """The ART classifier of ``config`` (an :class:`ExperimentConfig` or a
+    :class:`evaluation.paper_protocol.PaperConfig`: its model, weights, data, labels, n, size, layers and
+    seed), its CAM layers and its data, checked against each other before anything is written: the layers
+    are modules of the model and the labels are classes of it."""
+    from evaluation import zoo
 
+    size = config.size or zoo.input_size(config.model)[-1]
+    zoo.check_size(config.model, size)
+    torch.manual_seed(config.seed)  # random weights (weights=None for torchvision) are the same on every rank
+    classifier = zoo.classifier(config.model, config.weights, device=device)
+    layers = list(config.layers) if config.layers else list(zoo.default_layers(config.model))
     check_layers(classifier, layers)
-    try:
-        for area in config.areas:
-            top_k(np.zeros((1, *data.x.shape[-2:]), np.float32), area)
-    except ValueError as err:
-        raise ValueError(f"areas: {err}") from None
-    if (
-        data.y is not None
-        and len(data.y)
-        and not 0 <= int(data.y.min()) <= int(data.y.max()) < classifier.nb_classes
-    ):
+    resize = zoo.resize_size(config.model, size, config.weights)
+    interpolation = zoo.resize_interpolation(config.model)
+    data = load_dataset(
+        config.data, config.n, size, config.seed, resize, interpolation, config.labels, classifier.nb_classes
+    )
+    if data.y is not None and not 0 <= int(data.y.min()) <= int(data.y.max()) < classifier.nb_classes:
         raise ValueError(
             f"data {config.data!r}: labels must lie in [0, {classifier.nb_classes}) for {config.model}, got "
             f"[{int(data.y.min())}, {int(data.y.max())}]"
         )
+    return classifier, layers, data
+
+
+def _check_areas(areas: Sequence[float], shape: tuple[int, ...]) -> None:
+    """Every area keeps at least one pixel of an image of ``shape`` (checked before the folder is pinned)."""
+    from saliency.masks import top_k
+
+    try:
+        for area in areas:
+            top_k(np.zeros((1, *shape[-2:]), np.float32), area)
+    except ValueError as err:
+        raise ValueError(f"areas: {err}") from None
 
 
 def _pin_folder(
@@ -738,8 +753,6 @@ def run_experiment(
     ``records.jsonl`` and, when ``report`` is true, writes the report (``report.md``, ``results.json``,
     ``records.csv``, figures) with :func:`evaluation.report.write_report`.
     """
-    from evaluation import zoo
-
     start = time.perf_counter()
     ctx: DistributedContext = init_distributed(device)
     out = Path(out_dir)
@@ -747,17 +760,8 @@ def run_experiment(
     # Validate everything before config.json pins the folder, so a failed start can be rerun fixed.
     check_config(out, config, write=False)
     check_saliency_names(config.focusers, "focusers")
-    size = config.size or zoo.input_size(config.model)[-1]
-    zoo.check_size(config.model, size)
-    torch.manual_seed(config.seed)  # random weights (weights=None for torchvision) are the same on every rank
-    classifier = zoo.classifier(config.model, config.weights, device=device)
-    layers = list(config.layers) if config.layers else list(zoo.default_layers(config.model))
-    resize = zoo.resize_size(config.model, size, config.weights)
-    interpolation = zoo.resize_interpolation(config.model)
-    data = load_dataset(
-        config.data, config.n, size, config.seed, resize, interpolation, config.labels, classifier.nb_classes
-    )
-    _check_before_pinning(config, data, classifier, layers)
+    classifier, layers, data = load_model_and_data(config, device)
+    _check_areas(config.areas, data.x.shape)
     with contextlib.ExitStack() as held:
         refusal: RunFolderError | None = None
         if ctx.is_main:
@@ -799,7 +803,7 @@ def _run_batches(
 ) -> int:
     """Compute and append every missing record of this rank's batches; return how many were computed."""
     grid = _Grid(config, out, classifier, layers, data, own, {record_key(r) for r in stored})
-    my_batches = shard(_batches(len(data.x), config.batch_size), ctx.rank, ctx.world_size)
+    my_batches = shard(batches(len(data.x), config.batch_size), ctx.rank, ctx.world_size)
     jobs = config.jobs()
     name = f"rank {ctx.rank}" if ctx.is_distributed else "attacks"
     progress = Progress(name, len(my_batches), len(jobs), verbose, [len(b) for b in my_batches])
@@ -807,19 +811,34 @@ def _run_batches(
     for number, batch in enumerate(my_batches, start=1):
         pending = [job for job in jobs if grid.missing(batch, *job)]
         progress.advance(len(jobs) - len(pending))
-        for attack, focuser, area in pending:
-            progress.cell(number, f"{attack} x {focuser} x {area:.0%}")
-            computed += grid.cell(batch, attack, focuser, area)
-            progress.advance()
-        grid.batch_done(batch)
+        if pending:
+            state = grid.start(batch)
+            for attack, focuser, area in pending:
+                progress.cell(number, f"{attack} x {focuser} x {area:.0%}")
+                computed += grid.cell(state, attack, focuser, area)
+                progress.advance()
+        BatchMaps(out, batch).clear()  # every record of the batch is written (or was, before a crash)
         progress.batch_done(number, computed=bool(pending))
     progress.close()
     return computed
 
 
+@dataclass
+class _Batch:
+    """One batch being computed: its images, clean predictions, attacked labels and maps."""
+
+    ids: list[int]
+    x: np.ndarray
+    clean_pred: np.ndarray
+    labels: np.ndarray
+    attacked: np.ndarray
+    saved_maps: BatchMaps
+    maps: dict[str, np.ndarray] = field(default_factory=dict)
+
+
 class _Grid:
     """The grid's cells of one run: what is missing, and computing one (image batch, attack, focuser,
-    area) cell with the batch's maps and clean predictions computed once."""
+    area) cell with the batch's maps and clean predictions computed once (:class:`_Batch`)."""
 
     def __init__(
         self,
@@ -835,7 +854,6 @@ class _Grid:
         self.own, self.done = own, done
         self.examples: dict[str, np.ndarray] = load_examples(out) or {}
         self.example_area = config.areas[len(config.areas) // 2] if config.areas else 1.0
-        self.batch: list[int] = []
 
     def is_example(self, batch: list[int], attack: str, area: float) -> bool:
         """The cell feeds the example figure (first images, first attack, unfocused and middle area)."""
@@ -847,54 +865,37 @@ class _Grid:
             return True
         return self.is_example(batch, attack, area) and f"adv:{focuser}" not in self.examples
 
-    def _start(self, batch: list[int]) -> None:
+    def start(self, batch: list[int]) -> _Batch:
+        """The batch's images and clean predictions; only correctly classified images are attacked."""
         x = self.data.x[batch]
-        self.batch, self.x, self.maps, self.saved_maps = batch, x, {}, BatchMaps(self.out, batch)
-        self.clean_pred = self.classifier.predict(x, batch_size=self.config.batch_size).argmax(axis=1)
-        self.labels = self.data.y[batch] if self.data.y is not None else self.clean_pred
-        self.attacked = self.clean_pred == self.labels
+        clean_pred = self.classifier.predict(x, batch_size=self.config.batch_size).argmax(axis=1)
+        labels = self.data.y[batch] if self.data.y is not None else clean_pred
         if 0 in batch:
             self.examples["x"] = x[:N_EXAMPLES]
+        return _Batch(batch, x, clean_pred, labels, clean_pred == labels, BatchMaps(self.out, batch))
 
-    def cell(self, batch: list[int], attack: str, focuser: str, area: float) -> int:
-        """Compute the cell, append its missing records; return how many."""
-        if batch != self.batch:
-            self._start(batch)
-        x, config = self.x, self.config
-        if focuser != UNFOCUSED and focuser not in self.maps:
+    def cell(self, b: _Batch, attack: str, focuser: str, area: float) -> int:
+        """Compute the cell of batch ``b``, append its missing records; return how many."""
+        config = self.config
+        if focuser != UNFOCUSED and focuser not in b.maps:
             # Maps of the attacked images only, computed once (saved) and reused by every attack and area.
             compute = partial(
-                _batch_maps,
-                focuser,
-                config,
-                self.classifier,
-                x,
-                self.labels,
-                batch,
-                self.attacked,
-                self.layers,
+                _batch_maps, focuser, config, self.classifier, b.x, b.labels, b.ids, b.attacked, self.layers
             )
-            self.maps[focuser] = self.saved_maps.get(focuser, compute)
+            b.maps[focuser] = b.saved_maps.get(focuser, compute)
         x_adv, mask, eps = _attack_batch(
-            config, attack, self.classifier, x, self.labels, self.attacked, self.maps.get(focuser), area
+            config, attack, self.classifier, b.x, b.labels, b.attacked, b.maps.get(focuser), area
         )
-        mask_area = np.where(self.attacked, mask.reshape(len(x), -1).mean(axis=1), np.nan)
-        if self.is_example(batch, attack, area):
+        mask_area = np.where(b.attacked, mask.reshape(len(b.x), -1).mean(axis=1), np.nan)
+        if self.is_example(b.ids, attack, area):
             self.examples[f"adv:{focuser}"] = x_adv[:N_EXAMPLES]
             if focuser != UNFOCUSED:
                 self.examples[f"mask:{focuser}"] = mask[:N_EXAMPLES]
-                self.examples[f"map:{focuser}"] = self.maps[focuser][:N_EXAMPLES]
+                self.examples[f"map:{focuser}"] = b.maps[focuser][:N_EXAMPLES]
             save_arrays(self.out / EXAMPLES_FILE, self.examples)  # before the records: both or neither
         probs = _softmax(self.classifier.predict(x_adv, batch_size=config.batch_size))
-        names = [self.data.names[i] for i in batch]
+        names = [self.data.names[i] for i in b.ids]
         records = make_records(
-            batch, names, attack, focuser, area, x, x_adv, self.labels, self.clean_pred, probs, mask_area, eps
+            b.ids, names, attack, focuser, area, b.x, x_adv, b.labels, b.clean_pred, probs, mask_area, eps
         )
-        missing = [r for r in records if record_key(r) not in self.done]
-        self.own.append(missing)
-        self.done.update(record_key(r) for r in missing)
-        return len(missing)
-
-    def batch_done(self, batch: list[int]) -> None:
-        """Delete the batch's saved maps: its records are all written."""
-        BatchMaps(self.out, batch).clear()
+        return self.own.append_new(records, self.done)

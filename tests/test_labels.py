@@ -88,3 +88,15 @@ def test_without_labels_the_report_says_the_predicted_class_was_attacked(tmp_pat
     write_report(tmp_path, [record], figures=False, labels=PREDICTED_SOURCE)
     report = (tmp_path / "report.md").read_text()
     assert "attacked the predicted class" in report and "correctly classified" not in report
+
+
+def test_labels_outside_the_models_classes_are_refused_by_both_protocols(tmp_path):
+    from evaluation.paper_protocol import PaperConfig
+    from evaluation.runner import load_model_and_data
+
+    data = _folder(tmp_path / "data", {"3": 1, "12": 1})
+    grid = ExperimentConfig(model="digits-cnn", data=str(data), n=2, size=64, attacks=("fgsm",), focusers=())
+    paper = PaperConfig(model="digits-cnn", data=str(data), n=2, size=64, focusers=("uniform",))
+    for config in (grid, paper):
+        with pytest.raises(ValueError, match=r"labels must lie in \[0, 10\) for digits-cnn, got \[3, 12\]"):
+            load_model_and_data(config)

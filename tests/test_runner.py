@@ -61,6 +61,15 @@ def test_complete_but_unterminated_last_line_counts_as_truncated(tmp_path):
     assert [r["image"] for r in log.read()] == [0, 1]
 
 
+def test_append_new_writes_only_unseen_keys_and_counts_them(tmp_path):
+    log = RecordLog(tmp_path / "r.jsonl", record_key)
+    done = {record_key(_rec(0))}
+    assert log.append_new([_rec(0), _rec(1), _rec(2)], done) == 2
+    assert [r["image"] for r in log.read()] == [1, 2]
+    assert done == {record_key(_rec(i)) for i in range(3)}
+    assert log.append_new([_rec(1)], done) == 0 and len(log.read()) == 2
+
+
 def test_corrupt_middle_line_raises_naming_the_line(tmp_path):
     path = tmp_path / "r.jsonl"
     path.write_text(json.dumps(_rec(0)) + "\n{not json\n" + json.dumps(_rec(1)) + "\n")
