@@ -355,17 +355,13 @@ def cmd_saliency(args: argparse.Namespace) -> int:
 
 def _save_map(stem: Path, image: np.ndarray, saliency_map: np.ndarray) -> None:
     """``stem.npy`` (the (H,W) float32 map) and ``stem.png`` (its overlay on ``image``)."""
-    from PIL import Image
-
-    from evaluation.run_folder import write_atomic
+    from evaluation.run_folder import save_image, write_atomic
     from saliency.plot import overlay
 
     buffer = io.BytesIO()
     np.save(buffer, saliency_map.astype(np.float32))
     write_atomic(stem.with_name(stem.name + ".npy"), buffer.getvalue())
-    buffer = io.BytesIO()
-    Image.fromarray(overlay(image, saliency_map)).save(buffer, format="png")
-    write_atomic(stem.with_name(stem.name + ".png"), buffer.getvalue())
+    save_image(stem.with_name(stem.name + ".png"), overlay(image, saliency_map))
 
 
 def cmd_train(args: argparse.Namespace) -> int:

@@ -26,11 +26,11 @@ import numpy as np
 from evaluation.labels import PREDICTED_SOURCE
 from evaluation.paper_protocol import ARRAYS_DIR, FIGURE_FOCUSERS, UNIFORM
 from evaluation.provenance import provenance_markdown
-from evaluation.report import _median, markdown_table, records_csv, text_table
+from evaluation.report import _median, interval, markdown_table, records_csv, text_table
 from evaluation.report_figures import figures_markdown
 from evaluation.run_folder import load_arrays, write_atomic
 from evaluation.runner import UNFOCUSED
-from evaluation.stats import bootstrap_ci, paired_norms, paired_reductions
+from evaluation.stats import paired_norms, paired_reductions
 
 PAPER_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("focuser", "focuser", "s"),
@@ -55,11 +55,6 @@ PAPER_REDUCTION = 0.565
 
 def _mean(values: Sequence[float]) -> float | None:
     return float(np.mean(values)) if len(values) else None
-
-
-def _ci(values: np.ndarray, statistic: Any) -> list[float] | None:
-    ci = bootstrap_ci(values, statistic)
-    return None if ci is None else list(ci)
 
 
 def paper_groups(records: Sequence[dict[str, Any]]) -> dict[str, dict[int, dict[str, Any]]]:
@@ -118,8 +113,8 @@ def summarize_paper(records: Sequence[dict[str, Any]], focusers: Sequence[str] |
             row[pairs_key] = len(reductions)
             if reference == UNFOCUSED:  # the headline reductions get their intervals
                 intervals = {
-                    "reduction_ci": _ci(reductions, np.mean),
-                    "median_reduction_ci": _ci(reductions, np.median),
+                    "reduction_ci": interval(reductions, np.mean),
+                    "median_reduction_ci": interval(reductions, np.median),
                 }
         row.update(intervals)
         rows.append(row)

@@ -67,6 +67,13 @@ def _quartiles(values: Sequence[float]) -> tuple[float | None, float | None]:
     return float(q1), float(q3)
 
 
+def interval(values: np.ndarray, statistic: Any) -> list[float] | None:
+    """:func:`evaluation.stats.bootstrap_ci` of ``statistic(values)`` as JSON's ``[low, high]`` (None with
+    fewer than 2 values)."""
+    ci = bootstrap_ci(values, statistic)
+    return None if ci is None else list(ci)
+
+
 def _paired_reduction(
     focused: Group, reference: Group, norm: str
 ) -> tuple[float | None, int, list[float] | None]:
@@ -74,8 +81,7 @@ def _paired_reduction(
     (with a non-zero reference norm, :func:`evaluation.stats.paired_reductions`), the number of those
     images and the median's bootstrap 95 % interval ``[low, high]``; ``(None, 0, None)`` if none."""
     reductions = paired_reductions(focused, reference, norm)
-    ci = bootstrap_ci(reductions, np.median)
-    return _median(reductions), len(reductions), None if ci is None else list(ci)
+    return _median(reductions), len(reductions), interval(reductions, np.median)
 
 
 def group_records(

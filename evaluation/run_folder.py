@@ -148,6 +148,15 @@ def save_figure(fig: Any, path: str | Path, dpi: int) -> Path:
     return write_atomic(path, buffer.getvalue())
 
 
+def save_image(path: str | Path, image: np.ndarray) -> Path:
+    """Write ``image`` (H,W,3) or (H,W) uint8 as a PNG to ``path`` with :func:`write_atomic`."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="png")
+    return write_atomic(path, buffer.getvalue())
+
+
 def save_arrays(path: str | Path, arrays: dict[str, np.ndarray], compressed: bool = False) -> Path:
     """Write ``arrays`` as an ``.npz`` file with :func:`write_atomic`."""
     buffer = io.BytesIO()

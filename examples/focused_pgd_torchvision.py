@@ -16,25 +16,17 @@ these photos: the example prints what it finds.
 from __future__ import annotations
 
 import argparse
-import io
 
 import numpy as np
 import torch
-from PIL import Image
 
 from evaluation import zoo
 from evaluation.datasets import sample_photos
 from evaluation.metrics import norm_reduction, perturbation_norms
-from evaluation.run_folder import make_dir, write_atomic
+from evaluation.run_folder import make_dir, save_image
 from focused_attacks import FocusedPGD, minimal_eps
 from saliency import CAMERAS
 from saliency.plot import overlay
-
-
-def _png(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="png")
-    return buffer.getvalue()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -68,9 +60,11 @@ def main(argv: list[str] | None = None) -> None:
     out = make_dir(args.out)
     print(f"{args.model}: CAMERAS at {layer}, PGD with the smallest fooling L-inf budget per image")
     for i, name in enumerate(names):
-        write_atomic(out / f"{name}_cameras.png", _png(overlay(x[i], maps[i])))
-        adversarial = np.round(255 * focused.x_adv[i].transpose(1, 2, 0)).astype(np.uint8)
-        write_atomic(out / f"{name}_adversarial.png", _png(adversarial))
+        save_image(out / f"{name}_cameras.png", overlay(x[i], maps[i]))
+        save_image(
+            out / f"{name}_adversarial.png",
+            np.round(255 * focused.x_adv[i].transpose(1, 2, 0)).astype(np.uint8),
+        )
         for what, result in (("unfocused", full), (f"top {100 * args.area:g} %", focused)):
             norms = perturbation_norms(x[i : i + 1], result.x_adv[i : i + 1])
             found = "none fooled it" if np.isnan(result.eps[i]) else f"eps {255 * result.eps[i]:.2f}/255"
