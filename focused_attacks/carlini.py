@@ -19,14 +19,9 @@ from art.estimators.classification.classifier import ClassGradientsMixin, Classi
 from art.estimators.estimator import BaseEstimator
 from tqdm.auto import trange
 
-from focused_attacks.base import (
-    ARTGradients,
-    FocusedEvasionAttack,
-    TorchGradients,
-    check_count,
-    check_number,
-    clip_bounds,
-)
+from focused_attacks.base import FocusedEvasionAttack
+from focused_attacks.gradients import ARTGradients, TorchGradients, clip_bounds
+from focused_attacks.inputs import check_count, check_number
 
 #: The binary search on c stops for a sample once c exceeds this (Carlini and Wagner's value).
 C_UPPER_BOUND = 10e10
@@ -274,24 +269,7 @@ class FocusedCarliniL2(FocusedEvasionAttack):
                 step = torch.zeros_like(p.x)
                 step[rows] = p.descent(z[rows], x_adv[rows], w[rows], rows, c[rows])
 
-                prev_loss, best_loss = loss.clone(), loss.clone()
-                best_lr = torch.zeros(n, **f64)
-                halving = torch.zeros(n, dtype=torch.long, device=device)
-                for _ in range(self.max_halving):
-                    do = active & (loss >= prev_loss)
-                    if not do.any():
-                        break
-                    _trial(p, do, w, step, lr, c, l2, loss, best_lr, best_loss)
-                    lr[do] /= 2
-                    halving[do] += 1
-                lr[active] *= 2
-                for _ in range(self.max_doubling):
-                    do = active & (halving == 1) & (loss <= best_loss)
-                    if not do.any():
-                        break
-                    lr[do] *= 2
-                    _trial(p, do, w, step, lr, c, l2, loss, best_lr, best_loss)
-                lr[halving == 1] /= 2
+                best_lr = self._line_search(p, active, w, step, lr, c, l2, loss)
 
                 move = active & (best_lr > 0)
                 if move.any():
@@ -312,3 +290,42 @@ class FocusedCarliniL2(FocusedEvasionAttack):
             c[refine] += (c - c_low)[refine] / 2
             c_low[~overall] = c[~overall]
         return best_adv
+
+    def _line_search(
+        self,
+        p: _Problem,
+        active: torch.Tensor,
+        w: torch.Tensor,
+        step: torch.Tensor,
+        lr: torch.Tensor,
+        c: torch.Tensor,
+        l2: torch.Tensor,
+        loss: torch.Tensor,
+    ) -> torch.Tensor:
+        """ART's line search on the step size of the ``active`` samples: halve ``lr`` while the loss does
+        not fall (at most ``max_halving`` times), then double it while it keeps falling (after exactly one
+        halving, at most ``max_doubling`` times). Updates ``lr``, ``l2`` and ``loss`` in place.
+
+        Returns:
+            The best step size per sample (B,) float64, 0 where no trial lowered the loss.
+        """
+        n, device = len(p.x), p.x.device
+        prev_loss, best_loss = loss.clone(), loss.clone()
+        best_lr = torch.zeros(n, dtype=torch.float64, device=device)
+        halving = torch.zeros(n, dtype=torch.long, device=device)
+        for _ in range(self.max_halving):
+            do = active & (loss >= prev_loss)
+            if not do.any():
+                break
+            _trial(p, do, w, step, lr, c, l2, loss, best_lr, best_loss)
+            lr[do] /= 2
+            halving[do] += 1
+        lr[active] *= 2
+        for _ in range(self.max_doubling):
+            do = active & (halving == 1) & (loss <= best_loss)
+            if not do.any():
+                break
+            lr[do] *= 2
+            _trial(p, do, w, step, lr, c, l2, loss, best_lr, best_loss)
+        lr[halving == 1] /= 2
+        return best_lr

@@ -13,8 +13,9 @@ from art.config import ART_NUMPY_DTYPE
 from art.estimators.classification.classifier import ClassifierMixin
 from art.estimators.estimator import BaseEstimator, LossGradientsMixin
 
-from focused_attacks.base import FocusedEvasionAttack, check_number, parse_norm
-from focused_attacks.pgd import run_batches
+from focused_attacks.base import FocusedEvasionAttack, run_batches
+from focused_attacks.inputs import check_number, parse_norm
+from focused_attacks.steps import StepSettings
 
 
 class FocusedFGSM(FocusedEvasionAttack):
@@ -70,7 +71,12 @@ class FocusedFGSM(FocusedEvasionAttack):
     ) -> np.ndarray:
         if eps is None:
             eps = np.full(len(x), self.eps, dtype=ART_NUMPY_DTYPE)
-        x_adv, _ = run_batches(
-            self, x, labels, mask, eps, eps, max_iter=1, restarts=0, beta=0.0, verbose=False
+        settings = StepSettings(
+            max_iter=1,
+            norm=parse_norm(self.norm),
+            targeted=self.targeted,
+            clip_values=self.estimator.clip_values,
+            focus=self.focus,
         )
+        x_adv, _ = run_batches(self, x, labels, mask, eps, eps, settings)
         return x_adv

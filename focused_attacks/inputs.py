@@ -1,5 +1,6 @@
-"""The labels ``y`` every attack and search takes, checked once: class indices or one-hot rows, as ART's
-``check_and_transform_label_format`` accepts them, and nothing else."""
+"""Checks of what the attacks and searches are given: the labels ``y``, checked once (class indices or
+one-hot rows, as ART's ``check_and_transform_label_format`` accepts them, and nothing else), the norm,
+and the numeric parameters."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from art.config import ART_NUMPY_DTYPE
+
+from saliency.base import is_int, is_real
 
 #: What ``y`` may be: class indices (N,) or one-hot rows (N,K) as a numpy array, tensor or nested list.
 Labels = np.ndarray | torch.Tensor | Sequence
@@ -71,3 +74,27 @@ def check_labels(y: object, n: int, nb_classes: int) -> np.ndarray:
             f"y must hold integer class indices in [0, {nb_classes}), got {labels[bad][:5].tolist()}"
         )
     return np.eye(nb_classes, dtype=ART_NUMPY_DTYPE)[labels.astype(np.int64)]
+
+
+def parse_norm(norm: int | float | str) -> float:
+    """``"inf"``/``np.inf``/p >= 1 -> float; anything else -> ValueError."""
+    try:
+        value = np.inf if norm == "inf" else float(norm)
+    except (TypeError, ValueError):
+        raise ValueError(f'norm must be "inf", np.inf or a real p >= 1, got {norm!r}') from None
+    if not value >= 1:
+        raise ValueError(f'norm must be "inf", np.inf or a real p >= 1, got {norm!r}')
+    return value
+
+
+def check_number(name: str, value: object, allow_zero: bool) -> None:
+    """Raise ValueError naming ``name`` unless ``value`` is a finite number >= 0 (> 0 if not allow_zero)."""
+    if not is_real(value) or not np.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
+
+
+def check_count(name: str, value: object) -> None:
+    """Raise ValueError naming ``name`` unless ``value`` is an int >= 0."""
+    if not is_int(value) or value < 0:
+        raise ValueError(f"{name} must be a non-negative integer, got {value!r}")

@@ -480,14 +480,11 @@ def _log_bisection(attack, x, y, maps, low, high, steps):
     """Direct per-image log-space bisection of eps (the computation the runner's search must equal)."""
     from focused_attacks.base import success_mask
 
-    x = x.astype(np.float32)
-    labels = attack._labels(x, y)
+    x, labels = attack._prepare(x, y)
     mask = attack._resolve_mask(x, labels, None, maps)
 
     def run(eps, rows):
-        adv = attack._attack(
-            x[rows], labels[rows], None if mask is None else mask[rows], eps.astype(np.float32)
-        )
+        adv = attack._perturb_at(x[rows], labels[rows], eps, None if mask is None else mask[rows])
         return adv, success_mask(attack.estimator, adv, labels[rows], False, attack.batch_size)
 
     n = len(x)

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from focused_attacks import FocusedFGSM, FocusedPGD, normalize_mask
-from focused_attacks.pgd import ROUND_OFF_MARGIN
+from focused_attacks.steps import ROUND_OFF_MARGIN
 
 
 def calibrate_head(model: nn.Module, seed: int = 5) -> nn.Module:
