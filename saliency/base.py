@@ -1,8 +1,8 @@
 """Shared plumbing for every saliency method: model unwrapping, layer lookup, input and target checks,
 one-call activation recording and map normalisation.
 
-Conventions (see DESIGN.md): images ``x`` are float tensors (N,C,H,W) in the model's input space; maps
-are float32 tensors (N,H,W) in [0,1] on x's device.
+Conventions (``docs/algorithms.md``): images ``x`` are float tensors (N,C,H,W) in the model's input
+space; maps are float32 tensors (N,H,W) in [0,1] on x's device.
 """
 
 from __future__ import annotations

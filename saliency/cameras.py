@@ -1,7 +1,7 @@
 """CAMERAS (Jalwana, Akhtar, Bennamoun, Mian, CVPR 2021): multi-scale accumulation of activations and
 per-pixel gradients, fused at the input resolution.
 
-Follows the official PyTorch code where paper and code differ (reference/cameras_eval.md, 1.4):
+Follows the official PyTorch code where paper and code differ (``docs/algorithms.md``, CAMERAS):
 bicubic up-sampling of the input, bilinear resize of activations and gradients to the input size,
 gradients of the class *logit*. Ours by default: the paper's prediction-consistency gate (a resolution
 counts only if it predicts K(I), the class predicted at the input resolution) applies whether or not a
@@ -49,7 +49,7 @@ def default_resolutions(short_side: int) -> list[int]:
 
 def check_same_label(same_label: str | bool) -> str | bool:
     """``same_label`` as stored: ``"prediction"``, ``"target"``, ``"official"`` or ``False``."""
-    if same_label is True:  # the boolean option of earlier versions: the paper's gate
+    if same_label is True:  # an alias of the paper's gate
         return "prediction"
     if same_label is False or (isinstance(same_label, str) and same_label in SAME_LABEL_VALUES):
         return same_label
@@ -76,7 +76,7 @@ class CAMERAS(SaliencyMethod):
 
             - ``"prediction"``: those whose top-1 prediction equals K(I), the class predicted at the input
               resolution, whatever target class is given (the paper's Algorithm 1). The input resolution,
-              when listed, always counts. ``True`` is an alias, kept from when this option was a bool.
+              when listed, always counts. ``True`` is an alias.
             - ``"target"``: those whose top-1 prediction equals the image's target class (the input
               resolution included: it counts only if K(I) is the target). With ``targets=None`` the target
               is K(I), so this equals ``"prediction"``.
