@@ -2,7 +2,7 @@
 compare its final records with an uninterrupted run's.
 
     python benchmarks/fault_injection.py --kills 20
-    python benchmarks/fault_injection.py --kills 10 --delay 8 12 --saliency gpnn-cam   # kills during the maps
+    python benchmarks/fault_injection.py --kills 10 --delay 8 12 --methods gpnn-cam   # kills during the maps
 
 Each attempt restarts the same command into the same folder and kills it after a delay drawn uniformly from
 ``--delay`` seconds (start-up included), until ``--kills`` kills have landed; then the run is let finish.
@@ -35,8 +35,8 @@ def evaluate_command(out: Path, args: argparse.Namespace) -> list[str]:
         str(args.batch_size),
         "--attacks",
         args.attacks,
-        "--saliency",
-        args.saliency,
+        "--methods",
+        args.methods,
         "--areas",
         "0.1",
         "--quiet",
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--attacks", default="pgd,fgsm")
-    parser.add_argument("--saliency", default="gradcam,cameras,random")
+    parser.add_argument("--methods", default="gradcam,cameras,random")
     parser.add_argument("--seed", type=int, default=0, help="seed of the kill delays")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)

@@ -1,8 +1,7 @@
 """Datasets for the evaluation: the embedded cluttered-digits benchmark, image folders and Pascal VOC boxes.
 
 ``cluttered_digits`` needs no download: it composes scikit-learn's bundled 8x8 handwritten digits
-(1797 sources) into colour images with a known object box, so the pointing game and the attacks can be
-evaluated offline.
+(1797 sources) into colour images with a known object box: the pointing game and attacks run offline.
 """
 
 from __future__ import annotations
@@ -15,6 +14,7 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from evaluation.errors import InputError
 from evaluation.photos import PHOTOS
 from saliency.base import is_int
 
@@ -185,7 +185,7 @@ def _read_rgb(path: Path) -> Image.Image:
         with Image.open(path) as img:
             return to_rgb(img)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise ValueError(f"image file {path} could not be read: {err}") from err
+        raise InputError(f"image file {path} could not be read: {err}") from err
 
 
 def _array(img: Image.Image) -> np.ndarray:
@@ -242,14 +242,14 @@ def image_folder_files(path: str | Path) -> tuple[list[Path], list[int] | None, 
     files = _image_files(folder)
     subfolders = sorted(p for p in folder.iterdir() if p.is_dir() and _image_files(p))
     if files and subfolders:
-        raise ValueError(
+        raise InputError(
             f"image folder {folder} mixes images ({files[0].name}, ...) with class subfolders "
             f"({subfolders[0].name}, ...); keep either the images or the class subfolders"
         )
     if files:
         return files, None, None
     if not subfolders:
-        raise ValueError(
+        raise InputError(
             f"image folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)}) directly or in class "
             "subfolders (deeper folders are not read)"
         )
@@ -331,21 +331,21 @@ def _parse_voc(path: Path) -> tuple[str, list[VOCObject]]:
     try:
         root = ET.parse(path).getroot()
     except (ET.ParseError, OSError) as err:
-        raise ValueError(f"VOC annotation {path} could not be parsed: {err}") from err
+        raise InputError(f"VOC annotation {path} could not be parsed: {err}") from err
     filename = root.findtext("filename") or path.stem
     objects = []
     for i, obj in enumerate(root.iter("object")):
         name = obj.findtext("name")
         bndbox = obj.find("bndbox")
         if name is None or bndbox is None:
-            raise ValueError(f"VOC annotation {path}: object {i} lacks <name> or <bndbox>")
+            raise InputError(f"VOC annotation {path}: object {i} lacks <name> or <bndbox>")
         try:
             # VOC corners are 1-based and inclusive: pixels xmin..xmax -> 0-based [xmin-1, xmax).
             xmin, ymin, xmax, ymax = (
                 round(float(bndbox.findtext(tag))) for tag in ("xmin", "ymin", "xmax", "ymax")
             )
         except (TypeError, ValueError) as err:
-            raise ValueError(f"VOC annotation {path}: object {i} has a malformed <bndbox>") from err
+            raise InputError(f"VOC annotation {path}: object {i} has a malformed <bndbox>") from err
         difficult = (obj.findtext("difficult") or "0").strip() == "1"
         objects.append(VOCObject(name.strip(), (ymin - 1, xmin - 1, ymax, xmax), difficult))
     return filename, objects
@@ -367,7 +367,7 @@ def voc_boxes(path: str | Path) -> dict[str, list[VOCObject]]:
     elif path.is_dir():
         files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() == ".xml")
         if not files:
-            raise ValueError(f"annotation folder {path} holds no .xml files")
+            raise InputError(f"annotation folder {path} holds no .xml files")
     else:
         raise FileNotFoundError(f"VOC annotation path not found: {path}")
     return dict(_parse_voc(f) for f in files)
@@ -428,7 +428,7 @@ def voc_dataset(path: str | Path, size: int = 224, n: int | None = None) -> VOCI
             break
         unknown = sorted({o.name for o in objects} - set(VOC_CLASSES))
         if unknown:
-            raise ValueError(f"VOC annotation for {filename}: unknown class names {unknown}")
+            raise InputError(f"VOC annotation for {filename}: unknown class names {unknown}")
         names = sorted({o.name for o in objects if not o.difficult}, key=VOC_CLASSES.index)
         if not names:
             continue
@@ -440,7 +440,7 @@ def voc_dataset(path: str | Path, size: int = 224, n: int | None = None) -> VOCI
             classes.append(VOC_CLASSES.index(name))
             boxes.append(np.asarray([o.box for o in objects if o.name == name], dtype=np.int64))
     if not classes:
-        raise ValueError(f"VOC folder {root} gave no (image, class) items with a non-difficult box")
+        raise InputError(f"VOC folder {root} gave no (image, class) items with a non-difficult box")
     return VOCItems(
         images,
         np.asarray(sizes, dtype=np.int64),

@@ -1,4 +1,4 @@
-"""The ``insertion-deletion`` command's computation: RISE's insertion and deletion AUC per saliency method.
+"""The insertion-deletion run: RISE's insertion and deletion AUC per saliency method.
 
 Images are scored in batches; each (method, batch) becomes one record in ``DIR/insertion_deletion.jsonl``
 as soon as it is done, so a rerun resumes and a rerun with more methods computes only the new ones. The
@@ -15,7 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from evaluation.metric_runs import MapSettings
+from evaluation.errors import ConfigMismatchError
+from evaluation.focusers import GPNN_CAM, MapSettings
+from evaluation.metric_runs import MetricRun, open_run, report_gpnn_cost
 
 STEM = "insertion_deletion"
 #: Scores per (method, batch) as they are computed, so that a rerun resumes.
@@ -82,7 +84,7 @@ def score(
     """
     from tqdm.auto import tqdm
 
-    from evaluation.runner import batches
+    from evaluation.records import batches
 
     done = {record_key(r): r for r in saved}
     rows, curves = [], {}
@@ -98,7 +100,9 @@ def score(
             }
             log.append([record])
         elif record["items"] != items.tolist():
-            raise ValueError(f"{log.path}: batch {b} holds other images than this data; use a new --out")
+            raise ConfigMismatchError(
+                f"{log.path}: batch {b} holds other images than this data; use a new --out"
+            )
         per_method[method].append(record)
     for method, records in per_method.items():
         n = sum(len(r["items"]) for r in records)
@@ -142,3 +146,44 @@ def write_results(out: str | Path, rows: Sequence[dict[str, Any]], curves: dict[
     figure = insertion_deletion_curves(curves, Path(out) / FIGURE)
     link_figures(paths["md"], [("mean insertion and deletion curves per method", figure)])
     return paths["md"]
+
+
+def run_insertion_deletion(
+    run: MetricRun, methods: Sequence[str], classifier: Any, batch_size: int
+) -> tuple[list[dict[str, Any]], Path]:
+    """Score ``methods`` (resuming ``run.out``) and write the report, its table and figure.
+
+    Args:
+        run: the run's options.
+        methods: focuser names (:data:`evaluation.focusers.FOCUSERS`).
+        classifier: the ART classifier of ``run.model``.
+        batch_size: images per batch.
+
+    Returns:
+        The table rows (one per method) and the Markdown report's path.
+    """
+    from evaluation.records import batches
+    from evaluation.run_folder import data_digest, lock
+
+    x = run.dataset(classifier.nb_classes).x
+    targets = classifier.predict(x, batch_size=batch_size).argmax(axis=1)
+    # as the pointing game: the methods are not pinned, each one's records are its own
+    config = {
+        "command": "insertion-deletion",
+        **{"model": run.model, "weights": run.weights, "data": run.data, "n": run.n},
+        **{"size": run.size, "layers": run.layers, "batch_size": batch_size, "seed": run.seed},
+        **{"gpnn_variations": run.gpnn_variations, "gpnn_fast": run.gpnn_fast},
+    }
+    with lock(run.out):
+        log, saved = open_run(run.out, config, RECORDS, record_key, data_digest([x]))
+        if GPNN_CAM in methods:
+            done = {record_key(r) for r in saved}
+            image_batches = enumerate(batches(len(x), batch_size))
+            left = sum(len(items) for b, items in image_batches if (GPNN_CAM, b) not in done)
+            report_gpnn_cost(run, classifier, x[0], left)
+        settings = run.settings()
+        rows, curves = score(methods, classifier, x, targets, settings, log, saved, batch_size, run.verbose)
+        md = write_results(
+            run.out, rows, curves, notes(run.model, run.weights_label(), run.data_phrase(len(x)), run.size)
+        )
+    return rows, md

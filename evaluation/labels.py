@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from evaluation.errors import InputError
+
 #: ``--labels`` value that ignores any labels and attacks the model's prediction.
 PREDICTION = "prediction"
 #: How the records' labels were made when none were given.
@@ -41,14 +43,14 @@ def class_index(name: str, nb_classes: int, what: str) -> int:
         return int(name)
     if WORDNET_ID.fullmatch(name):
         if nb_classes != 1000:
-            raise ValueError(
+            raise InputError(
                 f"{what}: WordNet id {name!r} needs an ImageNet-1k model, this one has {nb_classes}"
             )
         ids = imagenet_wordnet_ids()
         if name not in ids:
-            raise ValueError(f"{what}: {name!r} is not one of ImageNet-1k's 1,000 WordNet ids")
+            raise InputError(f"{what}: {name!r} is not one of ImageNet-1k's 1,000 WordNet ids")
         return ids.index(name)
-    raise ValueError(f"{what}: {name!r} is neither a class index nor a WordNet id (n########)")
+    raise InputError(f"{what}: {name!r} is neither a class index nor a WordNet id (n########)")
 
 
 def folder_labels(
@@ -75,12 +77,12 @@ def csv_labels(path: str | Path, names: Sequence[str], nb_classes: int) -> np.nd
     with open(path, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     if not rows or not {"image", "label"} <= set(rows[0]):
-        raise ValueError(f"--labels: {path} needs a header 'image,label' and one row per image")
+        raise InputError(f"--labels: {path} needs a header 'image,label' and one row per image")
     table = {}
     for number, row in enumerate(rows, start=2):
         image = Path((row["image"] or "").strip()).with_suffix("").as_posix()
         table[image] = class_index((row["label"] or "").strip(), nb_classes, f"--labels {path} line {number}")
     missing = [name for name in names if name not in table]
     if missing:
-        raise ValueError(f"--labels: {path} has no row for {len(missing)} image(s), e.g. {missing[0]!r}")
+        raise InputError(f"--labels: {path} has no row for {len(missing)} image(s), e.g. {missing[0]!r}")
     return np.asarray([table[name] for name in names], dtype=np.int64)

@@ -19,8 +19,8 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator  # noqa: E402
 
+from evaluation.focusers import UNFOCUSED  # noqa: E402
 from evaluation.plots import save  # noqa: E402
-from evaluation.runner import UNFOCUSED  # noqa: E402
 
 #: Norm panels of :func:`norm_vs_area_figure`: (record norm, axis label).
 NORM_PANELS = (("l2", "L2"), ("linf", "L-inf"))

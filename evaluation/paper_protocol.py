@@ -12,25 +12,29 @@ give Psi:
 * ``uniform``: a constant Psi equal to the image's CAMERAS map mean (the same penalty everywhere: it
   separates "the penalty shrinks the norm" from "the map helps");
 * ``shuffled``: the image's CAMERAS map with its values at random places (fixed per (seed, image));
-* any saliency method of :func:`evaluation.runner.saliency_names` (gradcam, hirescam, layercam, cameras,
+* any saliency method of :data:`evaluation.focusers.FOCUSERS` (gradcam, hirescam, layercam, cameras,
   gpnn-cam, ...).
 
 Each (image, focuser) becomes one record in ``DIR/records.jsonl``; a rerun resumes, ``config.json`` and
-``data.sha256`` pin the arguments and the pixels (as :func:`evaluation.runner.run_experiment`).
+``data.sha256`` pin the arguments and the pixels (as :func:`evaluation.experiment.run_experiment`).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from evaluation.configs import ARRAYS_DIR, FIGURE_FOCUSERS, PROTOCOL, PaperConfig
+from evaluation.errors import InputError
+from evaluation.focusers import FOCUSERS, UNFOCUSED, compute_maps
+from evaluation.loading import load_model_and_data
 from evaluation.progress import Progress
+from evaluation.records import batches, check_names, softmax
 from evaluation.run_folder import (
     BatchMaps,
     RecordLog,
@@ -41,24 +45,6 @@ from evaluation.run_folder import (
     make_dir,
     save_arrays,
 )
-from evaluation.runner import (
-    UNFOCUSED,
-    _check_names,
-    batches,
-    check_saliency_names,
-    compute_maps,
-    load_model_and_data,
-)
-
-PROTOCOL = "cameras-paper"
-UNIFORM = "uniform"
-SHUFFLED = "shuffled"
-#: Controls derived from the CAMERAS map of the same image.
-CONTROLS = (UNIFORM, SHUFFLED)
-PAPER_FOCUSERS = (UNIFORM, SHUFFLED, "gradcam", "hirescam", "layercam", "cameras", "gpnn-cam")
-#: Focusers whose maps and perturbations the per-image figure shows.
-FIGURE_FOCUSERS = (UNFOCUSED, "gradcam", "cameras", "gpnn-cam")
-ARRAYS_DIR = "arrays"
 
 
 def paper_key(record: dict[str, Any]) -> tuple[int, str]:
@@ -66,93 +52,10 @@ def paper_key(record: dict[str, Any]) -> tuple[int, str]:
     return int(record["image"]), str(record["focuser"])
 
 
-@dataclass(frozen=True)
-class PaperConfig:
-    """Everything that determines a protocol run's records (the device does not).
-
-    The attack: L-inf PGD (sign steps of ``eps_step``, as Madry et al.) bounded only by the pixel range
-    (``eps`` = 1), ``max_iter`` steps. The plain attack stops at ``confidence``; a penalised one keeps
-    it (:class:`focused_attacks.FocusedPGD` ``stop_confidence``) and returns its smallest-L2 iterate at
-    or above it. ``norm="2"`` runs L2 steps instead. docs/cameras_protocol.md says why these values.
-    """
-
-    model: str = "efficientnet-lite0"
-    weights: str | None = None
-    data: str = "photos"
-    labels: str | None = None
-    n: int = 1000
-    size: int | None = None
-    focusers: tuple[str, ...] = PAPER_FOCUSERS
-    layers: tuple[str, ...] | None = None
-    batch_size: int = 8
-    seed: int = 0
-    beta: float = 50.0
-    confidence: float = 0.9999
-    norm: str = "inf"
-    eps: float = 1.0
-    eps_step: float = 0.5 / 255
-    max_iter: int = 100
-    gpnn_variations: int = 4
-    gpnn_params: dict[str, Any] = field(default_factory=dict)
-    n_figures: int = 12
-    protocol: str = PROTOCOL
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "focusers", tuple(self.focusers))
-        if self.layers is not None:
-            object.__setattr__(self, "layers", tuple(self.layers))
-        self.validate()
-
-    def validate(self) -> None:
-        from saliency.base import is_int, is_real
-
-        for name in ("n", "batch_size", "max_iter", "gpnn_variations"):
-            value = getattr(self, name)
-            if not is_int(value) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        if not is_int(self.n_figures) or self.n_figures < 0:
-            raise ValueError(f"n_figures must be an integer >= 0, got {self.n_figures!r}")
-        if self.protocol != PROTOCOL:
-            raise ValueError(f"protocol must be {PROTOCOL!r}, got {self.protocol!r}")
-        if len(set(self.focusers)) != len(self.focusers) or UNFOCUSED in self.focusers:
-            raise ValueError(f"focusers must not repeat a name nor list {UNFOCUSED!r} (always run)")
-        check_saliency_names([f for f in self.focusers if f not in CONTROLS], "focusers")
-        for name in ("beta", "eps", "eps_step"):
-            value = getattr(self, name)
-            if not is_real(value) or not np.isfinite(value) or value < 0 or (value == 0 and name != "beta"):
-                raise ValueError(f"{name} must be a finite number > 0 (beta >= 0), got {value!r}")
-        if not is_real(self.confidence) or not 0 < self.confidence <= 1:
-            raise ValueError(f"confidence must be a probability in (0, 1], got {self.confidence!r}")
-        if self.norm not in ("inf", "2"):
-            raise ValueError(f"norm must be 'inf' or '2', got {self.norm!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict (tuples become lists)."""
-        return json.loads(json.dumps(asdict(self)))
-
-
 # ---------------------------------------------------------------------------------------------- maps
 def least_likely(logits: np.ndarray) -> np.ndarray:
     """The least-likely class of each row of ``logits`` (N,K): its argmin (the first on ties)."""
     return np.asarray(logits).argmin(axis=1)
-
-
-def uniform_maps(maps: np.ndarray) -> np.ndarray:
-    """Constant maps (N,H,W): each equal to the mean of its map in ``maps``."""
-    maps = np.asarray(maps, dtype=np.float32)
-    return np.broadcast_to(maps.mean(axis=(1, 2), dtype=np.float64)[:, None, None], maps.shape).astype(
-        np.float32
-    )
-
-
-def shuffled_maps(maps: np.ndarray, image_ids: list[int], seed: int) -> np.ndarray:
-    """Each map's values at random places: a permutation fixed per (seed, image id)."""
-    maps = np.asarray(maps, dtype=np.float32)
-    out = np.empty_like(maps)
-    for j, image in enumerate(image_ids):
-        order = np.random.default_rng([seed, int(image), 1]).permutation(maps[j].size)
-        out[j] = maps[j].reshape(-1)[order].reshape(maps[j].shape)
-    return out
 
 
 def focuser_maps(
@@ -169,7 +72,8 @@ def focuser_maps(
     are computed once per batch and saved in ``cache`` (the controls reuse the CAMERAS map)."""
     if focuser == UNFOCUSED:
         return None
-    source = "cameras" if focuser in CONTROLS else focuser
+    entry = FOCUSERS[focuser]
+    source = entry.source or focuser
     maps = cache.get(
         source,
         lambda: compute_maps(
@@ -184,10 +88,8 @@ def focuser_maps(
             config.gpnn_params,
         ),
     )
-    if focuser == UNIFORM:
-        return uniform_maps(maps)
-    if focuser == SHUFFLED:
-        return shuffled_maps(maps, image_ids, config.seed)
+    if entry.source is not None:  # a control: derived from its source's maps
+        return entry.derive(maps, image_ids, tuple(x.shape[-2:]), config.seed)
     return maps
 
 
@@ -225,11 +127,10 @@ def attack_records(
     A record's norms (pixel scale [0,1], and x255) are null when the attack failed.
     """
     from evaluation.metrics import perturbation_norms
-    from evaluation.runner import _softmax
 
     attack = paper_attack(classifier, config)
     x_adv = attack.generate(x, y=info["target"], maps=maps)
-    probs = _softmax(classifier.predict(x_adv, batch_size=config.batch_size))
+    probs = softmax(classifier.predict(x_adv, batch_size=config.batch_size))
     norms = perturbation_norms(x, x_adv)
     records = []
     for j in range(len(x)):
@@ -273,7 +174,7 @@ def _prepare(config: PaperConfig, out: Path, device: str | None) -> tuple[Any, l
     """Validate everything against the model and data before anything is written; load them."""
     check_out(out)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise ValueError(f"the {PROTOCOL} protocol runs in one process; start it without torchrun")
+        raise InputError(f"the {PROTOCOL} protocol runs in one process; start it without torchrun")
     check_config(out, config.to_dict(), write=False)
     return load_model_and_data(config, device)
 
@@ -284,7 +185,8 @@ def run_paper_protocol(
     """Run (or resume) the protocol ``config`` into ``out_dir`` and write its report.
 
     Example:
-        >>> from evaluation.paper_protocol import PaperConfig, run_paper_protocol
+        >>> from evaluation.configs import PaperConfig
+        >>> from evaluation.paper_protocol import run_paper_protocol
         >>> result = run_paper_protocol(PaperConfig(focusers=("uniform", "cameras")), "runs/paper")
         >>> result.records[0]["l2"]  # the L2 norm of the first image's plain attack (None if it failed)
     """
@@ -295,7 +197,7 @@ def run_paper_protocol(
     with lock(out):
         log = RecordLog(out / "records.jsonl", key=paper_key)
         stored = log.read(repair=True)
-        _check_names(stored, data.names, config.data)
+        check_names(stored, data.names, config.data)
         check_config(out, config.to_dict())
         check_data(out, data.digest(), has_results=bool(stored))
         computed = _run_batches(config, out, classifier, layers, data, log, stored, verbose)

@@ -23,13 +23,13 @@ from typing import Any
 
 import numpy as np
 
+from evaluation.configs import ARRAYS_DIR, FIGURE_FOCUSERS
+from evaluation.focusers import UNFOCUSED, UNIFORM
 from evaluation.labels import PREDICTED_SOURCE
-from evaluation.paper_protocol import ARRAYS_DIR, FIGURE_FOCUSERS, UNIFORM
 from evaluation.provenance import provenance_markdown
 from evaluation.report import _median, interval, markdown_table, records_csv, text_table
 from evaluation.report_figures import figures_markdown
 from evaluation.run_folder import load_arrays, write_atomic
-from evaluation.runner import UNFOCUSED
 from evaluation.stats import paired_norms, paired_reductions
 
 PAPER_COLUMNS: tuple[tuple[str, str, str], ...] = (

@@ -18,8 +18,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from evaluation.focusers import UNFOCUSED  # noqa: E402
 from evaluation.run_folder import make_dir, save_figure  # noqa: E402
-from evaluation.runner import UNFOCUSED  # noqa: E402
 
 #: Columns of :func:`attack_grid_figure`.
 GRID_COLUMNS = ("image", "map", "mask", "|perturbation|", "adversarial")

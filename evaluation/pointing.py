@@ -1,4 +1,4 @@
-"""The ``pointing-game`` command's computation: items in groups, one record per (method, group), figures.
+"""The pointing game run: items in groups, one record per (method, group), the report and its figures.
 
 Digits are scored in batches of ``--batch-size``; a Pascal VOC image's (image, class) items form one
 group, scored on the resized image and up-sampled to the original size (TorchRay's protocol). Each
@@ -9,12 +9,15 @@ resumes and a rerun with more methods scores only the new ones.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 
-from evaluation.metric_runs import MapSettings
+from evaluation.errors import ConfigMismatchError, InputError
+from evaluation.focusers import GPNN_CAM, MapSettings
+from evaluation.metric_runs import MetricRun, open_run, report_gpnn_cost
 
 STEM = "pointing_game"
 #: Scores per (method, group) as they are computed, so that a rerun resumes.
@@ -92,7 +95,7 @@ def pointing_data(
         return _digits(n, size, seed, batch_size, tolerance)
     folder = Path(data)
     if not folder.is_dir():
-        raise ValueError(f"--data: {data!r} is neither 'digits' nor an existing VOC folder")
+        raise InputError(f"--data: {data!r} is neither 'digits' nor an existing VOC folder")
     voc = datasets.voc_dataset(folder, size=size, n=n)
     groups = []
     for i, image in enumerate(voc.images):
@@ -117,7 +120,7 @@ def group_maps(
     import torch
     import torch.nn.functional as F
 
-    from evaluation.runner import CENTRE
+    from evaluation.focusers import CENTRE
     from evaluation.saliency_metrics import centre_maps
 
     if method == CENTRE and group.map_size is not None:
@@ -225,3 +228,95 @@ def figures(
         ("pointing accuracy and energy in box per method", bars),
         (f"the first {len(items)} items: map, box, maximum, hit or miss", examples),
     ]
+
+
+def _targets(classifier: Any, data_name: str, data: PointingData) -> np.ndarray:
+    """The class each item's map explains: its own, or (a model without VOC's classes on VOC, e.g. an
+    ImageNet model) the model's prediction on the item's image."""
+    from evaluation import datasets
+
+    if data_name == "digits" or classifier.nb_classes == len(datasets.VOC_CLASSES):
+        return data.classes
+    targets = np.empty(len(data.classes), dtype=np.int64)
+    for group in data.groups:
+        targets[group.items] = classifier.predict(np.ascontiguousarray(group.x[:1])).argmax(axis=1)
+    return targets
+
+
+def _notes(run: MetricRun, data: PointingData) -> str:
+    return (
+        f"Model {run.model} (weights: {run.weights_label()}). {data.notes} "
+        "Maps explain the ground-truth class (on VOC, for a model without VOC's 20 classes: its own "
+        "prediction). Pointing accuracy: hits / n items; mean class accuracy (TorchRay's headline "
+        f"number): the mean of the per-class accuracies over the {len(np.unique(data.classes))} classes "
+        "present (TorchRay averages over all classes, the same when every class has items). Energy in box: "
+        "mean over the n items of the share of the map's mass inside the boxes; a blank (all-zero) map "
+        "counts 0. Seconds: computing the maps (summed over resumed runs)."
+    )
+
+
+def _scores(
+    run: MetricRun, methods: Sequence[str], classifier: Any, data: PointingData, targets: np.ndarray, log: Any
+) -> list[dict[str, Any]]:
+    """The table rows of ``methods``: the records in ``log`` reused, the missing ones scored and appended."""
+    from tqdm.auto import tqdm
+
+    done = {record_key(r): r for r in log.read()}
+    settings = run.settings()
+    if GPNN_CAM in methods:
+        left = sum(len(group.items) for g, group in enumerate(data.groups) if (GPNN_CAM, g) not in done)
+        report_gpnn_cost(run, classifier, np.asarray(data.groups[0].x[0]), left)
+    rows = []
+    for method in tqdm(methods, desc="pointing game", disable=not run.verbose):
+        records = []
+        for g, group in enumerate(data.groups):
+            record = done.get((method, g))
+            if record is None:
+                record = score_group(method, classifier, data, g, targets, settings)
+                log.append([record])
+            elif record["items"] != group.items.tolist():
+                raise ConfigMismatchError(
+                    f"{log.path}: group {g} holds other items than this data; use a new --out"
+                )
+            records.append(record)
+        rows.append(method_row(method, records, data.classes))
+    return rows
+
+
+def run_pointing_game(
+    run: MetricRun, methods: Sequence[str], classifier: Any, batch_size: int, tolerance: float | None
+) -> tuple[list[dict[str, Any]], Path]:
+    """Score ``methods`` (resuming ``run.out``) and write the report, its table and figures.
+
+    Args:
+        run: the run's options (``run.data``: ``"digits"`` or a Pascal VOC folder).
+        methods: focuser names (:data:`evaluation.focusers.FOCUSERS`).
+        classifier: the ART classifier of ``run.model``.
+        batch_size: digits per group.
+        tolerance: the hit radius in pixels; None: the default (see :func:`pointing_data`).
+
+    Returns:
+        The table rows (one per method) and the Markdown report's path.
+    """
+    from evaluation.metric_plots import link_figures
+    from evaluation.report import write_table
+    from evaluation.run_folder import data_digest, lock
+
+    data = pointing_data(run.data, run.n, run.size, run.seed, batch_size, tolerance)
+    targets = _targets(classifier, run.data, data)
+    # The arguments that determine the scores; the methods are not among them, as each method's scores
+    # are saved apart: a rerun with more methods reuses those already scored.
+    config = {
+        "command": "pointing-game",
+        **{"model": run.model, "weights": run.weights, "data": run.data, "n": run.n},
+        **{"size": run.size, "layers": run.layers, "tolerance": data.tolerance, "batch_size": batch_size},
+        **{"seed": run.seed, "gpnn_variations": run.gpnn_variations, "gpnn_fast": run.gpnn_fast},
+    }
+    digest = data_digest([*(group.x for group in data.groups), data.classes, *data.boxes])
+    with lock(run.out):
+        log, _ = open_run(run.out, config, RECORDS, record_key, digest)
+        rows = _scores(run, methods, classifier, data, targets, log)
+        notes = _notes(run, data)
+        md = write_table(run.out, STEM, rows, COLUMNS, "Pointing game", notes, {"notes": notes})["md"]
+        link_figures(md, figures(run.out, rows, classifier, data, targets, run.settings()))
+    return rows, md

@@ -9,6 +9,7 @@ them after ``logging.basicConfig(level=logging.INFO)``).
 from __future__ import annotations
 
 import logging
+import sys
 import time
 
 from tqdm.auto import tqdm
@@ -73,3 +74,22 @@ def _duration(seconds: float) -> str:
     if seconds < 3600:
         return f"{seconds // 60} min {seconds % 60:02d} s"
     return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+class _StderrLines(logging.Handler):
+    """The runs' progress lines (logger ``evaluation``, INFO) on whatever ``sys.stderr`` is now."""
+
+    def __init__(self, prog: str):
+        super().__init__()
+        self.prog = prog
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(f"{self.prog}: {record.getMessage()}", file=sys.stderr)
+
+
+def print_progress_lines(prog: str) -> None:
+    """One line per finished batch on stderr (``prog: ...``), with ``--quiet`` too."""
+    logger = logging.getLogger("evaluation")
+    logger.setLevel(logging.INFO)
+    if not any(isinstance(h, _StderrLines) for h in logger.handlers):
+        logger.addHandler(_StderrLines(prog))

@@ -29,10 +29,11 @@ from typing import Any
 
 import numpy as np
 
+from evaluation.focusers import RANDOM, UNFOCUSED
 from evaluation.labels import PREDICTED_SOURCE
 from evaluation.provenance import provenance_markdown
+from evaluation.records import Key, record_key
 from evaluation.run_folder import make_dir, write_atomic
-from evaluation.runner import RANDOM, UNFOCUSED, Key, record_key
 from evaluation.stats import bootstrap_ci, paired_reductions
 
 #: Columns of the summary table: (key, header, format).
@@ -89,8 +90,8 @@ def group_records(
 ) -> tuple[dict[tuple[str, str, float], Group], list[str], list[str]]:
     """The correctly classified records by (attack, focuser, area), then by image.
 
-    The first record of a key wins, as in ``runner.unique_records``; every key gets a group, empty if no
-    image was correct.
+    The first record of a key wins, as in :func:`evaluation.records.unique_records`; every key gets a
+    group, empty if no image was correct.
 
     Args:
         records: the run's records.
@@ -372,7 +373,7 @@ def write_report(
     """Write ``report.md``, ``results.json``, ``records.csv`` and (``figures=True``) figures to ``out_dir``.
 
     ``provenance`` (:func:`evaluation.provenance.provenance`) and ``labels`` (where the labels came from,
-    :attr:`evaluation.runner.Dataset.label_source`; None: not stated) are recorded in both report files.
+    :attr:`evaluation.loading.Dataset.label_source`; None: not stated) are recorded in both report files.
 
     ``examples`` (see :func:`evaluation.plots.attack_grid`) adds the image/map/mask/perturbation grid;
     the figures are those of :func:`evaluation.report_figures.write_figures`, linked from ``report.md``.

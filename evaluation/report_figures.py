@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from evaluation.focusers import UNFOCUSED
 from evaluation.report import group_records
-from evaluation.runner import UNFOCUSED
 from evaluation.stats import paired_norms
 
 

@@ -37,6 +37,8 @@ from typing import Any
 
 import numpy as np
 
+from evaluation.errors import ConfigMismatchError, FolderInUseError, RunFolderError
+
 #: The process's umask, read once: files made through a temporary file get the usual 0o666 & ~umask.
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
@@ -44,18 +46,6 @@ os.umask(_UMASK)
 CONFIG_FILE = "config.json"
 DATA_DIGEST_FILE = "data.sha256"
 LOCK_FILE = "run.lock"
-
-
-class RunFolderError(ValueError):
-    """The run folder cannot be used as it is (a link or a non-regular file in it, not writable, ...)."""
-
-
-class FolderInUseError(RunFolderError):
-    """Another live process is writing into the run folder."""
-
-
-class ConfigMismatchError(ValueError):
-    """A run folder already holds a run made with different arguments or data."""
 
 
 # ------------------------------------------------------------------------------------------ plain I/O

@@ -1,5 +1,4 @@
-"""The ``sanity`` command's computation: the cascading-randomisation check, resumable step by step, and its
-figure.
+"""The sanity run: the cascading-randomisation check, resumable step by step, its report and figure.
 
 Each cascade step's per-image Spearman correlations become one record in ``DIR/sanity.jsonl`` as soon
 as they are computed (:func:`evaluation.saliency_metrics.sanity_check`), so a rerun resumes.
@@ -12,6 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from evaluation.errors import ConfigMismatchError, InputError
+from evaluation.focusers import CENTRE, GPNN_CAM, RANDOM
+from evaluation.metric_runs import MetricRun, open_run, report_gpnn_cost
 
 STEM = "sanity"
 #: Spearman correlations per cascade step as they are computed, so that a rerun resumes.
@@ -118,3 +121,61 @@ def notes(method: str, model: str, weights: str, images: str) -> str:
         "and the Spearman column is the mean over the images counted in the last column. A sane method "
         "decorrelates."
     )
+
+
+def _redraw(run: MetricRun, method: str, classifier: Any, x: np.ndarray, saved: int) -> bool:
+    """Whether the figure is out of date (``saved`` steps done); for GPNN-CAM, say what its maps cost."""
+    from evaluation.saliency_metrics import cascade_layers
+
+    n_layers = len(cascade_layers(classifier))
+    redraw = saved < 1 + n_layers or not (Path(run.out) / FIGURE).is_file()  # else the figure is up to date
+    if method == GPNN_CAM:  # the trained model's maps, one set per step not saved, the figure's
+        left = len(x) * (2 + n_layers - saved) + (figure_maps(len(x), n_layers) if redraw else 0)
+        report_gpnn_cost(run, classifier, x[0], left)
+    return redraw
+
+
+def run_sanity(run: MetricRun, method: str, classifier: Any) -> tuple[list[dict[str, Any]], Path]:
+    """The cascading randomisation check of ``method`` (resuming ``run.out``), its report and figure.
+
+    Args:
+        run: the run's options.
+        method: a focuser name that depends on the model (not random nor centre).
+        classifier: the ART classifier of ``run.model``.
+
+    Returns:
+        The table rows (one per cascade step) and the Markdown report's path.
+    """
+    from evaluation.metric_plots import link_figures
+    from evaluation.report import write_table
+    from evaluation.run_folder import lock
+
+    if method in (RANDOM, CENTRE):
+        raise InputError(f"--method: {method!r} does not depend on the model; a sanity check needs a method")
+    data = run.dataset(classifier.nb_classes)
+    x = data.x
+    targets = data.y if run.data != "digits" or run.model == "digits-cnn" else None
+    config = {
+        "command": "sanity",
+        **{"model": run.model, "weights": run.weights, "method": method, "n": run.n},
+        "data": None if run.data == "digits" else run.data,  # None: as before --data existed
+        **{"size": run.size, "layers": run.layers, "seed": run.seed},
+        **{"gpnn_variations": run.gpnn_variations, "gpnn_fast": run.gpnn_fast},
+    }
+    with lock(run.out):
+        log, completed = open_run(run.out, config, RECORDS, record_key, data.digest())
+        if [record_key(r) for r in completed] != list(range(len(completed))):
+            raise ConfigMismatchError(
+                f"{log.path}: the saved steps are not 0, 1, 2, ...; use a new --out folder"
+            )
+        redraw = _redraw(run, method, classifier, x, len(completed))
+        factory = run.settings().factory(method)
+        table = steps(factory, classifier, x, targets, log, completed, run.seed, run.verbose)
+        text = notes(method, run.model, run.weights_label(), run.data_phrase(len(x)))
+        md = write_table(run.out, STEM, table, COLUMNS, "Sanity check (cascading randomisation)", text)["md"]
+        path = Path(run.out) / FIGURE
+        if redraw:
+            title = f"Cascading randomisation: {method} on {run.model}"
+            path = figure(run.out, factory, classifier, x, targets, table, run.seed, title)
+        link_figures(md, [("maps along the cascade and the mean Spearman per step", path)])
+    return table, md

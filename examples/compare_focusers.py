@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import argparse
 
+from evaluation.configs import ExperimentConfig
+from evaluation.experiment import run_experiment
 from evaluation.report import SUMMARY_COLUMNS, summarize, text_table
-from evaluation.runner import ExperimentConfig, run_experiment
 
 
 def main() -> None:

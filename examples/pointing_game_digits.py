@@ -17,7 +17,7 @@ import time
 import numpy as np
 
 from evaluation import datasets, zoo
-from evaluation.runner import compute_maps
+from evaluation.focusers import compute_maps
 from evaluation.saliency_metrics import energy_pointing_game, pointing_game
 
 METHODS = ("centre", "gradcam", "hirescam", "gradcam++", "layercam", "cameras")

@@ -1,5 +1,5 @@
 """Shared fixtures and helpers: a small seeded CNN (with in-place ReLUs), random images, all on CPU, and
-hand-made runner records (:func:`grid_record`)."""
+hand-made grid records (:func:`grid_record`)."""
 
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ def images() -> torch.Tensor:
 
 
 def grid_record(image, attack, focuser, area, l2, success=True, correct=True, adv_pred=None, **extra) -> dict:
-    """A record as :func:`evaluation.runner.make_records` writes it, with L2 ``l2`` (L1 2 x l2, L-inf
+    """A record as :func:`evaluation.records.make_records` writes it, with L2 ``l2`` (L1 2 x l2, L-inf
     l2 / 4); a failed or unattempted attack has null norms. ``extra`` replaces fields (e.g. ``eps``)."""
     success = success and correct
     norms = {"l0": 30.0 * area, "l0_pixels": 10.0 * area, "l1": 2 * l2, "l2": l2, "linf": l2 / 4}

@@ -91,11 +91,16 @@ def test_every_option_help_shows_its_default(capsys):
     assert "see `focused-attacks models`" in capsys.readouterr().out.replace("\n", " ").replace("  ", " ")
 
 
-def test_paper_defaults_in_help_are_paper_configs():
-    from evaluation.cli import PAPER_DEFAULTS
-    from evaluation.paper_protocol import PaperConfig
+def test_help_defaults_come_from_the_configs_and_registry():
+    from evaluation.cli_args import PAPER
+    from evaluation.configs import PaperConfig
+    from evaluation.focusers import GPNN_CAM_VARIATIONS
 
-    assert PAPER_DEFAULTS == {k: getattr(PaperConfig(), k) for k in PAPER_DEFAULTS}
+    assert PAPER == {k: v for k, v in vars(PaperConfig()).items() if k in PAPER}
+    evaluate = build_parser()._subparsers._group_actions[0].choices["evaluate"]
+    assert f"GPNN-CAM variations per image (default {GPNN_CAM_VARIATIONS})" in " ".join(
+        evaluate.format_help().split()
+    )
 
 
 #: Runs every --help in a fresh interpreter, then prints whether torch (or the zoo) was imported.
@@ -109,7 +114,7 @@ from evaluation.cli import main
 for argv in [["--help"], *([c, "--help"] for c in {commands!r})]:
     with contextlib.redirect_stdout(io.StringIO()):
         assert main(argv) == 0, argv
-print(sorted(m for m in ("torch", "evaluation.zoo", "evaluation.runner") if m in sys.modules))
+print(sorted(m for m in ("torch", "evaluation.zoo", "evaluation.experiment") if m in sys.modules))
 """
 
 
@@ -163,7 +168,7 @@ def test_unknown_method(tmp_path, capsys):
         capsys, ["saliency", str(_png(tmp_path / "a.png")), "--method", "gradcamm", "--out", str(tmp_path)]
     )
     assert "gradcamm" in err and "cameras" in err
-    err = _error(capsys, ["evaluate", "--saliency", "cameras,bogus", "--out", str(tmp_path / "o")])
+    err = _error(capsys, ["evaluate", "--methods", "cameras,bogus", "--out", str(tmp_path / "o")])
     assert "bogus" in err
 
 
@@ -244,7 +249,7 @@ def test_saliency_end_to_end(tmp_path, capsys):
     import torch
 
     from evaluation import zoo
-    from evaluation.cli import load_image
+    from evaluation.images import load_image
     from saliency import GradCAM
 
     x = torch.from_numpy(load_image(paths[0], 64, zoo.resize_size("resnet18", 64))[None])
@@ -255,7 +260,7 @@ def test_saliency_end_to_end(tmp_path, capsys):
 
 def test_evaluate_end_to_end_and_resume(tmp_path, capsys):
     out = tmp_path / "run"
-    argv = ["evaluate", "--n", "4", "--batch-size", "4", "--attacks", "fgsm", "--saliency", "gradcam,random"]
+    argv = ["evaluate", "--n", "4", "--batch-size", "4", "--attacks", "fgsm", "--methods", "gradcam,random"]
     argv += ["--areas", "0.1,0.2", "--out", str(out), "--quiet"]
     assert main(argv) == 0
     printed = capsys.readouterr().out
@@ -279,13 +284,13 @@ def test_evaluate_end_to_end_and_resume(tmp_path, capsys):
 def test_evaluate_prints_the_table_on_rank_0_only(tmp_path, capsys, monkeypatch):
     """Under torchrun, ranks other than 0 hold only their own records: their partial table would
     contradict rank 0's merged one, so they print nothing."""
-    from evaluation import runner
+    from evaluation import experiment
 
     own = [{"image": 1, "name": "b", "attack": "fgsm", "focuser": "none", "area": 1.0, "correct": False}]
-    argv = ["evaluate", "--n", "2", "--attacks", "fgsm", "--saliency", "random", "--out", str(tmp_path)]
+    argv = ["evaluate", "--n", "2", "--attacks", "fgsm", "--methods", "random", "--out", str(tmp_path)]
     for is_main in (False, True):
-        result = runner.RunResult(own, tmp_path, 0.1, 1, is_main=is_main)
-        monkeypatch.setattr(runner, "run_experiment", lambda *args, result=result, **kwargs: result)
+        result = experiment.RunResult(own, tmp_path, 0.1, 1, is_main=is_main)
+        monkeypatch.setattr(experiment, "run_experiment", lambda *args, result=result, **kwargs: result)
         assert main([*argv, "--quiet"]) == 0
         printed = capsys.readouterr().out
         assert ("1 records (1 computed now)" in printed) == is_main
@@ -370,7 +375,7 @@ def test_pointing_game_refuses_to_resume_on_other_boxes(tmp_path, capsys):
 
 def test_pointing_game_maps_are_scored_at_the_original_size():
     from evaluation import zoo
-    from evaluation.metric_runs import MapSettings
+    from evaluation.focusers import MapSettings
     from evaluation.pointing import Group, group_maps
 
     classifier = zoo.classifier("digits-cnn", None, device="cpu")
@@ -445,7 +450,7 @@ def test_evaluate_on_an_image_folder_attacks_the_clean_prediction(tmp_path, caps
     for i in range(2):
         _png(folder / f"p{i}.png", size=70, seed=i)
     out = tmp_path / "run"
-    argv = ["evaluate", "--data", str(folder), "--n", "2", "--attacks", "fgsm", "--saliency", "random"]
+    argv = ["evaluate", "--data", str(folder), "--n", "2", "--attacks", "fgsm", "--methods", "random"]
     assert main([*argv, "--areas", "0.1", "--out", str(out), "--quiet"]) == 0
     records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
     assert len(records) == 2 * 2 and {r["name"] for r in records} == {"p0", "p1"}
@@ -458,8 +463,8 @@ def test_interrupt_message_promises_resume_only_where_it_exists(tmp_path, capsys
     def interrupted(args):
         raise KeyboardInterrupt
 
-    for command in ("cmd_train", "cmd_evaluate", "cmd_pointing_game", "cmd_sanity", "cmd_insertion_deletion"):
-        monkeypatch.setattr(cli, command, interrupted)
+    for command in ("train", "evaluate", "pointing-game", "sanity", "insertion-deletion"):
+        monkeypatch.setitem(cli.COMMANDS, command, interrupted)
     assert main(["train", "digits-cnn", "--out", str(tmp_path / "w.pt")]) == 130
     err = capsys.readouterr().err
     assert "resume" not in err and "starts again" in err
@@ -502,7 +507,7 @@ def test_pointing_game_resumes_after_a_crash(tmp_path, capsys, monkeypatch):
 
 
 def test_sanity_resumes_after_a_crash(tmp_path, capsys, monkeypatch):
-    import evaluation.runner as runner
+    import evaluation.focusers as focusers
     from evaluation import sanity
 
     out = tmp_path / "sanity"
@@ -513,8 +518,8 @@ def test_sanity_resumes_after_a_crash(tmp_path, capsys, monkeypatch):
     assert steps == len(full) > 3
     _cut_after(out / "sanity.jsonl", 2)
     made, drawn = [], []
-    method, figure = runner.saliency_method, sanity.figure
-    monkeypatch.setattr(runner, "saliency_method", lambda *a: made.append(1) or method(*a))
+    method, figure = focusers.saliency_method, sanity.figure
+    monkeypatch.setattr(focusers, "saliency_method", lambda *a: made.append(1) or method(*a))
     monkeypatch.setattr(sanity, "figure", lambda *a: drawn.append(len(made)) or figure(*a))
     assert main(argv) == 0
     assert drawn == [1 + steps - 2]  # the trained model's maps, then only the steps not saved
@@ -620,9 +625,9 @@ def test_a_missing_optional_library_is_one_line_naming_the_extra(tmp_path, capsy
 
 
 def test_a_blank_map_is_named_on_stderr(tmp_path, capsys, monkeypatch):
-    from evaluation import runner
+    from evaluation import focusers
 
-    monkeypatch.setattr(runner, "compute_maps", lambda *a, **k: np.zeros((1, 64, 64), np.float32))
+    monkeypatch.setattr(focusers, "compute_maps", lambda *a, **k: np.zeros((1, 64, 64), np.float32))
     png = str(_png(tmp_path / "a.png"))
     argv = [
         "saliency",
@@ -645,7 +650,7 @@ def test_insertion_deletion_aucs_are_saliency_metrics_own(tmp_path, capsys):
     predicted classes; the mean curves average its curves."""
     from evaluation import zoo
     from evaluation.datasets import cluttered_digits
-    from evaluation.runner import compute_maps
+    from evaluation.focusers import compute_maps
     from evaluation.saliency_metrics import insertion_deletion
 
     out = tmp_path / "id"
@@ -720,14 +725,14 @@ def test_gpnn_cam_cost_is_estimated_before_computing(tmp_path, capsys):
 def test_sanity_estimates_every_gpnn_cam_map_it_computes(tmp_path, capsys, monkeypatch):
     """sanity --method gpnn-cam counts the trained model's maps, one set per cascade step and the
     figure's (GPNN-CAM replaced by Grad-CAM to stay fast)."""
-    import evaluation.cli as cli
-    import evaluation.runner as runner
+    import evaluation.focusers as focusers
+    import evaluation.sanity as sanity
     from evaluation.metric_plots import MAX_CASCADE_COLUMNS
 
-    method = runner.saliency_method
-    monkeypatch.setattr(runner, "saliency_method", lambda name, *a: method("gradcam", *a))
+    method = focusers.saliency_method
+    monkeypatch.setattr(focusers, "saliency_method", lambda name, *a: method("gradcam", *a))
     counted = []
-    monkeypatch.setattr(cli, "_gpnn_cost", lambda *args: counted.append(args[-1]))
+    monkeypatch.setattr(sanity, "report_gpnn_cost", lambda *args: counted.append(args[-1]))
     argv = ["sanity", "--method", "gpnn-cam", "--n", "2", "--quiet", "--out", str(tmp_path / "s")]
     assert main(argv) == 0
     steps = len(json.loads((tmp_path / "s" / "sanity.json").read_text())["rows"])  # 1 + 9 layers
@@ -738,13 +743,13 @@ def test_sanity_estimates_every_gpnn_cam_map_it_computes(tmp_path, capsys, monke
 
 
 def test_eps_min_reaches_the_config_and_its_help_states_the_runners_default(tmp_path, capsys):
+    from evaluation.attacks import DEFAULT_ATTACK_PARAMS
     from evaluation.cli import build_parser
-    from evaluation.runner import DEFAULT_ATTACK_PARAMS
 
     assert DEFAULT_ATTACK_PARAMS["pgd"]["eps_min"] == DEFAULT_ATTACK_PARAMS["fgsm"]["eps_min"] == 1 / 1024
     evaluate = build_parser()._subparsers._group_actions[0].choices["evaluate"]
     assert "(default: the runner's, 1/1024)" in " ".join(evaluate.format_help().split())
-    argv = ["evaluate", "--n", "2", "--attacks", "fgsm,cw", "--saliency", "random", "--areas", "0.1"]
+    argv = ["evaluate", "--n", "2", "--attacks", "fgsm,cw", "--methods", "random", "--areas", "0.1"]
     assert main([*argv, "--eps-min", "1e-5", "--out", str(tmp_path), "--quiet"]) == 0
     params = json.loads((tmp_path / "config.json").read_text())["attack_params"]
     assert params["fgsm"]["eps_min"] == 1e-5 and "eps_min" not in params["cw"]

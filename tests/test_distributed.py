@@ -49,7 +49,7 @@ def test_two_gloo_processes_merge_to_the_single_process_records(tmp_path, world_
     import subprocess
     import sys
 
-    args = ["evaluate", "--n", "6", "--batch-size", "2", "--attacks", "fgsm", "--saliency", "gradcam,random"]
+    args = ["evaluate", "--n", "6", "--batch-size", "2", "--attacks", "fgsm", "--methods", "gradcam,random"]
     args += ["--areas", "0.1", "--quiet"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
@@ -63,14 +63,14 @@ def test_two_gloo_processes_merge_to_the_single_process_records(tmp_path, world_
     late_rank0 = tmp_path / "late_rank0.py"
     late_rank0.write_text(
         "import os, sys, time\n"
-        "import evaluation.runner as runner\n"
+        "import evaluation.loading as loading\n"
         "from evaluation.cli import main\n"
-        "load = runner.load_dataset\n"
+        "load = loading.load_dataset\n"
         "def late(*args, **kwargs):\n"
         "    if os.environ['RANK'] == '0':\n"
         "        time.sleep(6)\n"
         "    return load(*args, **kwargs)\n"
-        "runner.load_dataset = late\n"
+        "loading.load_dataset = late\n"
         "sys.exit(main(sys.argv[1:]))\n"
     )
     done = subprocess.run(

@@ -1,5 +1,5 @@
-"""pytorch-grad-cam and captum as saliency methods (saliency.external), the runner's names for them, and
-timm models in the zoo."""
+"""pytorch-grad-cam and captum as saliency methods (saliency.external), the focuser registry's names for
+them, and timm models in the zoo."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import pytorch_grad_cam as pgc  # noqa: E402
 import timm  # noqa: E402
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa: E402
 
-from evaluation import datasets, runner, zoo  # noqa: E402
+from evaluation import datasets, focusers, zoo  # noqa: E402
 from focused_attacks import FocusedPGD  # noqa: E402
 from focused_attacks.base import maps_to_mask  # noqa: E402
 from saliency import external  # noqa: E402
@@ -224,21 +224,21 @@ def test_missing_library_names_the_extra(digits, monkeypatch, blocked, build):
         build(digits[0])
 
 
-def test_runner_names_build_working_methods(digits):
+def test_registry_names_build_working_methods(digits):
     classifier, x = digits
-    runner.check_saliency_names(list(runner.LIBRARY_SALIENCY))
-    assert set(runner.LIBRARY_SALIENCY) <= set(runner.saliency_names())
+    focusers.check_names(focusers.EXTRA_METHODS, "--methods")
+    assert set(focusers.EXTRA_METHODS) <= set(focusers.saliency_names())
     layers = zoo.default_layers("digits-cnn")
-    for name in runner.LIBRARY_SALIENCY:
-        maps = runner.compute_maps(name, classifier, x[:2].numpy(), np.array([1, 2]), [0, 1], layers)
+    for name in focusers.EXTRA_METHODS:
+        maps = focusers.compute_maps(name, classifier, x[:2].numpy(), np.array([1, 2]), [0, 1], layers)
         assert maps.shape == (2, 64, 64) and maps.dtype == np.float32, name
         assert 0 <= maps.min() and maps.max() == 1, name
         assert_clean(classifier.model)
 
 
-def test_runner_applies_the_preprocessing_and_takes_objects(lite, digits):
+def test_focusers_apply_the_preprocessing_and_takes_objects(lite, digits):
     classifier, x = lite
-    maps = runner.saliency_method("eigencam", classifier, ["bn2"])(x[:2])
+    maps = focusers.saliency_method("eigencam", classifier, ["bn2"])(x[:2])
 
     class Normalised(nn.Module):  # the classifier's (0.5, 0.5) normalisation, by hand
         def __init__(self, model):
@@ -254,7 +254,7 @@ def test_runner_applies_the_preprocessing_and_takes_objects(lite, digits):
     # an object instead of a name
     d_classifier, xd = digits
     cam = pgc.GradCAM(d_classifier.model, [d_classifier.model.features[13]])
-    got = runner.compute_maps(cam, d_classifier, xd.numpy(), np.arange(5), range(5), ["features.13"])
+    got = focusers.compute_maps(cam, d_classifier, xd.numpy(), np.arange(5), range(5), ["features.13"])
     expected = library_cam(
         pgc.GradCAM, d_classifier.model, [d_classifier.model.features[13]], xd, list(range(5))
     )
@@ -298,7 +298,7 @@ def test_timm_names_layers_and_preprocessing():
     layers = zoo.default_layers(name)
     assert layers == ["layer4", "layer3", "layer2"]
     classifier = zoo.classifier(name, device="cpu")  # random weights
-    assert runner.check_layers(classifier, layers) is None
+    assert focusers.check_layers(classifier, layers) is None
     assert classifier.predict(np.zeros((1, *zoo.input_size(name)), np.float32)).shape == (1, 1000)
     with pytest.raises(
         ValueError, match="unknown model 'timm:test_resnetx'; close timm names: .*test_resnet"

@@ -23,7 +23,7 @@ def _command(out: Path) -> list[str]:
         "evaluation.cli",
         "evaluate",
         *ARGS,
-        "--saliency",
+        "--methods",
         ",".join(FOCUSERS),
         "--out",
         str(out),
@@ -60,4 +60,4 @@ def test_a_run_killed_during_every_map_still_finishes(tmp_path):
 @pytest.mark.slow
 def test_random_kills_leave_records_identical_to_an_uninterrupted_run(tmp_path):
     argv = ["--kills", "3", "--delay", "5", "12", "--n", "4", "--batch-size", "2", "--attacks", "fgsm"]
-    assert fault_injection.main([*argv, "--saliency", "gradcam,random", "--out", str(tmp_path)]) == 0
+    assert fault_injection.main([*argv, "--methods", "gradcam,random", "--out", str(tmp_path)]) == 0

@@ -9,10 +9,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from evaluation.configs import ExperimentConfig
 from evaluation.datasets import cluttered_digits
+from evaluation.experiment import run_experiment
 from evaluation.labels import PREDICTED_SOURCE, imagenet_wordnet_ids
+from evaluation.loading import load_dataset
 from evaluation.report import write_report
-from evaluation.runner import ExperimentConfig, load_dataset, run_experiment
 
 
 def _folder(root, layout: dict[str, int]):
@@ -91,8 +93,8 @@ def test_without_labels_the_report_says_the_predicted_class_was_attacked(tmp_pat
 
 
 def test_labels_outside_the_models_classes_are_refused_by_both_protocols(tmp_path):
-    from evaluation.paper_protocol import PaperConfig
-    from evaluation.runner import load_model_and_data
+    from evaluation.configs import PaperConfig
+    from evaluation.loading import load_model_and_data
 
     data = _folder(tmp_path / "data", {"3": 1, "12": 1})
     grid = ExperimentConfig(model="digits-cnn", data=str(data), n=2, size=64, attacks=("fgsm",), focusers=())

@@ -11,16 +11,12 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from evaluation import zoo
-from evaluation.paper_protocol import (
-    PaperConfig,
-    least_likely,
-    run_paper_protocol,
-    shuffled_maps,
-    uniform_maps,
-)
+from evaluation.configs import PaperConfig
+from evaluation.errors import ConfigMismatchError
+from evaluation.focusers import shuffled_maps, uniform_maps
+from evaluation.loading import load_dataset
+from evaluation.paper_protocol import least_likely, run_paper_protocol
 from evaluation.paper_report import paired_reductions, summarize_paper
-from evaluation.run_folder import ConfigMismatchError
-from evaluation.runner import load_dataset
 
 #: A tiny run on the digits: a threshold digits-cnn reaches in a few steps with a mild penalty.
 TINY = dict(

@@ -7,8 +7,9 @@ import logging
 import pytest
 
 from evaluation import progress as progress_module
+from evaluation.configs import ExperimentConfig
+from evaluation.experiment import run_experiment
 from evaluation.progress import Progress, _duration
-from evaluation.runner import ExperimentConfig, run_experiment
 
 
 def test_the_bar_names_the_batch_and_the_cell():
@@ -57,7 +58,7 @@ def test_a_quiet_run_still_logs_one_line_per_batch(tmp_path, caplog):
 def test_the_cli_prints_one_line_per_batch_with_quiet(tmp_path, capsys):
     from evaluation.cli import main
 
-    argv = ["evaluate", "--n", "4", "--batch-size", "2", "--attacks", "fgsm", "--saliency", "gradcam"]
+    argv = ["evaluate", "--n", "4", "--batch-size", "2", "--attacks", "fgsm", "--methods", "gradcam"]
     assert main([*argv, "--areas", "0.1", "--out", str(tmp_path), "--quiet"]) == 0
     err = capsys.readouterr().err
     assert (

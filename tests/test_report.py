@@ -176,7 +176,7 @@ def test_results_json_rows_hold_the_interval_as_two_numbers(tmp_path, records):
 
 
 def test_budgets_found_at_the_search_floor_are_reported(tmp_path):
-    from evaluation.runner import ExperimentConfig
+    from evaluation.configs import ExperimentConfig
 
     config = ExperimentConfig(attacks=("pgd",), focusers=("cameras",), areas=(0.1,)).to_dict()
     assert config["attack_params"]["pgd"]["eps_min"] == 1 / 1024

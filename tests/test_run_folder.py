@@ -13,8 +13,10 @@ import sys
 import numpy as np
 import pytest
 
-from evaluation import run_folder, runner
+from evaluation import experiment, run_folder
 from evaluation.cli import main
+from evaluation.configs import ExperimentConfig
+from evaluation.records import EXAMPLES_FILE, record_key
 from evaluation.run_folder import (
     ConfigMismatchError,
     FolderInUseError,
@@ -23,7 +25,6 @@ from evaluation.run_folder import (
     check_data,
     lock,
 )
-from evaluation.runner import ExperimentConfig, record_key
 
 SMALL = {"n": 2, "batch_size": 2, "attacks": ("fgsm",), "focusers": ("gradcam",), "areas": (0.1,)}
 #: Every name a run writes or reads in its folder, and what must happen when a link is planted there.
@@ -44,7 +45,7 @@ OLD_TEMPORARY = ("config.json.tmp", "records.jsonl.tmp", "data.sha256.tmp", "exa
 
 
 def _run(out, **kwargs):
-    return runner.run_experiment(ExperimentConfig(**{**SMALL, **kwargs}), out, verbose=False)
+    return experiment.run_experiment(ExperimentConfig(**{**SMALL, **kwargs}), out, verbose=False)
 
 
 @pytest.fixture(scope="module")
@@ -147,7 +148,7 @@ def test_a_killed_holder_leaves_the_folder_unlocked(tmp_path):
 @pytest.mark.parametrize("command", ["evaluate", "sanity", "pointing-game", "saliency"])
 def test_every_command_refuses_a_folder_in_use(tmp_path, capsys, command):
     args = {
-        "evaluate": ["evaluate", "--n", "2", "--attacks", "fgsm", "--saliency", "gradcam"],
+        "evaluate": ["evaluate", "--n", "2", "--attacks", "fgsm", "--methods", "gradcam"],
         "sanity": ["sanity", "--n", "2", "--method", "gradcam"],
         "pointing-game": ["pointing-game", "--n", "2", "--methods", "gradcam"],
         "saliency": ["saliency", "--model", "digits-cnn", "--method", "gradcam", str(_digit_png(tmp_path))],
@@ -193,14 +194,14 @@ def test_an_out_that_cannot_be_made_is_one_line_naming_out(tmp_path, capsys, com
 # ----------------------------------------------------------------------------- recomputable side files
 def test_a_truncated_examples_file_is_recomputed(small_run, tmp_path):
     out = _copy(small_run, tmp_path / "copy")
-    with np.load(out / runner.EXAMPLES_FILE) as npz:
+    with np.load(out / EXAMPLES_FILE) as npz:
         whole = dict(npz)
-    data = (out / runner.EXAMPLES_FILE).read_bytes()
-    (out / runner.EXAMPLES_FILE).write_bytes(data[: len(data) // 2])
+    data = (out / EXAMPLES_FILE).read_bytes()
+    (out / EXAMPLES_FILE).write_bytes(data[: len(data) // 2])
     records = (out / "records.jsonl").read_bytes()
     with pytest.warns(UserWarning, match="examples.npz cannot be read"):
         _run(out)
-    with np.load(out / runner.EXAMPLES_FILE) as again:
+    with np.load(out / EXAMPLES_FILE) as again:
         assert sorted(again.files) == sorted(whole)
         for key in whole:
             np.testing.assert_array_equal(again[key], whole[key])
@@ -209,27 +210,27 @@ def test_a_truncated_examples_file_is_recomputed(small_run, tmp_path):
 
 def test_maps_saved_before_a_kill_are_not_recomputed(tmp_path, monkeypatch):
     calls = []
-    real = runner.compute_maps
+    real = experiment.compute_maps
 
     def counting(method, *args, **kwargs):
         calls.append(method)
         return real(method, *args, **kwargs)
 
-    real_attack = runner.run_attack
+    real_attack = experiment.run_attack
 
     def killed(name, classifier, x, y, maps, *args):
         if maps is not None:  # the run dies in the batch's first focused attack, after its first maps
             raise KeyboardInterrupt
         return real_attack(name, classifier, x, y, maps, *args)
 
-    monkeypatch.setattr(runner, "compute_maps", counting)
-    monkeypatch.setattr(runner, "run_attack", killed)
+    monkeypatch.setattr(experiment, "compute_maps", counting)
+    monkeypatch.setattr(experiment, "run_attack", killed)
     focusers = ("gradcam", "cameras")
     with pytest.raises(KeyboardInterrupt):
         _run(tmp_path, focusers=focusers, attacks=("fgsm",))
     assert calls == ["gradcam"] and (tmp_path / "maps").is_dir()
     monkeypatch.undo()
-    monkeypatch.setattr(runner, "compute_maps", counting)
+    monkeypatch.setattr(experiment, "compute_maps", counting)
     result = _run(tmp_path, focusers=focusers)
     assert calls == ["gradcam", "cameras"]  # gradcam's maps were read back, not recomputed
     assert result.computed == 2 * 2 and not list((tmp_path / "maps").iterdir())  # cleared when recorded
@@ -269,7 +270,7 @@ def test_an_empty_or_broken_digest_says_what_it_is(tmp_path, content):
 def test_two_runs_started_together_never_both_compute(tmp_path):
     """Three CLI runs into one folder at once: one computes, the others are refused; records whole."""
     cmd = [sys.executable, "-m", "evaluation.cli", "evaluate", "--n", "2", "--attacks", "fgsm"]
-    cmd += ["--saliency", "gradcam", "--areas", "0.1", "--out", str(tmp_path / "run"), "--quiet"]
+    cmd += ["--methods", "gradcam", "--areas", "0.1", "--out", str(tmp_path / "run"), "--quiet"]
     procs = [
         subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)
     ]

@@ -10,15 +10,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from evaluation import run_folder, runner
-from evaluation.run_folder import ConfigMismatchError, RecordLog, check_config
-from evaluation.runner import (
-    ExperimentConfig,
-    load_records,
-    merge_records,
-    record_key,
-    unique_records,
-)
+from evaluation import experiment, focusers, loading, run_folder
+from evaluation.attacks import DEFAULT_ATTACK_PARAMS
+from evaluation.configs import ExperimentConfig
+from evaluation.errors import ConfigMismatchError
+from evaluation.records import load_examples, load_records, merge_records, record_key, unique_records
+from evaluation.run_folder import RecordLog, check_config
 
 
 def _rec(image: int, attack: str = "pgd", focuser: str = "none", area: float = 1.0, l2: float = 1.0) -> dict:
@@ -130,7 +127,7 @@ def test_config_is_stored_and_a_different_one_is_refused(tmp_path):
 
 def test_config_fills_attack_defaults_and_lists_jobs():
     config = ExperimentConfig(attacks=("pgd", "cw"), focusers=("gradcam",), areas=(0.05, 0.2))
-    assert config.attack_params["pgd"] == runner.DEFAULT_ATTACK_PARAMS["pgd"]
+    assert config.attack_params["pgd"] == DEFAULT_ATTACK_PARAMS["pgd"]
     assert set(config.attack_params) == {"pgd", "cw"}
     assert config.jobs() == [
         ("pgd", "none", 1.0),
@@ -164,12 +161,12 @@ def test_config_rejects_bad_values(kwargs, match):
 
 
 def test_random_maps_depend_only_on_seed_and_image():
-    a = runner.random_maps([3, 7], (8, 8), seed=1)
-    b = runner.random_maps([7], (8, 8), seed=1)
+    a = focusers.random_maps([3, 7], (8, 8), seed=1)
+    b = focusers.random_maps([7], (8, 8), seed=1)
     assert a.shape == (2, 8, 8) and a.dtype == np.float32
     np.testing.assert_array_equal(a[1], b[0])
     assert not np.array_equal(a[0], a[1])
-    assert not np.array_equal(runner.random_maps([3], (8, 8), seed=2)[0], a[0])
+    assert not np.array_equal(focusers.random_maps([3], (8, 8), seed=2)[0], a[0])
 
 
 # ------------------------------------------------------------------------------- resume of a real run
@@ -183,7 +180,7 @@ def _lines(path) -> list[dict]:
 @pytest.fixture(scope="module")
 def reference_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("reference")
-    result = runner.run_experiment(ExperimentConfig(**TINY), out, verbose=False, report=False)
+    result = experiment.run_experiment(ExperimentConfig(**TINY), out, verbose=False, report=False)
     return out, result
 
 
@@ -213,7 +210,7 @@ def test_tiny_run_records_every_cell_once(reference_run):
 def test_rerun_computes_nothing_and_changes_nothing(reference_run):
     out, _ = reference_run
     before = (out / "records.jsonl").read_bytes()
-    result = runner.run_experiment(ExperimentConfig(**TINY), out, verbose=False, report=False)
+    result = experiment.run_experiment(ExperimentConfig(**TINY), out, verbose=False, report=False)
     assert result.computed == 0
     assert (out / "records.jsonl").read_bytes() == before
 
@@ -222,7 +219,7 @@ def test_resume_after_interrupt_and_truncated_line_loses_and_duplicates_nothing(
     reference_run, tmp_path, monkeypatch
 ):
     ref_out, ref = reference_run
-    real_attack, calls = runner.run_attack, []
+    real_attack, calls = experiment.run_attack, []
 
     def interrupted(*args, **kwargs):
         calls.append(1)
@@ -230,16 +227,16 @@ def test_resume_after_interrupt_and_truncated_line_loses_and_duplicates_nothing(
             raise KeyboardInterrupt
         return real_attack(*args, **kwargs)
 
-    monkeypatch.setattr(runner, "run_attack", interrupted)
+    monkeypatch.setattr(experiment, "run_attack", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        runner.run_experiment(ExperimentConfig(**TINY), tmp_path, verbose=False, report=False)
+        experiment.run_experiment(ExperimentConfig(**TINY), tmp_path, verbose=False, report=False)
     partial = _lines(tmp_path / "records.jsonl")  # every line is valid JSON
     assert len(partial) == 3 * 2  # 3 cells x 2 images of the first batch
     # A crash during a write leaves half a line behind.
     with open(tmp_path / "records.jsonl", "a") as f:
         f.write(json.dumps(ref.records[-1])[:40])
-    monkeypatch.setattr(runner, "run_attack", real_attack)
-    result = runner.run_experiment(ExperimentConfig(**TINY), tmp_path, verbose=False, report=False)
+    monkeypatch.setattr(experiment, "run_attack", real_attack)
+    result = experiment.run_experiment(ExperimentConfig(**TINY), tmp_path, verbose=False, report=False)
     assert result.computed == len(ref.records) - len(partial)
     assert _lines(tmp_path / "records.jsonl") == _lines(ref_out / "records.jsonl")
 
@@ -248,7 +245,7 @@ def test_resume_inside_batch_0_keeps_the_example_figure_whole(reference_run, tmp
     """The figure's arrays come from batch 0: a crash after its first cell used to leave them out for
     good (the resumed run skipped the recorded cells), dropping rows of the figure silently."""
     ref_out, _ = reference_run
-    real_attack, calls = runner.run_attack, []
+    real_attack, calls = experiment.run_attack, []
 
     def interrupted(*args, **kwargs):
         calls.append(1)
@@ -256,14 +253,14 @@ def test_resume_inside_batch_0_keeps_the_example_figure_whole(reference_run, tmp
             raise KeyboardInterrupt
         return real_attack(*args, **kwargs)
 
-    monkeypatch.setattr(runner, "run_attack", interrupted)
+    monkeypatch.setattr(experiment, "run_attack", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        runner.run_experiment(ExperimentConfig(**TINY), tmp_path, verbose=False, report=False)
+        experiment.run_experiment(ExperimentConfig(**TINY), tmp_path, verbose=False, report=False)
     assert len(_lines(tmp_path / "records.jsonl")) == 2  # the first cell, for batch 0's 2 images
-    monkeypatch.setattr(runner, "run_attack", real_attack)
-    result = runner.run_experiment(ExperimentConfig(**TINY), tmp_path, verbose=False, report=False)
+    monkeypatch.setattr(experiment, "run_attack", real_attack)
+    result = experiment.run_experiment(ExperimentConfig(**TINY), tmp_path, verbose=False, report=False)
     assert result.computed == len(result.records) - 2
-    resumed, reference = runner.load_examples(tmp_path), runner.load_examples(ref_out)
+    resumed, reference = load_examples(tmp_path), load_examples(ref_out)
     assert sorted(resumed) == sorted(reference)
     for key in reference:
         np.testing.assert_array_equal(resumed[key], reference[key])
@@ -273,7 +270,9 @@ def test_resume_inside_batch_0_keeps_the_example_figure_whole(reference_run, tmp
 def test_resume_into_folder_of_other_arguments_is_refused(reference_run):
     out, _ = reference_run
     with pytest.raises(ConfigMismatchError, match="areas"):
-        runner.run_experiment(ExperimentConfig(**{**TINY, "areas": (0.2,)}), out, verbose=False, report=False)
+        experiment.run_experiment(
+            ExperimentConfig(**{**TINY, "areas": (0.2,)}), out, verbose=False, report=False
+        )
 
 
 def test_resume_refuses_a_dataset_whose_images_moved(reference_run, tmp_path):
@@ -285,7 +284,7 @@ def test_resume_refuses_a_dataset_whose_images_moved(reference_run, tmp_path):
     records[0]["name"] = "another-image"
     (tmp_path / "run" / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     with pytest.raises(ConfigMismatchError, match="changed since this run started: image 0"):
-        runner.run_experiment(ExperimentConfig(**TINY), tmp_path / "run", verbose=False, report=False)
+        experiment.run_experiment(ExperimentConfig(**TINY), tmp_path / "run", verbose=False, report=False)
 
 
 def test_resume_refuses_other_pixels_and_folders_without_a_digest(reference_run, tmp_path, monkeypatch):
@@ -293,23 +292,23 @@ def test_resume_refuses_other_pixels_and_folders_without_a_digest(reference_run,
     digest tells; a folder with records but no digest (an older version's) cannot be checked."""
     out, _ = reference_run
     assert (out / "data.sha256").read_text().strip() == run_folder.data_digest(
-        [runner.load_dataset("digits", TINY["n"], 64).x]
+        [loading.load_dataset("digits", TINY["n"], 64).x]
     )
     shutil.copytree(out, tmp_path / "run")
-    load = runner.load_dataset
+    load = loading.load_dataset
 
     def edited(*args, **kwargs):
         data = load(*args, **kwargs)
         data.x[1, :, 0, 0] = 1.0 - data.x[1, :, 0, 0]
         return data
 
-    monkeypatch.setattr(runner, "load_dataset", edited)
+    monkeypatch.setattr(loading, "load_dataset", edited)
     with pytest.raises(ConfigMismatchError, match="other data than --data gives now"):
-        runner.run_experiment(ExperimentConfig(**TINY), tmp_path / "run", verbose=False, report=False)
-    monkeypatch.setattr(runner, "load_dataset", load)
+        experiment.run_experiment(ExperimentConfig(**TINY), tmp_path / "run", verbose=False, report=False)
+    monkeypatch.setattr(loading, "load_dataset", load)
     (tmp_path / "run" / "data.sha256").unlink()
     with pytest.raises(ConfigMismatchError, match="holds results but no data.sha256"):
-        runner.run_experiment(ExperimentConfig(**TINY), tmp_path / "run", verbose=False, report=False)
+        experiment.run_experiment(ExperimentConfig(**TINY), tmp_path / "run", verbose=False, report=False)
 
 
 def test_data_digest_sees_values_shapes_and_order():
@@ -342,7 +341,7 @@ def test_log_eps_search_brackets_the_threshold():
     x, y, _ = cluttered_digits(6, "test", seed=3)
     keep = classifier.predict(x).argmax(axis=1) == y
     x, y = x[keep], y[keep]
-    maps = runner.random_maps(range(len(x)), (64, 64), seed=0)
+    maps = focusers.random_maps(range(len(x)), (64, 64), seed=0)
     attack = FocusedFGSM(classifier, area=0.2, eps=1.0)
     eps_min, eps_max, steps = 1 / 256, 1.0, 5
     result = minimal_eps(attack, x, y, low=eps_min, high=eps_max, steps=steps, maps=maps, scale="log")
@@ -371,6 +370,6 @@ def test_log_eps_search_brackets_the_threshold():
 def test_a_failed_start_does_not_pin_the_folder(tmp_path, kwargs):
     config = ExperimentConfig(n=2, attacks=("fgsm",), focusers=("gradcam",), areas=(0.1,), batch_size=2)
     with pytest.raises(ValueError):
-        runner.run_experiment(ExperimentConfig(**{**config.to_dict(), **kwargs}), tmp_path, verbose=False)
+        experiment.run_experiment(ExperimentConfig(**{**config.to_dict(), **kwargs}), tmp_path, verbose=False)
     assert not (tmp_path / run_folder.CONFIG_FILE).exists()
     check_config(tmp_path, config)  # the corrected arguments are accepted
