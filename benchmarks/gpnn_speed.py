@@ -134,7 +134,8 @@ def _score_gap(
 def worker(config: dict) -> dict:
     """Run one configuration and return its measurements."""
     from saliency import GPNN
-    from saliency.gpnn import extract_patches, nearest_neighbours, nearest_neighbours_naive
+    from saliency.matmul_nn import nearest_neighbours, nearest_neighbours_naive
+    from saliency.patches import extract_patches
     from saliency.shifted_nn import nearest_neighbours_shifted
     from saliency.triton_nn import nearest_neighbours_triton
 

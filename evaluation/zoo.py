@@ -360,7 +360,8 @@ def default_layers(name: str) -> list[str]:
     """CAM target layers of model ``name``, top (coarsest) first; up to three.
 
     digits-cnn: ``features.13/9/5``; ResNets (and ResNeXt, wide ResNets): ``layer4/3/2``; VGGs: the ReLU
-    before each of the last three max pools (vgg16: ``features.29/22/15``); DenseNets:
+    the outputs of the last three max pools (vgg16: ``features.30/23/16``), with batch norm the
+    BN before the ReLU before each (vgg16_bn: ``features.41/31/21``), as GPNN-CAM uses; DenseNets:
     ``features.norm5``, ``features.denseblock3/2``; EfficientNet-Lite: ``bn2`` (the head's activation),
     ``blocks.4/2``; other models: at each of the three coarsest spatial
     resolutions of a forward pass, the shallowest module with that output (e.g. a stage), the last of them.
@@ -385,9 +386,10 @@ def default_layers(name: str) -> list[str]:
     if name.startswith("densenet"):
         return ["features.norm5", "features.denseblock3", "features.denseblock2"]
     model = _skeleton(name)
-    if name.startswith("vgg"):
+    if name.startswith("vgg"):  # GPNN-CAM's layers (docs/gpnn.md)
         pools = [i for i, m in enumerate(model.features) if isinstance(m, nn.MaxPool2d)]
-        return [f"features.{i - 1}" for i in reversed(pools[-3:])]
+        offset = 2 if name.endswith("_bn") else 0
+        return [f"features.{i - offset}" for i in reversed(pools[-3:])]
     return _last_module_per_resolution(model, input_size(name))
 
 

@@ -1,11 +1,10 @@
 """GPNN-CAM (Singh & Namboodiri, "Image Attribution by Generating Images"): linear models fitted on GPNN
-variations of the image, applied to the original image's activations (reference/gpnn_cam.md, 2.2-2.5).
+variations of the image, applied to the original image's activations (docs/gpnn.md).
 
 Follows the authors' final ("gpnn-loadgen-mycam") pipeline:
 
 * GPNN preset: noise std 3.0 on a zero initialisation, shared over channels; alpha 0.005; p 7; r 4/3;
-  coarsest 14; 10 iterations per level; distance-weighted fold; 100 variations in batches of 10 (the
-  config default; the batch size of the final runs could not be determined, reference 2.10).
+  coarsest 14; 10 iterations per level; distance-weighted fold; 100 variations in batches of 10.
 * Phase 1: ridge regression (intercept, penalty 0.01, sklearn's unscaled objective) of the target *logit*
   of the variations on their spatially summed top-layer activations, each channel standardised with its
   mean/std over the variations' batch and positions; map = ReLU(sum_c w_c X_c), bias dropped.
@@ -17,12 +16,13 @@ Follows the authors' final ("gpnn-loadgen-mycam") pipeline:
 
 Ours (not in, or differing from, the authors' code):
 
-* GPNN uses the exact alpha-normalised NN with the per-variation column minimum (the authors: FAISS IVF
-  on PCA-30, which ignores alpha); the fold weights use its exact distances (theirs: PCA-space ones).
-  Its other choices follow the paper's re-implementation (:mod:`saliency.gpnn`), where the authors' fork
-  differs: keys switch to the sharp source after iteration 0 (theirs: after iteration 1), levels are
-  up-sampled bilinearly (theirs: nearest), and the coarsest level keeps the aspect ratio (theirs: forced
-  square; the same for square inputs).
+* The default GPNN (:func:`gpnn_cam_preset`) uses the exact alpha-normalised NN with the per-variation
+  column minimum, the paper's bilinear pyramid and bilinear up-sampling; the fold weights use exact
+  distances. :meth:`GPNNCAM.authors` runs their pipeline instead (:meth:`saliency.GPNN.authors`: PCA-30,
+  IVF, alpha unused, their pyramid, nearest up-sampling). Keys switch to the sharp source after
+  iteration 0 in both (the authors' fork rebuilds its index at iterations 0-2, but from iteration 1 on
+  over the sharp source). The coarsest level keeps the aspect ratio in ours (theirs: square; the same for
+  square inputs).
 * Each factor of a Phase 2 target is resized bilinearly to the layer's grid and then multiplied.
 * Standard deviations are population std (ddof 0); a channel with std 0 gets std 1 (the authors), and so
   does one constant up to float32 round-off (std <= 1e-5 |mean|, ours, as sklearn's scaler does): its
@@ -59,10 +59,10 @@ from saliency.base import (
 from saliency.gpnn import GPNN
 
 
-def gpnn_cam_preset() -> GPNN:
-    """GPNN as configured by GPNN-CAM: zero initialisation with noise std 3.0, distance-weighted fold,
-    other settings default."""
-    return GPNN(noise_sigma=3.0, init="zeros", fold="distance")
+def gpnn_cam_preset(**overrides: object) -> GPNN:
+    """GPNN as configured by GPNN-CAM (zero initialisation with noise std 3.0, distance-weighted fold)
+    with the exact search, other settings default, ``overrides`` applied (e.g. ``search="faiss"``)."""
+    return GPNN(**{"noise_sigma": 3.0, "init": "zeros", "fold": "distance", **overrides})
 
 
 def ridge_regression(
@@ -173,6 +173,18 @@ class GPNNCAM(SaliencyMethod):
         self.ridge_lower = ridge_lower
         self.seed = seed
         self.verbose = verbose
+
+    @classmethod
+    def authors(cls, model: object, target_layers: Sequence[str | nn.Module], **kwargs: object) -> GPNNCAM:
+        """GPNN-CAM as its authors ran it: 100 variations in batches of 10 from
+        :meth:`saliency.GPNN.authors`; ``kwargs`` override the other arguments.
+
+        Example:
+            >>> from evaluation.zoo import default_layers, load
+            >>> cam = GPNNCAM.authors(load("vgg16_bn"), default_layers("vgg16_bn"))  # features.41/31/21
+        """
+        settings = {"n_variations": 100, "batch_variations": 10, "gpnn": GPNN.authors(), **kwargs}
+        return cls(model, target_layers, **settings)
 
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """One no-grad forward pass: (logits (B,K), activations of every target layer)."""

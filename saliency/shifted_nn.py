@@ -127,7 +127,7 @@ def nearest_neighbours_shifted(
     :param patch_size: p; patches p x p with stride 1, indexed row-major as in ``extract_patches``.
     :param alpha: completeness parameter for D = mean squared difference per element.
     :return: (B, (Hq-p+1)(Wq-p+1)) long key-patch indices on ``queries.device``: argmin_j of
-        D(i,j) / (alpha + min_l D(l,j)), equal to :func:`saliency.gpnn.nearest_neighbours` up to float
+        D(i,j) / (alpha + min_l D(l,j)), equal to :func:`saliency.matmul_nn.nearest_neighbours` up to float
         rounding on near-ties (the differences here are more exact than its matmul expansion).
     """
     batch, n_channels, height, width = queries.shape

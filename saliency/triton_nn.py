@@ -1,7 +1,7 @@
 """GPNN's exact completeness-normalised nearest neighbours as two fused Triton kernels (the GPU path
 ``GPNN(search="triton")``).
 
-The matmul search (:func:`saliency.gpnn.nearest_neighbours`) writes every tile of distances to memory and
+The matmul search (:func:`saliency.matmul_nn.nearest_neighbours`) writes every tile of distances to memory and
 reads it back to reduce it. Here each program keeps its tile in registers, FlashAttention-style: the
 distances ``||q||^2 - 2 q.k + ||k||^2`` of a block of queries and a block of keys are formed by ``tl.dot``
 over chunks of the patch vector and reduced at once, so the only memory traffic is the patch vectors.
@@ -129,9 +129,9 @@ def nearest_neighbours_triton(
 ) -> torch.Tensor:
     """Exact completeness-normalised NN in two fused kernels: queries (B,Nq,d), keys (Nk,d) -> (B,Nq) long.
 
-    The same answer as :func:`saliency.gpnn.nearest_neighbours_naive` up to float32 rounding on near-ties,
-    with no distance matrix in memory (only (B,Nk) column minima). Computes in float32. CUDA tensors, or CPU
-    tensors in Triton's interpreter (``TRITON_INTERPRET=1``; slow: tests only).
+    The same answer as :func:`saliency.matmul_nn.nearest_neighbours_naive` up to float32 rounding on
+    near-ties, with no distance matrix in memory (only (B,Nk) column minima). Computes in float32. CUDA
+    tensors, or CPU tensors in Triton's interpreter (``TRITON_INTERPRET=1``; slow: tests only).
     """
     if input_precision not in CONFIGS:
         raise ValueError(f"input_precision must be one of {tuple(CONFIGS)}, got {input_precision!r}")

@@ -13,13 +13,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from saliency import GPNN
-from saliency.gpnn import (
+from saliency.matmul_nn import nearest_neighbours, nearest_neighbours_naive
+from saliency.patches import (
     distance_weights,
     extract_patches,
     fold_patches,
     fold_patches_weighted,
-    nearest_neighbours,
-    nearest_neighbours_naive,
 )
 from saliency.shifted_nn import nearest_neighbours_shifted
 
@@ -158,10 +157,10 @@ def test_shifted_nn_is_the_exact_normalised_argmin(
     idx = nearest_neighbours_shifted(queries, keys, p, alpha)
     score = _scores64(queries, keys, p, alpha)
     assert idx.shape == score.shape[:2] and idx.dtype == torch.long
+    # the chosen key's float64 score is the minimum: where the index differs from the float64 argmin,
+    # the two scores tie up to float32 rounding (a fraction of matching indices is no test on 9 queries)
     chosen, best = score.gather(2, idx[..., None])[..., 0], score.amin(2)
     torch.testing.assert_close(chosen, best, rtol=1e-5, atol=1e-9)
-    # random data: float32 rounding decides at most a rare near-tie
-    assert (idx == score.argmin(2)).double().mean() >= 0.98
 
 
 def test_shifted_nn_on_gpnn_patches_equals_naive_float64(cat: torch.Tensor) -> None:
@@ -275,7 +274,7 @@ def test_bad_input(cat: torch.Tensor) -> None:
     with pytest.raises(ValueError, match="fold"):
         GPNN(fold="median")
     with pytest.raises(ValueError, match="search"):
-        GPNN(search="faiss")
+        GPNN(search="annoy")
     with pytest.raises(ValueError, match="CPU"):
         GPNN(search="shifts", device="cuda", **FAST).generate(cat, 1)
     with pytest.raises(ValueError, match="keys"):

@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 pytest.importorskip("triton")
 
 from saliency import GPNN  # noqa: E402
-from saliency.gpnn import extract_patches, nearest_neighbours_naive  # noqa: E402
+from saliency.matmul_nn import nearest_neighbours_naive  # noqa: E402
+from saliency.patches import extract_patches  # noqa: E402
 from saliency.triton_nn import CONFIGS, nearest_neighbours_triton  # noqa: E402
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -133,7 +134,7 @@ def test_triton_nn_bad_input() -> None:
     with pytest.raises(ValueError, match="int32 offsets"):  # an expanded view: no memory behind it
         nearest_neighbours_triton(queries, torch.rand(1, 4, device=DEVICE).expand(2**29, 4), 0.005)
     with pytest.raises(ValueError, match="search must be"):
-        GPNN(search="faiss")
+        GPNN(search="annoy")
 
 
 def test_triton_search_needs_cuda_without_the_interpreter(monkeypatch) -> None:

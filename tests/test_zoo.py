@@ -70,8 +70,15 @@ def test_torchvision_models_without_weights():
     assert zoo.input_size("inception_v3") == (3, 299, 299)
     vgg = zoo.load("vgg11", weights=None)
     layers = zoo.default_layers("vgg11")
-    assert layers == ["features.19", "features.14", "features.9"]
-    assert all(isinstance(resolve_layer(vgg, name)[1], nn.ReLU) for name in layers)
+    assert layers == ["features.20", "features.15", "features.10"]  # the pool outputs
+    assert all(isinstance(resolve_layer(vgg, name)[1], nn.MaxPool2d) for name in layers)
+    # GPNN-CAM's ImageNet layers: the BN before the ReLU before each of the last three pools
+    assert zoo.default_layers("vgg16") == ["features.30", "features.23", "features.16"]
+    assert zoo.default_layers("vgg16_bn") == ["features.41", "features.31", "features.21"]
+    vgg_bn = zoo.load("vgg16_bn", weights=None)
+    assert all(
+        isinstance(resolve_layer(vgg_bn, n)[1], nn.BatchNorm2d) for n in zoo.default_layers("vgg16_bn")
+    )
 
 
 def test_torchvision_classifier_normalises_inputs(tmp_path):
