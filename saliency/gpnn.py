@@ -127,7 +127,7 @@ class GPNN:
         tf32: on CUDA, compute the matmul or Triton search with TF32 tensor cores (faster, approximate).
         pca_dims: faiss search: principal components the patches are projected on (None: no PCA).
         index: faiss search: ``"flat"`` (exhaustive) or ``"ivf"`` (inverted file).
-        nlist: faiss IVF cells (at most the number of keys; None: the square root of that number).
+        nlist: faiss IVF cells (at most the number of keys; None: 4 x the square root of that number).
         nprobe: faiss IVF cells visited per query.
         candidates: faiss search: keys found per query; above 1 the completeness-normalised score
             picks among them, at 1 alpha is unused.
@@ -313,8 +313,9 @@ class GPNN:
         of ``keys`` (1,C,h,w)) chosen for each patch of ``current`` (B,C,h,w), and its D."""
         queries = extract_patches(current, self.patch_size)
         if index is not None:
-            found = index.search(queries.reshape(-1, queries.shape[-1]), self.candidates)
-            return rerank(queries, key_patches, found.view(*queries.shape[:2], -1), self.alpha)
+            distances, found = index.search(queries.reshape(-1, queries.shape[-1]), self.candidates)
+            shape = (*queries.shape[:2], -1)
+            return rerank(queries, key_patches, found.view(shape), distances.view(shape), self.alpha)
         if self._uses_shifts(current.device):
             field = nearest_neighbours_shifted(current, keys[0], self.patch_size, self.alpha)
         elif self.search == "triton":

@@ -41,7 +41,7 @@ def _photo_patches(cat: torch.Tensor, seed: int = 0) -> tuple[torch.Tensor, torc
 def test_flat_index_finds_the_true_nearest_neighbour(n_q: int, n_k: int, dim: int, seed: int) -> None:
     g = torch.Generator().manual_seed(seed)
     queries, keys = torch.rand(n_q, dim, generator=g), torch.rand(n_k, dim, generator=g)
-    found = PatchIndex(keys, index="flat").search(queries, 1)[:, 0]
+    found = PatchIndex(keys, index="flat").search(queries, 1)[1][:, 0]
     dist = torch.cdist(queries.double(), keys.double())
     chosen, best = dist.gather(1, found[:, None])[:, 0], dist.amin(1)
     torch.testing.assert_close(chosen, best, rtol=1e-5, atol=1e-6)  # a different index only on a tie
@@ -49,7 +49,7 @@ def test_flat_index_finds_the_true_nearest_neighbour(n_q: int, n_k: int, dim: in
 
 def test_flat_search_without_alpha_equals_plain_exact_nn_on_photo_patches(cat: torch.Tensor) -> None:
     queries, keys = _photo_patches(cat)
-    found = PatchIndex(keys, index="flat").search(queries, 1)[:, 0]
+    found = PatchIndex(keys, index="flat").search(queries, 1)[1][:, 0]
     exact = nearest_neighbours_naive(queries[None].double(), keys.double(), alpha=1e9)[0]
     assert (found == exact).double().mean() > 0.999
 
@@ -57,37 +57,42 @@ def test_flat_search_without_alpha_equals_plain_exact_nn_on_photo_patches(cat: t
 def test_ivf_recall_floor_and_pca_space(cat: torch.Tensor) -> None:
     queries, keys = _photo_patches(cat)
     exact = torch.cdist(queries, keys).argmin(1)
-    ivf = PatchIndex(keys, index="ivf", nlist=64, nprobe=1).search(queries, 1)[:, 0]
+    ivf = PatchIndex(keys, index="ivf", nlist=64, nprobe=1).search(queries, 1)[1][:, 0]
     assert (ivf == exact).double().mean() >= IVF_RECALL_FLOOR
     # probing every cell is the flat search
-    every = PatchIndex(keys, index="ivf", nlist=16, nprobe=16).search(queries, 1)[:, 0]
+    every = PatchIndex(keys, index="ivf", nlist=16, nprobe=16).search(queries, 1)[1][:, 0]
     assert (every == exact).double().mean() > 0.999
     # PCA with all components keeps the distances: the same neighbours
     pca = PatchIndex(keys, pca_dims=keys.shape[1] - 1, index="flat")
     assert pca.components.shape == (keys.shape[1], keys.shape[1] - 1)
-    assert (pca.search(queries, 1)[:, 0] == exact).double().mean() > 0.99
+    assert (pca.search(queries, 1)[1][:, 0] == exact).double().mean() > 0.99
     # the leading component carries the most variance
-    projected = torch.from_numpy(PatchIndex(keys, pca_dims=3).project(keys))
+    projected = torch.from_numpy(PatchIndex(keys, pca_dims=3).project(keys))  # (N_k, 3)
     variances = projected.var(0)
     assert variances[0] >= variances[1] >= variances[2]
 
 
 def test_ivf_with_fewer_keys_than_cells_and_k_above_a_cell() -> None:
     keys, queries = torch.rand(10, 6), torch.rand(30, 6)
-    found = PatchIndex(keys, index="ivf", nlist=64, nprobe=1).search(queries, 8)
-    assert found.shape == (30, 8) and found.min() >= 0 and found.max() < 10
+    distances, found = PatchIndex(keys, index="ivf", nlist=64, nprobe=1).search(queries, 8)
+    assert found.shape == distances.shape == (30, 8) and found.min() >= 0 and found.max() < 10
+    torch.testing.assert_close(
+        distances, (queries[:, None] - keys[found]).pow(2).sum(-1), rtol=1e-4, atol=1e-5
+    )
 
 
 def test_rerank_is_the_exact_normalised_argmin_when_every_key_is_a_candidate() -> None:
     g = torch.Generator().manual_seed(0)
     queries, keys = torch.rand(2, 40, 12, generator=g), torch.rand(25, 12, generator=g)
     every = torch.arange(25).expand(2, 40, 25)
-    field, dist = rerank(queries, keys, every, alpha=0.005)
+    squared = (queries[:, :, None] - keys[every]).pow(2).sum(-1)  # what a flat index returns
+    field, dist = rerank(queries, keys, every, squared, alpha=0.005)
     assert torch.equal(field, nearest_neighbours_naive(queries.double(), keys.double(), 0.005))
     torch.testing.assert_close(dist, (queries - keys[field]).pow(2).mean(-1))
-    # one candidate: that candidate, alpha unused
-    first, _ = rerank(queries, keys, every[..., :1], alpha=0.005)
+    # one candidate: that candidate, alpha unused, its exact distance
+    first, first_dist = rerank(queries, keys, every[..., :1], squared[..., :1] * 0, alpha=0.005)
     assert torch.equal(first, torch.zeros_like(first))
+    torch.testing.assert_close(first_dist, (queries - keys[0]).pow(2).mean(-1))
 
 
 def test_faiss_generation_contract_determinism_and_index_reuse(cat: torch.Tensor) -> None:
