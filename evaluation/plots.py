@@ -97,6 +97,16 @@ def _grid_records(
     return found
 
 
+def _colour_bars(fig: Figure, block: np.ndarray, maps: list[Any], image: int) -> None:
+    """Colour bars of one image's rows ``block``: its perturbation column and (if drawn) its maps."""
+    bars = [(block[0][3].images[0], block[:, 3], f"#{image} |perturbation| (max over channels)")]
+    bars += [(maps[0], block[:, 1], "saliency map")] if maps else []
+    for mappable, column, label in bars:
+        bar = fig.colorbar(mappable, ax=list(column), shrink=0.8, aspect=30)
+        bar.set_label(label, fontsize=7)
+        bar.ax.tick_params(labelsize=6)
+
+
 def attack_grid_figure(
     examples: dict[str, np.ndarray],
     records: Sequence[dict[str, Any]] = (),
@@ -149,12 +159,7 @@ def attack_grid_figure(
             l2 = float(np.sqrt(((advs[focuser] - x[i]) ** 2).sum()))
             caption = row_caption(i, focuser, attack, area, cells.get((i, focuser)), l2)
             row[0].set_ylabel(caption, fontsize=7)
-        bars = [(block[0][3].images[0], block[:, 3], f"#{i} |perturbation| (max over channels)")]
-        bars += [(maps[0], block[:, 1], "saliency map")] if maps else []
-        for image, column, label in bars:
-            bar = fig.colorbar(image, ax=list(column), shrink=0.8, aspect=30)
-            bar.set_label(label, fontsize=7)
-            bar.ax.tick_params(labelsize=6)
+        _colour_bars(fig, block, maps, i)
     for ax, title in zip(axes[0], GRID_COLUMNS):
         ax.set_title(title, fontsize=9)
     return fig

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from evaluation.errors import ConfigMismatchError
+from evaluation.focusers import UNFOCUSED
 from evaluation.run_folder import RecordLog, json_line, load_arrays, write_atomic
 
 #: Name of the merged records file.
@@ -23,6 +24,8 @@ EXAMPLES_FILE = "examples.npz"
 N_EXAMPLES = 3
 
 Key = tuple[int, str, str, float]
+#: A group of records: one (attack, focuser, area), the correctly classified images by index.
+Group = dict[int, dict[str, Any]]
 
 
 # --------------------------------------------------------------------------------------------- records
@@ -45,6 +48,40 @@ def unique_records(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     for record in records:
         by_key.setdefault(record_key(record), record)
     return [by_key[k] for k in sorted(by_key)]
+
+
+def group_records(
+    records: Sequence[dict[str, Any]], attacks: Sequence[str] | None, focusers: Sequence[str] | None
+) -> tuple[dict[tuple[str, str, float], Group], list[str], list[str]]:
+    """The correctly classified records by (attack, focuser, area), then by image.
+
+    The first record of a key wins, as in :func:`unique_records`; every key gets a group, empty if no
+    image was correct.
+
+    Args:
+        records: the run's records.
+        attacks: the attack order (others follow in order of appearance).
+        focusers: the focuser order (others follow in order of appearance).
+
+    Returns:
+        ``(groups, attack order, focuser order)``; the unfocused attack is in no focuser order.
+    """
+    groups: dict[tuple[str, str, float], Group] = {}
+    attack_order: list[str] = list(attacks or [])
+    focuser_order: list[str] = list(focusers or [])
+    seen: set[Key] = set()
+    for r in records:
+        if record_key(r) in seen:
+            continue
+        seen.add(record_key(r))
+        if r["attack"] not in attack_order:
+            attack_order.append(r["attack"])
+        if r["focuser"] not in focuser_order and r["focuser"] != UNFOCUSED:
+            focuser_order.append(r["focuser"])
+        group = groups.setdefault((r["attack"], r["focuser"], float(r["area"])), {})
+        if r["correct"]:
+            group[int(r["image"])] = r
+    return groups, attack_order, focuser_order
 
 
 def load_records(out_dir: str | Path) -> list[dict[str, Any]]:

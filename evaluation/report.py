@@ -29,10 +29,11 @@ from typing import Any
 
 import numpy as np
 
+from evaluation import report_figures
 from evaluation.focusers import RANDOM, UNFOCUSED
 from evaluation.labels import PREDICTED_SOURCE
 from evaluation.provenance import provenance_markdown
-from evaluation.records import Key, record_key
+from evaluation.records import Group, group_records
 from evaluation.run_folder import make_dir, write_atomic
 from evaluation.stats import bootstrap_ci, paired_reductions
 
@@ -53,8 +54,6 @@ SUMMARY_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("l2_reduction_vs_random_ci", "95 % CI", "ci"),
     ("n_paired_random", "pairs", "d"),
 )
-#: A group of records: one (attack, focuser, area), the correctly classified images by index.
-Group = dict[int, dict[str, Any]]
 
 
 def _median(values: Sequence[float]) -> float | None:
@@ -83,40 +82,6 @@ def _paired_reduction(
     images and the median's bootstrap 95 % interval ``[low, high]``; ``(None, 0, None)`` if none."""
     reductions = paired_reductions(focused, reference, norm)
     return _median(reductions), len(reductions), interval(reductions, np.median)
-
-
-def group_records(
-    records: Sequence[dict[str, Any]], attacks: Sequence[str] | None, focusers: Sequence[str] | None
-) -> tuple[dict[tuple[str, str, float], Group], list[str], list[str]]:
-    """The correctly classified records by (attack, focuser, area), then by image.
-
-    The first record of a key wins, as in :func:`evaluation.records.unique_records`; every key gets a
-    group, empty if no image was correct.
-
-    Args:
-        records: the run's records.
-        attacks: the attack order (others follow in order of appearance).
-        focusers: the focuser order (others follow in order of appearance).
-
-    Returns:
-        ``(groups, attack order, focuser order)``; the unfocused attack is in no focuser order.
-    """
-    groups: dict[tuple[str, str, float], Group] = {}
-    attack_order: list[str] = list(attacks or [])
-    focuser_order: list[str] = list(focusers or [])
-    seen: set[Key] = set()
-    for r in records:
-        if record_key(r) in seen:
-            continue
-        seen.add(record_key(r))
-        if r["attack"] not in attack_order:
-            attack_order.append(r["attack"])
-        if r["focuser"] not in focuser_order and r["focuser"] != UNFOCUSED:
-            focuser_order.append(r["focuser"])
-        group = groups.setdefault((r["attack"], r["focuser"], float(r["area"])), {})
-        if r["correct"]:
-            group[int(r["image"])] = r
-    return groups, attack_order, focuser_order
 
 
 def _row(key: tuple[str, str, float], groups: dict[tuple[str, str, float], Group], norm: str) -> dict:
@@ -360,35 +325,15 @@ def _order(config: dict[str, Any] | None) -> dict[str, Any]:
     return {"attacks": config.get("attacks"), "focusers": config.get("focusers")}
 
 
-def write_report(
-    out_dir: str | Path,
-    records: Sequence[dict[str, Any]],
-    config: dict[str, Any] | None = None,
-    examples: dict[str, np.ndarray] | None = None,
-    notes: str = "",
-    figures: bool = True,
-    provenance: dict[str, Any] | None = None,
-    labels: str | None = None,
-) -> dict[str, Any]:
-    """Write ``report.md``, ``results.json``, ``records.csv`` and (``figures=True``) figures to ``out_dir``.
-
-    ``provenance`` (:func:`evaluation.provenance.provenance`) and ``labels`` (where the labels came from,
-    :attr:`evaluation.loading.Dataset.label_source`; None: not stated) are recorded in both report files.
-
-    ``examples`` (see :func:`evaluation.plots.attack_grid`) adds the image/map/mask/perturbation grid;
-    the figures are those of :func:`evaluation.report_figures.write_figures`, linked from ``report.md``.
-    Returns ``{"rows": summary rows, "table": plain-text table, "paths": {...}}``.
-    """
-    from evaluation import report_figures  # it imports this module
-
-    out = make_dir(out_dir)
-    rows = summarize(records, **_order(config))
-    paths: dict[str, Path] = {}
-    figure_paths = (
-        report_figures.write_figures(out / "figures", records, rows, config, examples)
-        if figures and rows
-        else []
-    )
+def _report_parts(
+    rows: list[dict[str, Any]],
+    config: dict[str, Any] | None,
+    notes: str,
+    labels: str | None,
+    at_floor: dict[tuple[str, str], int],
+) -> list[str]:
+    """The paragraphs of ``report.md`` up to its settings: title, run, notes, labels, the summary table and
+    how to read it, budgets at the floor."""
     parts = ["# Saliency-focused attacks: perturbation norms\n"]
     if config:
         summary = ", ".join(
@@ -410,11 +355,42 @@ def write_report(
         "95 % percentile-bootstrap confidence intervals over those images (10,000 resamples).\n"
     )
     parts.append(FAIRNESS.format(same_images=SAME_IMAGES[labelled]))
-    at_floor = budgets_at_floor(records, config or {})
     if any(at_floor.values()):
         parts.append(floor_note(at_floor, config or {}))
     if config:
         parts.append(settings_text(config))
+    return parts
+
+
+def write_report(
+    out_dir: str | Path,
+    records: Sequence[dict[str, Any]],
+    config: dict[str, Any] | None = None,
+    examples: dict[str, np.ndarray] | None = None,
+    notes: str = "",
+    figures: bool = True,
+    provenance: dict[str, Any] | None = None,
+    labels: str | None = None,
+) -> dict[str, Any]:
+    """Write ``report.md``, ``results.json``, ``records.csv`` and (``figures=True``) figures to ``out_dir``.
+
+    ``provenance`` (:func:`evaluation.provenance.provenance`) and ``labels`` (where the labels came from,
+    :attr:`evaluation.loading.Dataset.label_source`; None: not stated) are recorded in both report files.
+
+    ``examples`` (see :func:`evaluation.plots.attack_grid`) adds the image/map/mask/perturbation grid;
+    the figures are those of :func:`evaluation.report_figures.write_figures`, linked from ``report.md``.
+    Returns ``{"rows": summary rows, "table": plain-text table, "paths": {...}}``.
+    """
+    out = make_dir(out_dir)
+    rows = summarize(records, **_order(config))
+    paths: dict[str, Path] = {}
+    figure_paths = (
+        report_figures.write_figures(out / "figures", records, rows, config, examples)
+        if figures and rows
+        else []
+    )
+    at_floor = budgets_at_floor(records, config or {})
+    parts = _report_parts(rows, config, notes, labels, at_floor)
     if figure_paths:
         parts.append(report_figures.figures_markdown(figure_paths, out))
     if config:

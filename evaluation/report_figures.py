@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from evaluation.focusers import UNFOCUSED
-from evaluation.report import group_records
+from evaluation.records import group_records
 from evaluation.stats import paired_norms
 
 

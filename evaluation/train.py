@@ -40,6 +40,40 @@ def check_out_file(path: str | Path) -> None:
         raise ValueError(f"cannot write {path}: {parent} is not a writable folder")
 
 
+def _fit(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    verbose: bool,
+) -> None:
+    """Train ``model`` on ``(x, y)``: ``epochs`` seeded random orders of batches, AdamW with a one-cycle
+    learning-rate schedule; leaves it in eval mode."""
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    steps_per_epoch = -(-len(x) // batch_size)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=lr, total_steps=epochs * steps_per_epoch
+    )
+    model.train()
+    bar = tqdm(total=epochs * steps_per_epoch, desc="train digits-cnn", disable=not verbose)
+    for epoch in range(epochs):
+        order = torch.randperm(len(x), generator=generator)
+        for batch in order.split(batch_size):
+            loss = F.cross_entropy(model(x[batch]), y[batch])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            bar.update(1)
+            bar.set_postfix(epoch=epoch, loss=f"{loss.item():.3f}")
+    bar.close()
+    model.eval()
+
+
 def train_digits_cnn(
     out_path: str | Path,
     n_train: int = 8000,
@@ -72,29 +106,9 @@ def train_digits_cnn(
     torch.use_deterministic_algorithms(True)
     try:
         torch.manual_seed(seed)
-        generator = torch.Generator().manual_seed(seed)
         model = DigitsCNN()
-        optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-        steps_per_epoch = -(-n_train // batch_size)
-        scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=lr, total_steps=epochs * steps_per_epoch
-        )
-        model.train()
-        bar = tqdm(total=epochs * steps_per_epoch, desc="train digits-cnn", disable=not verbose)
         x, y, _ = cluttered_digits(n_train, split="train", seed=seed)
-        x_t, y_t = torch.from_numpy(x), torch.from_numpy(y)
-        for epoch in range(epochs):
-            order = torch.randperm(n_train, generator=generator)
-            for batch in order.split(batch_size):
-                loss = F.cross_entropy(model(x_t[batch]), y_t[batch])
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
-                bar.update(1)
-                bar.set_postfix(epoch=epoch, loss=f"{loss.item():.3f}")
-        bar.close()
-        model.eval()
+        _fit(model, torch.from_numpy(x), torch.from_numpy(y), epochs, batch_size, lr, seed, verbose)
         x_test, y_test, _ = cluttered_digits(n_test, split="test", seed=0)
         accuracy = evaluate_accuracy(model, x_test, y_test)
     finally:
