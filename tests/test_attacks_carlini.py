@@ -9,7 +9,7 @@ import torch
 import torchvision
 from art.attacks.evasion import CarliniL2Method
 from art.estimators.classification import PyTorchClassifier
-from test_attacks_pgd_fgsm import art_classifier, calibrate_head
+from conftest import art_classifier, calibrate_head
 from torch import nn
 
 from focused_attacks import FocusedCarliniL2

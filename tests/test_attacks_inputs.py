@@ -11,9 +11,9 @@ from art.defences.preprocessor import Preprocessor
 from art.estimators.classification.classifier import ClassGradientsMixin, ClassifierMixin
 from art.estimators.estimator import BaseEstimator, LossGradientsMixin
 from art.exceptions import EstimatorError
+from conftest import art_classifier, calibrate_head
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_attacks_pgd_fgsm import art_classifier, calibrate_head
 from torch import nn
 
 import saliency

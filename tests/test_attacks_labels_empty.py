@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from test_attacks_pgd_fgsm import art_classifier
+from conftest import art_classifier
 from torch import nn
 
 import saliency

@@ -9,30 +9,12 @@ import torch
 import torchvision
 from art.attacks.evasion import FastGradientMethod, ProjectedGradientDescent
 from art.estimators.classification import PyTorchClassifier
+from conftest import art_classifier, calibrate_head
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from torch import nn
 
 from focused_attacks import FocusedFGSM, FocusedPGD, normalize_mask
 from focused_attacks.steps import ROUND_OFF_MARGIN
-
-
-def calibrate_head(model: nn.Module, seed: int = 5) -> nn.Module:
-    """Standardise an untrained SmallCNN's pooled features in its fc layer (estimated on random images), so
-    that predictions differ between images and small perturbations can flip them."""
-    with torch.no_grad():
-        probe = torch.rand(64, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
-        feats = model.pool(model.features(probe)).flatten(1)
-        spread = feats.std(0)
-        model.fc.weight.mul_(torch.where(spread > 1e-6, 1 / spread.clamp_min(1e-6), 0.0))
-        model.fc.bias.copy_(-(model.fc.weight @ feats.mean(0)))
-    return model
-
-
-def art_classifier(model: nn.Module, size: int = 32, **kwargs) -> PyTorchClassifier:
-    return PyTorchClassifier(
-        model, nn.CrossEntropyLoss(), (3, size, size), 10, clip_values=(0.0, 1.0), device_type="cpu", **kwargs
-    )
 
 
 def random_mask(shape: tuple[int, ...], density: float, seed: int) -> np.ndarray:

@@ -6,23 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import LAYERS, fast_cam, fast_gpnn
 from sklearn.linear_model import Ridge
 from torch import nn
 
-from saliency import GPNN, GPNNCAM
+from saliency import GPNNCAM
 from saliency.gpnn_cam import gpnn_cam_preset, ridge_regression
-
-LAYERS = ["features.5", "features.2"]
-
-
-def fast_gpnn() -> GPNN:
-    """The GPNN-CAM preset (zeros + noise 3.0) with few iterations and 5x5 patches, for 32 px tests."""
-    return GPNN(patch_size=5, noise_sigma=3.0, init="zeros", iters=2)
-
-
-def fast_cam(model: nn.Module, layers=LAYERS, **kwargs) -> GPNNCAM:
-    kwargs = {"n_variations": 4, "batch_variations": 2, "gpnn": fast_gpnn(), **kwargs}
-    return GPNNCAM(model, layers, **kwargs)
 
 
 @pytest.mark.parametrize("n, c", [(12, 40), (60, 8), (20, 20)])

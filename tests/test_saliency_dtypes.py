@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from test_gpnn_cam import fast_cam
+from conftest import fast_cam
 
 from saliency import CAMERAS, METHODS
 from saliency.base import model_dtype
