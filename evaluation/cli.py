@@ -54,11 +54,10 @@ INTERRUPTED = {
 
 @contextlib.contextmanager
 def _option(name: str) -> Iterator[None]:
-    """Turn a library's ``ValueError`` about the user's ``name`` option into a :class:`CLIError` naming it."""
+    """Turn a library's ``ValueError`` about the user's ``name`` option (an :class:`~evaluation.errors.InputError` too)
+    into a :class:`CLIError` naming it."""
     try:
         yield
-    except UserError:
-        raise
     except ValueError as err:
         raise CLIError(f"{name}: {err}") from None
 
