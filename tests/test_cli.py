@@ -103,7 +103,8 @@ def test_help_defaults_come_from_the_configs_and_registry():
     )
 
 
-#: Runs every --help in a fresh interpreter, then prints whether torch (or the zoo) was imported.
+#: Runs every --help in a fresh interpreter, then prints which of torch, ART, matplotlib (or any of their
+#: submodules), the zoo and the experiment loop were imported.
 HELP_SCRIPT = """
 import contextlib, importlib.util, io, sys, types
 if {bypass_package}:  # cli.py's own imports only: the evaluation package's __init__ is not run
@@ -114,7 +115,8 @@ from evaluation.cli import main
 for argv in [["--help"], *([c, "--help"] for c in {commands!r})]:
     with contextlib.redirect_stdout(io.StringIO()):
         assert main(argv) == 0, argv
-print(sorted(m for m in ("torch", "evaluation.zoo", "evaluation.experiment") if m in sys.modules))
+heavy = {{"torch", "art", "matplotlib", "evaluation.zoo", "evaluation.experiment"}}  # where a command runs
+print(sorted(m for m in sys.modules if m in heavy or m.partition(".")[0] in heavy))
 """
 
 
@@ -128,7 +130,8 @@ def _help_imports(bypass_package: bool) -> str:
 
 
 def test_help_does_not_import_torch():
-    """Building the parser and every --help import neither torch nor the zoo (from cli.py itself)."""
+    """Building the parser and every --help import neither torch, ART, matplotlib nor the zoo (from cli.py
+    itself)."""
     assert _help_imports(bypass_package=True) == "[]"
 
 
