@@ -7,7 +7,7 @@ Every default comes from where it is defined (the configs, the focuser and attac
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from evaluation.attacks import ATTACKS
@@ -83,34 +83,27 @@ def _areas(text: str) -> list[float]:
     return areas
 
 
-def _eps_min(text: str) -> float:
+def _number(text: str, convert: Callable[[str], Any], ok: Callable[[Any], bool], expected: str) -> Any:
+    """``convert(text)`` if it converts and is ``ok``, else argparse's error "expected ``expected``"."""
     try:
-        value = float(text)
+        value = convert(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text!r}") from None
-    if not 0.0 < value < 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text!r}")
+        value = None
+    if value is None or not ok(value):
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
     return value
+
+
+def _eps_min(text: str) -> float:
+    return _number(text, float, lambda v: 0.0 < v < 1.0, "a number in (0, 1)")
 
 
 def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+    return _number(text, int, lambda v: v >= 1, "a positive integer")
 
 
 def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a non-negative number, got {text!r}") from None
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a non-negative number, got {text!r}")
-    return value
+    return _number(text, float, lambda v: 0 <= v < float("inf"), "a non-negative number")
 
 
 def _weights(text: str) -> str | None:
@@ -140,6 +133,15 @@ def _common(p: argparse.ArgumentParser, device: bool = True) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     if device:
         p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+
+
+def _command(sub: Subparsers, name: str, help: str) -> argparse.ArgumentParser:
+    """The subcommand ``name``: ``help`` in the command list, :data:`DESCRIPTIONS` in its own --help."""
+    return sub.add_parser(name, help=help, description=DESCRIPTIONS[name])
+
+
+def _out(p: argparse.ArgumentParser, default: str, what: str = "output folder") -> None:
+    p.add_argument("--out", default=default, help=f"{what} (default {default})")
 
 
 def _model_args(p: argparse.ArgumentParser, default: str) -> None:
@@ -197,7 +199,7 @@ def _paper_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_saliency(sub: Subparsers) -> None:
-    p = sub.add_parser("saliency", help="saliency maps of image files", description=DESCRIPTIONS["saliency"])
+    p = _command(sub, "saliency", "saliency maps of image files")
     p.add_argument("images", nargs="+", help="image files (any format PIL reads)")
     _model_args(p, REAL_MODEL)
     p.add_argument(
@@ -213,7 +215,7 @@ def _add_saliency(sub: Subparsers) -> None:
     p.add_argument(
         "--class", dest="target_class", type=int, default=None, help="class index (default: predicted)"
     )
-    p.add_argument("--out", default="saliency_maps", help="output folder (default saliency_maps)")
+    _out(p, "saliency_maps")
     p.add_argument(
         "--size",
         type=_positive_int,
@@ -230,13 +232,9 @@ def _add_saliency(sub: Subparsers) -> None:
 
 
 def _add_train(sub: Subparsers) -> None:
-    p = sub.add_parser(
-        "train", help="train the embedded benchmark's digits CNN", description=DESCRIPTIONS["train"]
-    )
+    p = _command(sub, "train", "train the embedded benchmark's digits CNN")
     p.add_argument("model", choices=["digits-cnn"], help="model to train")
-    p.add_argument(
-        "--out", default="digits_cnn.pt", help="where to save the state_dict (default digits_cnn.pt)"
-    )
+    _out(p, "digits_cnn.pt", "where to save the state_dict")
     p.add_argument("--epochs", type=_positive_int, default=6, help="epochs (default 6)")
     p.add_argument(
         "--n-train",
@@ -248,40 +246,27 @@ def _add_train(sub: Subparsers) -> None:
 
 
 def _add_demo_and_reproduce(sub: Subparsers) -> None:
-    p = sub.add_parser(
-        "demo",
-        help="the embedded benchmark: focused vs unfocused PGD/FGSM/C&W on the digits CNN",
-        description=DESCRIPTIONS["demo"],
+    commands = (
+        ("demo", "the embedded benchmark: focused vs unfocused PGD/FGSM/C&W on the digits CNN", DEMO_N),
+        ("reproduce", "every focuser under the CAMERAS paper protocol, on the photos and the digits", None),
     )
-    p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
-    _attack_args(p, DEMO_N)
-    p.add_argument("--photos", type=_positive_int, default=None, help="photos attacked (default: all)")
-    p.add_argument(
-        "--gpnn-variations", type=_positive_int, default=GPNN_CAM_VARIATIONS, help=GPNN_VARIATIONS_HELP
-    )
-    _paper_args(p)
-    _common(p)
-
-    p = sub.add_parser(
-        "reproduce",
-        help="every focuser under the CAMERAS paper protocol, on the photos and the digits",
-        description=DESCRIPTIONS["reproduce"],
-    )
-    p.add_argument("--out", default="runs/reproduce", help="output folder (default runs/reproduce)")
-    _attack_args(p, None)
-    p.add_argument(
-        "--gpnn-variations", type=_positive_int, default=GPNN_CAM_VARIATIONS, help=GPNN_VARIATIONS_HELP
-    )
-    _paper_args(p)
-    _common(p)
+    for name, help, n in commands:
+        p = _command(sub, name, help)
+        _out(p, f"runs/{name}")
+        _attack_args(p, n)
+        if name == "demo":
+            p.add_argument(
+                "--photos", type=_positive_int, default=None, help="photos attacked (default: all)"
+            )
+        p.add_argument(
+            "--gpnn-variations", type=_positive_int, default=GPNN_CAM_VARIATIONS, help=GPNN_VARIATIONS_HELP
+        )
+        _paper_args(p)
+        _common(p)
 
 
 def _add_evaluate(sub: Subparsers) -> None:
-    p = sub.add_parser(
-        "evaluate",
-        help="focused vs unfocused attacks for any zoo model and data",
-        description=DESCRIPTIONS["evaluate"],
-    )
+    p = _command(sub, "evaluate", "focused vs unfocused attacks for any zoo model and data")
     _model_args(p, GRID["model"])
     p.add_argument(
         "--data",
@@ -349,20 +334,23 @@ def _metric_args(p: argparse.ArgumentParser, n: int, n_help: str, batch_help: st
     p.add_argument("--batch-size", type=_positive_int, default=GRID["batch_size"], help=batch_help)
 
 
-def _add_pointing_game(sub: Subparsers) -> None:
+def _metric_command(
+    sub: Subparsers, name: str, help: str, data_help: str, options: Callable[[argparse.ArgumentParser], None]
+) -> None:
+    """A saliency-metric subcommand on the digits CNN: ``--model``, ``--data``, its ``options``, the
+    saliency settings, ``--out`` (default ``runs/{name}``) and the common options."""
+    p = _command(sub, name, help)
+    _model_args(p, "digits-cnn")
+    p.add_argument("--data", default="digits", help=data_help)
+    options(p)
+    add_saliency_args(p)
+    _out(p, f"runs/{name.replace('-', '_')}")
+    _common(p)
+
+
+def _pointing_game_options(p: argparse.ArgumentParser) -> None:
     from evaluation.pointing import TORCHRAY_TOLERANCE
 
-    p = sub.add_parser(
-        "pointing-game",
-        help="pointing game accuracy of saliency methods",
-        description=DESCRIPTIONS["pointing-game"],
-    )
-    _model_args(p, "digits-cnn")
-    p.add_argument(
-        "--data",
-        default="digits",
-        help="'digits' (embedded benchmark) or a Pascal VOC folder (default digits)",
-    )
     _metric_args(
         p,
         1000,
@@ -376,45 +364,42 @@ def _add_pointing_game(sub: Subparsers) -> None:
         help=f"hit radius in px where the boxes are scored (default: VOC {TORCHRAY_TOLERANCE}, TorchRay's, "
         f"at the original image size; digits {TORCHRAY_TOLERANCE} * size / 224, our own scaling)",
     )
-    add_saliency_args(p)
-    p.add_argument("--out", default="runs/pointing_game", help="output folder (default runs/pointing_game)")
-    _common(p)
 
 
-def _add_insertion_deletion(sub: Subparsers) -> None:
-    p = sub.add_parser(
-        "insertion-deletion",
-        help="insertion and deletion AUC (RISE) of saliency methods",
-        description=DESCRIPTIONS["insertion-deletion"],
-    )
-    _model_args(p, "digits-cnn")
-    p.add_argument("--data", default="digits", help=METRIC_DATA_HELP)
+def _insertion_deletion_options(p: argparse.ArgumentParser) -> None:
     batch_help = f"images per batch (default {GRID['batch_size']})"
     _metric_args(p, 100, "number of images (photos: at most all of them)", batch_help)
-    add_saliency_args(p)
-    p.add_argument(
-        "--out", default="runs/insertion_deletion", help="output folder (default runs/insertion_deletion)"
-    )
-    _common(p)
 
 
-def _add_sanity(sub: Subparsers) -> None:
-    p = sub.add_parser(
-        "sanity",
-        help="cascading model-randomisation sanity check of a method",
-        description=DESCRIPTIONS["sanity"],
-    )
-    _model_args(p, "digits-cnn")
+def _sanity_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--method",
         default="cameras",
         help=f"saliency method: {METHOD_NAMES}; with focused-attacks[extra]: {EXTRA} (default cameras)",
     )
-    p.add_argument("--data", default="digits", help=METRIC_DATA_HELP)
     p.add_argument("--n", type=_positive_int, default=32, help="number of images (default 32)")
-    add_saliency_args(p)
-    p.add_argument("--out", default="runs/sanity", help="output folder (default runs/sanity)")
-    _common(p)
+
+
+def _add_metrics(sub: Subparsers) -> None:
+    """pointing-game, insertion-deletion and sanity."""
+    voc_help = "'digits' (embedded benchmark) or a Pascal VOC folder (default digits)"
+    _metric_command(
+        sub, "pointing-game", "pointing game accuracy of saliency methods", voc_help, _pointing_game_options
+    )
+    _metric_command(
+        sub,
+        "insertion-deletion",
+        "insertion and deletion AUC (RISE) of saliency methods",
+        METRIC_DATA_HELP,
+        _insertion_deletion_options,
+    )
+    _metric_command(
+        sub,
+        "sanity",
+        "cascading model-randomisation sanity check of a method",
+        METRIC_DATA_HELP,
+        _sanity_options,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -426,16 +411,10 @@ def build_parser() -> argparse.ArgumentParser:
         f"attacks, and their evaluation. Every option's default is in its help ({PROG} COMMAND --help).",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    sub.add_parser(
-        "models",
-        help="list the zoo's models and which ship trained weights",
-        description=DESCRIPTIONS["models"],
-    )
+    _command(sub, "models", "list the zoo's models and which ship trained weights")
     _add_saliency(sub)
     _add_train(sub)
     _add_demo_and_reproduce(sub)
     _add_evaluate(sub)
-    _add_pointing_game(sub)
-    _add_insertion_deletion(sub)
-    _add_sanity(sub)
+    _add_metrics(sub)
     return parser
