@@ -54,8 +54,8 @@ INTERRUPTED = {
 
 @contextlib.contextmanager
 def _option(name: str) -> Iterator[None]:
-    """Turn a library's ``ValueError`` about the user's ``name`` option (an :class:`~evaluation.errors.InputError` too)
-    into a :class:`CLIError` naming it."""
+    """Turn a library's ``ValueError`` about the user's ``name`` option (an
+    :class:`~evaluation.errors.InputError` too) into a :class:`CLIError` naming it."""
     try:
         yield
     except ValueError as err:
