@@ -26,7 +26,7 @@ from evaluation.configs import PROTOCOL
 from evaluation.errors import CLIError, UserError
 from evaluation.focusers import (
     GPNN_CAM,
-    GPNN_CAM_SETTINGS,
+    GPNN_CAM_GPNNS,
     GRID_FOCUSERS,
     PAPER_FOCUSERS,
     UNIFORM,
@@ -171,7 +171,7 @@ def cmd_saliency(args: argparse.Namespace) -> int:
     out = Path(args.out)
     args.held.enter_context(lock(out))
     for i in tqdm(range(len(x)), desc=f"{args.method} maps", disable=args.quiet):
-        params = (layers, args.seed, args.gpnn_variations)
+        params = (layers, args.seed, args.gpnn_variations, GPNN_CAM_GPNNS[args.gpnn])
         maps = compute_maps(args.method, classifier, x[i : i + 1], targets[i : i + 1], [i], *params)
         save_map(out / stems[i], x[i], maps[0])
         print(f"{args.images[i]}: class {int(targets[i])} -> {out / stems[i]}.npy, .png")
@@ -226,7 +226,7 @@ def _paper_config(args: argparse.Namespace, model: str, data: str, focusers: Seq
         "size": getattr(args, "size", None),
         "layers": tuple(split(getattr(args, "layer", None))) or None,
         "batch_size": args.batch_size,
-        "gpnn_params": GPNN_CAM_SETTINGS if getattr(args, "gpnn_fast", True) else {},
+        "gpnn_params": GPNN_CAM_GPNNS[args.gpnn],
     }
     return PaperConfig(
         model=model,
@@ -275,7 +275,7 @@ def _grid_config(args: argparse.Namespace, methods: list[str]) -> Any:
         batch_size=args.batch_size or ExperimentConfig.batch_size,
         seed=args.seed,
         gpnn_variations=args.gpnn_variations,
-        gpnn_params=GPNN_CAM_SETTINGS if args.gpnn_fast else {},
+        gpnn_params=GPNN_CAM_GPNNS[args.gpnn],
         attack_params=eps_min,
     )
 
@@ -310,7 +310,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         batch_size=args.batch_size or ExperimentConfig.batch_size,
         seed=args.seed,
         gpnn_variations=args.gpnn_variations,
-        gpnn_params=GPNN_CAM_SETTINGS,
+        gpnn_params=GPNN_CAM_GPNNS[args.gpnn],
     )
     _run_grid(config, args, Path(args.out) / "digits")
     args.n, args.batch_size = args.photos, None  # None: every photo, the protocol's batch
@@ -342,7 +342,7 @@ def _metric_run(args: argparse.Namespace, methods: Sequence[str], option: str) -
         **options,
         size=size,
         layers=_layers(args),
-        gpnn_fast=args.gpnn_fast,
+        gpnn=args.gpnn,
         out=args.out,
         verbose=not args.quiet,
     )

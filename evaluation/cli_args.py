@@ -16,7 +16,8 @@ from evaluation.focusers import (
     CAMS,
     EXTRA_METHODS,
     GPNN_CAM,
-    GPNN_CAM_SETTINGS,
+    GPNN_CAM_GPNN,
+    GPNN_CAM_GPNNS,
     GPNN_CAM_VARIATIONS,
     GRID_FOCUSERS,
     METRIC_METHODS,
@@ -34,8 +35,6 @@ REAL_MODEL = "efficientnet-lite0"
 #: The saliency methods' names, for the help texts.
 EXTRA = ", ".join(EXTRA_METHODS)
 METHOD_NAMES = ", ".join((*CAMS, GPNN_CAM))
-#: Help of --gpnn-variations.
-GPNN_VARIATIONS_HELP = f"GPNN-CAM variations per image (default {GPNN_CAM_VARIATIONS})"
 #: ``--data`` of sanity and insertion-deletion.
 METRIC_DATA_HELP = (
     "'digits' (the embedded benchmark), 'photos' (the bundled photographs) or an image folder "
@@ -112,18 +111,29 @@ def _weights(text: str) -> str | None:
 
 def add_saliency_args(parser: argparse.ArgumentParser) -> None:
     """The saliency options of ``evaluate`` and the saliency-metric commands: ``--size`` (default: the
-    model's input size), ``--layer`` (repeatable; default: the zoo's layers), ``--gpnn-variations`` and
-    ``--gpnn-fast`` (:data:`evaluation.focusers.GPNN_CAM_VARIATIONS`, ``GPNN_CAM_SETTINGS``)."""
+    model's input size), ``--layer`` (repeatable; default: the zoo's layers) and :func:`add_gpnn_args`."""
     size_help = "image side (default: the model's input size)"
     parser.add_argument("--size", type=_positive_int, default=None, help=size_help)
     parser.add_argument("--layer", action="append", help="target layer(s) (default: the zoo's)")
+    add_gpnn_args(parser)
+
+
+def add_gpnn_args(parser: argparse.ArgumentParser, variations: int = GPNN_CAM_VARIATIONS) -> None:
+    """``--gpnn-variations`` (default ``variations``: :data:`evaluation.focusers.GPNN_CAM_VARIATIONS`, or
+    GPNN-CAM's own 100 for one map) and ``--gpnn`` (:data:`evaluation.focusers.GPNN_CAM_GPNNS`)."""
     parser.add_argument(
-        "--gpnn-variations", type=_positive_int, default=GPNN_CAM_VARIATIONS, help=GPNN_VARIATIONS_HELP
+        "--gpnn-variations",
+        type=_positive_int,
+        default=variations,
+        help=f"GPNN-CAM variations per image (default {variations})",
     )
     parser.add_argument(
-        "--gpnn-fast",
-        action="store_true",
-        help=f"the demo's reduced GPNN {GPNN_CAM_SETTINGS} (default off: GPNN-CAM's preset)",
+        "--gpnn",
+        choices=tuple(GPNN_CAM_GPNNS),
+        default=GPNN_CAM_GPNN,
+        help="GPNN-CAM's variation generator: 'faiss' (the full method, FAISS search), 'exact' (exact "
+        "search, far slower on a CPU) or 'reduced' (1 iteration per level, coarsest 32 px: quick checks) "
+        f"(default {GPNN_CAM_GPNN}; docs/gpnn.md)",
     )
 
 
@@ -222,12 +232,7 @@ def _add_saliency(sub: Subparsers) -> None:
         default=None,
         help="image side after resize + centre crop (default: the model's input size)",
     )
-    p.add_argument(
-        "--gpnn-variations",
-        type=_positive_int,
-        default=100,
-        help="GPNN-CAM variations per image (default 100)",
-    )
+    add_gpnn_args(p, variations=100)
     _common(p)
 
 
@@ -258,9 +263,7 @@ def _add_demo_and_reproduce(sub: Subparsers) -> None:
             p.add_argument(
                 "--photos", type=_positive_int, default=None, help="photos attacked (default: all)"
             )
-        p.add_argument(
-            "--gpnn-variations", type=_positive_int, default=GPNN_CAM_VARIATIONS, help=GPNN_VARIATIONS_HELP
-        )
+        add_gpnn_args(p)
         _paper_args(p)
         _common(p)
 

@@ -16,7 +16,14 @@ import numpy as np
 
 from evaluation.attacks import ATTACKS, DEFAULT_ATTACK_PARAMS, check_attacks
 from evaluation.errors import InputError
-from evaluation.focusers import GPNN_CAM_VARIATIONS, GRID_FOCUSERS, PAPER_FOCUSERS, UNFOCUSED, check_names
+from evaluation.focusers import (
+    GPNN_CAM_SETTINGS,
+    GPNN_CAM_VARIATIONS,
+    GRID_FOCUSERS,
+    PAPER_FOCUSERS,
+    UNFOCUSED,
+    check_names,
+)
 
 #: The CAMERAS paper protocol's name (``evaluate --protocol``).
 PROTOCOL = "cameras-paper"
@@ -52,7 +59,7 @@ class ExperimentConfig:
     batch_size: int = 50
     seed: int = 0
     gpnn_variations: int = GPNN_CAM_VARIATIONS
-    gpnn_params: dict[str, Any] = field(default_factory=dict)
+    gpnn_params: dict[str, Any] = field(default_factory=lambda: dict(GPNN_CAM_SETTINGS))
     attack_params: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -137,7 +144,7 @@ class PaperConfig:
     eps_step: float = 0.5 / 255
     max_iter: int = 100
     gpnn_variations: int = GPNN_CAM_VARIATIONS
-    gpnn_params: dict[str, Any] = field(default_factory=dict)
+    gpnn_params: dict[str, Any] = field(default_factory=lambda: dict(GPNN_CAM_SETTINGS))
     n_figures: int = 12
     protocol: str = PROTOCOL
 

@@ -5,7 +5,7 @@ A focuser gives the maps whose top pixels an attack may change (and which the sa
 (``saliency.METHODS``), GPNN-CAM, the optional libraries' methods (``pip install 'focused-attacks[extra]'``),
 the centre and random baselines and the CAMERAS paper protocol's controls (uniform, shuffled). Names are
 checked here once (:func:`check_names`); the evaluation's GPNN-CAM settings are defined here once
-(:data:`GPNN_CAM_VARIATIONS`, :data:`GPNN_CAM_SETTINGS`).
+(:data:`GPNN_CAM_VARIATIONS`, :data:`GPNN_CAM_GPNNS`).
 
 Importing this module imports neither torch nor the saliency package (the CLI's ``--help`` reads it).
 """
@@ -34,11 +34,21 @@ GPNN_CAM = "gpnn-cam"
 #: The single-layer CAMs of ``saliency.METHODS``.
 CAMS = ("cameras", "gradcam", "hirescam", "gradcam++", "layercam")
 
-#: GPNN-CAM in the evaluation (every command, the configs and the metrics): variations per image, and
-#: the reduced GPNN of ``--gpnn-fast`` and the demo (1 EM step per level, coarsest side 32, 5x5 patches;
-#: ~0.5 s per 64 px image on 2 CPU cores instead of ~20 s with GPNN-CAM's preset, at 4 variations).
-GPNN_CAM_VARIATIONS = 4
-GPNN_CAM_SETTINGS: dict[str, Any] = {"iters": 1, "coarsest": 32, "patch_size": 5}
+#: GPNN-CAM in the evaluation (every command, the configs and the metrics): variations per image.
+GPNN_CAM_VARIATIONS = 32
+#: The GPNNs the evaluation runs GPNN-CAM with (``--gpnn``), as settings that replace some of GPNN-CAM's
+#: preset (docs/gpnn.md): ``faiss``, the method in full (10 levels for 224 px, 10 iterations at most) with
+#: the FAISS search (PCA-30, IVF, 4 candidates re-ranked by the completeness score) and each variation
+#: leaving a level once at most 5 % of its field changes; ``exact``, the exact search, every iteration;
+#: ``reduced``, a cut-down GPNN for quick checks (1 iteration per level, coarsest side 32, 5x5 patches).
+GPNN_CAM_GPNNS: dict[str, dict[str, Any]] = {
+    "faiss": {"search": "faiss", "pca_dims": 30, "index": "ivf", "candidates": 4, "early_stop": 0.05},
+    "exact": {},
+    "reduced": {"iters": 1, "coarsest": 32, "patch_size": 5},
+}
+#: The default of ``--gpnn``, and its settings.
+GPNN_CAM_GPNN = "faiss"
+GPNN_CAM_SETTINGS: dict[str, Any] = GPNN_CAM_GPNNS[GPNN_CAM_GPNN]
 #: GPNN settings :func:`gpnn_generator` accepts.
 GPNN_NAMES = (
     "patch_size",
@@ -50,6 +60,14 @@ GPNN_NAMES = (
     "init",
     "fold",
     "search",
+    "pca_dims",
+    "index",
+    "nlist",
+    "nprobe",
+    "candidates",
+    "pyramid",
+    "upsample",
+    "early_stop",
 )
 
 #: The attack grid's focusers (the demo's, and evaluate's default).
@@ -63,12 +81,12 @@ METRIC_METHODS = ("gradcam", "hirescam", "gradcam++", "layercam", "cameras", GPN
 @dataclass(frozen=True)
 class MapSettings:
     """How maps are made: target layers (single-layer methods use the first), seed, and GPNN-CAM's
-    variations and GPNN settings (empty: GPNN-CAM's preset)."""
+    variations and GPNN settings (replacing GPNN-CAM's preset's; empty: the exact preset itself)."""
 
     layers: Sequence[str]
     seed: int = 0
     gpnn_variations: int = GPNN_CAM_VARIATIONS
-    gpnn_params: dict[str, Any] = field(default_factory=dict)
+    gpnn_params: dict[str, Any] = field(default_factory=lambda: dict(GPNN_CAM_SETTINGS))
 
     def maps(
         self, method: str, classifier: Any, x: np.ndarray, targets: np.ndarray, items: Sequence[int]
@@ -130,19 +148,15 @@ def shuffled_maps(maps: np.ndarray, image_ids: Sequence[int], seed: int) -> np.n
 
 def gpnn_generator(overrides: dict[str, Any] | None = None) -> Any:
     """GPNN-CAM's GPNN preset (``saliency.gpnn_cam.gpnn_cam_preset``) with some settings replaced, e.g.
-    :data:`GPNN_CAM_SETTINGS` for a fast CPU run; None/empty: the preset itself."""
-    from saliency.gpnn import GPNN
+    one of :data:`GPNN_CAM_GPNNS`; None/empty: the exact preset itself."""
     from saliency.gpnn_cam import gpnn_cam_preset
 
-    preset = gpnn_cam_preset()
-    if not overrides:
-        return preset
-    unknown = set(overrides) - set(GPNN_NAMES)
+    unknown = set(overrides or {}) - set(GPNN_NAMES)
     if unknown:
         raise InputError(
             f"gpnn_params: unknown GPNN settings {sorted(unknown)}; valid: {', '.join(GPNN_NAMES)}"
         )
-    return GPNN(**{**{k: getattr(preset, k) for k in GPNN_NAMES}, **overrides})
+    return gpnn_cam_preset(**(overrides or {}))
 
 
 def _cam(name: str) -> Factory:
@@ -290,7 +304,8 @@ def saliency_method(
     entry = FOCUSERS[name]
     if entry.build is None:
         raise InputError(f"saliency: {name!r} has no method object (it needs image ids)")
-    return entry.build(model, MapSettings(list(layers), seed, gpnn_variations, dict(gpnn_params or {})))
+    params = GPNN_CAM_SETTINGS if gpnn_params is None else gpnn_params  # {}: the exact preset
+    return entry.build(model, MapSettings(list(layers), seed, gpnn_variations, dict(params)))
 
 
 def compute_maps(

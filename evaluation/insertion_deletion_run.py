@@ -172,7 +172,7 @@ def run_insertion_deletion(
         "command": "insertion-deletion",
         **{"model": run.model, "weights": run.weights, "data": run.data, "n": run.n},
         **{"size": run.size, "layers": run.layers, "batch_size": batch_size, "seed": run.seed},
-        **{"gpnn_variations": run.gpnn_variations, "gpnn_fast": run.gpnn_fast},
+        **{"gpnn_variations": run.gpnn_variations, "gpnn": run.gpnn},
     }
     with lock(run.out):
         log, saved = open_run(run.out, config, RECORDS, record_key, data_digest([x]))

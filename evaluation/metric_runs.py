@@ -14,14 +14,14 @@ from typing import Any
 
 import numpy as np
 
-from evaluation.focusers import GPNN_CAM_SETTINGS, MapSettings
+from evaluation.focusers import GPNN_CAM_GPNNS, MapSettings
 
 
 @dataclass(frozen=True)
 class MetricRun:
     """The options every saliency-metric run takes: the model (``weights`` None: its default), the data
-    (``n`` images at ``size`` px), the target layers, the seed, GPNN-CAM's variations and whether it uses
-    the reduced GPNN (:data:`evaluation.focusers.GPNN_CAM_SETTINGS`), the output folder and progress bars."""
+    (``n`` images at ``size`` px), the target layers, the seed, GPNN-CAM's variations and GPNN (a name of
+    :data:`evaluation.focusers.GPNN_CAM_GPNNS`), the output folder and progress bars."""
 
     model: str
     weights: str | None
@@ -31,14 +31,13 @@ class MetricRun:
     layers: list[str]
     seed: int
     gpnn_variations: int
-    gpnn_fast: bool
+    gpnn: str
     out: str
     verbose: bool = True
 
     def settings(self) -> MapSettings:
         """How the run makes its maps."""
-        gpnn_params = GPNN_CAM_SETTINGS if self.gpnn_fast else {}
-        return MapSettings(self.layers, self.seed, self.gpnn_variations, gpnn_params)
+        return MapSettings(self.layers, self.seed, self.gpnn_variations, GPNN_CAM_GPNNS[self.gpnn])
 
     def weights_label(self) -> str:
         """How the report names the weights: digits-cnn's and EfficientNet-Lite's default are shipped."""
@@ -121,7 +120,7 @@ def report_gpnn_cost(run: MetricRun, classifier: Any, image: np.ndarray, maps_le
     if maps_left == 0:
         return
     per_map = gpnn_seconds_per_map(classifier, image, run.settings())
-    faster = "fewer --gpnn-variations" if run.gpnn_fast else "--gpnn-fast or fewer --gpnn-variations"
+    faster = "fewer --gpnn-variations" + ("" if run.gpnn == "reduced" else " or --gpnn reduced")
     print(
         f"gpnn-cam: about {_duration(per_map)} per image at {image.shape[-2]}x{image.shape[-1]} px "
         f"({run.gpnn_variations} variations), about {_duration(per_map * maps_left)} for the {maps_left} "

@@ -310,7 +310,7 @@ def run_pointing_game(
         "command": "pointing-game",
         **{"model": run.model, "weights": run.weights, "data": run.data, "n": run.n},
         **{"size": run.size, "layers": run.layers, "tolerance": data.tolerance, "batch_size": batch_size},
-        **{"seed": run.seed, "gpnn_variations": run.gpnn_variations, "gpnn_fast": run.gpnn_fast},
+        **{"seed": run.seed, "gpnn_variations": run.gpnn_variations, "gpnn": run.gpnn},
     }
     digest = data_digest([*(group.x for group in data.groups), data.classes, *data.boxes])
     with lock(run.out):

@@ -160,7 +160,7 @@ def run_sanity(run: MetricRun, method: str, classifier: Any) -> tuple[list[dict[
         **{"model": run.model, "weights": run.weights, "method": method, "n": run.n},
         "data": None if run.data == "digits" else run.data,  # None: as before --data existed
         **{"size": run.size, "layers": run.layers, "seed": run.seed},
-        **{"gpnn_variations": run.gpnn_variations, "gpnn_fast": run.gpnn_fast},
+        **{"gpnn_variations": run.gpnn_variations, "gpnn": run.gpnn},
     }
     with lock(run.out):
         log, completed = open_run(run.out, config, RECORDS, record_key, data.digest())

@@ -714,7 +714,7 @@ def test_insertion_deletion_resumes(tmp_path, capsys, monkeypatch):
 def test_gpnn_cam_cost_is_estimated_before_computing(tmp_path, capsys):
     out = str(tmp_path / "pg")
     argv = ["pointing-game", "--methods", "centre,gpnn-cam", "--n", "2", "--batch-size", "2", "--quiet"]
-    argv += ["--gpnn-variations", "2", "--gpnn-fast", "--out", out]
+    argv += ["--gpnn-variations", "2", "--gpnn", "reduced", "--out", out]
     assert main(argv) == 0
     err = capsys.readouterr().err
     assert "gpnn-cam: about " in err and " per image at 64x64 px (2 variations), about " in err
