@@ -13,7 +13,7 @@ one and the seconds per map (the speed comparison proper, with ratios measured i
 
 Each map is saved in ``--out`` as it is computed (``maps_<config>_<photo>.npy`` and a line in
 ``times.jsonl``); a rerun reuses them (resume after a crash; delete a file to recompute it). ``--grid PNG``
-also draws the photographs with two variations each of every configuration.
+instead only draws the photographs with two variations each of every configuration of ``--configs``.
 
 Example: ``python benchmarks/gpnn_quality.py --out runs/gpnn_quality --configs exact faiss authors``.
 """
@@ -145,14 +145,17 @@ def main() -> None:
     parser.add_argument("--configs", nargs="+", default=["exact", "faiss", "authors"])
     parser.add_argument("--variations", type=int, default=10, help="GPNN-CAM variations per map (default 10)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--grid", type=Path, default=None, help="PNG of variations to write (default none)")
+    parser.add_argument(
+        "--grid", type=Path, default=None, help="only draw the variations of --configs into this PNG"
+    )
     args = parser.parse_args()
+    if args.grid is not None:
+        draw_grid(args.grid, args.configs, args.seed)
+        return
     configs = ["exact", *[c for c in args.configs if c != "exact"]]
     args.out.mkdir(parents=True, exist_ok=True)
     maps = compute_maps(args.out, configs, args.variations, args.seed)
     print_table(args.out, maps)
-    if args.grid is not None:
-        draw_grid(args.grid, configs, args.seed)
 
 
 if __name__ == "__main__":

@@ -107,6 +107,28 @@ def _check_positive_int(name: str, value: object, minimum: int = 1) -> None:
         raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
 
 
+def _check_search_settings(
+    search: str,
+    pca_dims: object,
+    index: object,
+    nlist: object,
+    nprobe: object,
+    candidates: object,
+    early_stop: object,
+) -> None:
+    """The FAISS search's settings and ``early_stop`` (errors name the argument)."""
+    if early_stop is not None and (not is_real(early_stop) or not 0 <= early_stop < 1):
+        raise ValueError(f"early_stop must be None or a fraction in [0, 1), got {early_stop!r}")
+    if pca_dims is not None:
+        _check_positive_int("pca_dims", pca_dims)
+        if search != "faiss":
+            raise ValueError(f"pca_dims applies to search='faiss' only, got search={search!r}")
+    _check_choice("index", index, INDEX_TYPES)
+    for name, value in (("nlist", nlist), ("nprobe", nprobe), ("candidates", candidates)):
+        if value is not None or name != "nlist":
+            _check_positive_int(name, value)
+
+
 class GPNN:
     """Generative Patch Nearest Neighbours: ``n`` variations of one image, generated as one batch.
 
@@ -183,18 +205,9 @@ class GPNN:
         _check_choice("search", search, SEARCHES)
         if chunk_size is not None:
             _check_positive_int("chunk_size", chunk_size)
-        if pca_dims is not None:
-            _check_positive_int("pca_dims", pca_dims)
-            if search != "faiss":
-                raise ValueError(f"pca_dims applies to search='faiss' only, got search={search!r}")
-        _check_choice("index", index, INDEX_TYPES)
-        for name, value in (("nlist", nlist), ("nprobe", nprobe), ("candidates", candidates)):
-            if value is not None or name != "nlist":
-                _check_positive_int(name, value)
+        _check_search_settings(search, pca_dims, index, nlist, nprobe, candidates, early_stop)
         _check_choice("pyramid", pyramid, PYRAMIDS)
         _check_choice("upsample", upsample, UPSAMPLING)
-        if early_stop is not None and (not is_real(early_stop) or not 0 <= early_stop < 1):
-            raise ValueError(f"early_stop must be None or a fraction in [0, 1), got {early_stop!r}")
         self.patch_size, self.scale_factor, self.coarsest = (
             int(patch_size),
             float(scale_factor),
