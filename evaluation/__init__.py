@@ -18,7 +18,7 @@ _EXPORTS = {
     "perturbation_norms": "evaluation.metrics",
     "centre_maps": "evaluation.saliency_metrics",
     "energy_pointing_game": "evaluation.saliency_metrics",
-    "insertion_deletion": "evaluation.saliency_metrics",
+    "insertion_deletion": "evaluation.insertion_deletion_metric",
     "pointing_game": "evaluation.saliency_metrics",
     "sanity_check": "evaluation.saliency_metrics",
 }

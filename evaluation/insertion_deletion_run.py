@@ -3,7 +3,7 @@
 Images are scored in batches; each (method, batch) becomes one record in ``DIR/insertion_deletion.jsonl``
 as soon as it is done, so a rerun resumes and a rerun with more methods computes only the new ones. The
 maps explain the model's prediction on the clean image, and insertion/deletion score that class
-(:func:`evaluation.saliency_metrics.insertion_deletion`, RISE's choice).
+(:func:`evaluation.insertion_deletion_metric.insertion_deletion`, RISE's choice).
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def score_batch(
     """One record: the maps of ``method`` for the images ``x`` (their indices ``items``) and the classes
     ``targets``, then their insertion and deletion AUCs per image, the sums of their curves (for the
     mean curves), which maps are blank, and the seconds the maps took."""
-    from evaluation.saliency_metrics import insertion_deletion
+    from evaluation.insertion_deletion_metric import insertion_deletion
 
     start = time.perf_counter()
     maps = settings.maps(method, classifier, x, targets, items)

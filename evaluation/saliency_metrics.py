@@ -1,5 +1,6 @@
-"""Saliency-map metrics: pointing game (TorchRay's rule), energy pointing game (Score-CAM), insertion and
-deletion (RISE) and the cascading model-parameter randomisation sanity check (Adebayo et al. 2018).
+"""Saliency-map metrics: pointing game (TorchRay's rule), energy pointing game (Score-CAM) and the cascading
+model-parameter randomisation sanity check (Adebayo et al. 2018); insertion and deletion (RISE) are in
+:mod:`evaluation.insertion_deletion_metric`.
 
 Maps are (N,H,W) arrays or tensors (numpy or torch); boxes are ``y0, x0, y1, x1`` in map pixels with
 ``y1, x1`` exclusive, either an (N,4) array (one box per image) or a list of N arrays (k_i,4).
@@ -8,12 +9,10 @@ Maps are (N,H,W) arrays or tensors (numpy or torch); boxes are ``y0, x0, y1, x1`
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from scipy.stats import rankdata
 from torch import nn
 from tqdm.auto import tqdm
@@ -21,7 +20,6 @@ from tqdm.auto import tqdm
 from saliency.base import (
     Targets,
     check_images,
-    is_int,
     model_in_eval,
     resolve_layer,
     resolve_targets,
@@ -168,101 +166,9 @@ def energy_pointing_game(maps: np.ndarray | torch.Tensor, boxes: Boxes) -> dict[
     return {"mean": float(fractions.mean()), "fractions": fractions, "blank": totals == 0}
 
 
-def gaussian_blur(x: torch.Tensor, kernel_size: int = 11, sigma: float = 5.0) -> torch.Tensor:
-    """The insertion substrate: each channel convolved with a normalised ``kernel_size`` square Gaussian
-    of standard deviation ``sigma``, zero padding (same size out). RISE's kernel, ``gaussian_filter``
-    (sigma 5, reflecting boundary) of an 11x11 delta, is flatter: it differs from this kernel by up to
-    28 % of this kernel's peak."""
-    coords = torch.arange(kernel_size, dtype=torch.float64) - (kernel_size - 1) / 2
-    g = torch.exp(-(coords**2) / (2 * sigma**2))
-    kernel = torch.outer(g, g)
-    kernel = (kernel / kernel.sum()).to(x)
-    c = x.shape[1]
-    weight = kernel.expand(c, 1, kernel_size, kernel_size)
-    return F.conv2d(x, weight, padding=kernel_size // 2, groups=c)
-
-
 def _module_device(module: nn.Module) -> torch.device:
     param = next(module.parameters(), None)
     return param.device if param is not None else torch.device("cpu")
-
-
-def insertion_deletion(
-    model: object,
-    x: np.ndarray | torch.Tensor,
-    maps: np.ndarray | torch.Tensor,
-    targets: Targets = None,
-    steps: int | None = None,
-    batch_size: int = 64,
-    verbose: bool = False,
-) -> dict[str, np.ndarray]:
-    """RISE's insertion and deletion scores, batched in torch.
-
-    Pixels are ranked by decreasing saliency (stable: on ties the first in row-major order goes first).
-    With ``p = ceil(H*W / steps)`` pixels per step and, as in RISE, ``n = ceil(H*W / p)`` steps (can be
-    fewer than ``steps``), step i = 0..n uses the top ``min(i*p, H*W)`` pixels: deletion sets them to 0
-    in all channels (starting from the image); insertion copies them from the image into a blurred copy
-    (:func:`gaussian_blur`). The score of each step is the softmax probability of the target class
-    (default: the class predicted on the clean image); the AUC is the normalised trapezoid
-    ``(sum s - s_0/2 - s_n/2) / n`` in [0,1].
-
-    Unlike RISE, which zeroes and blurs the normalised tensor (there 0 is the mean colour), both act here
-    on ``x``, before the model's preprocessing: deleted pixels are black, the blur's zero padding darkens
-    a 5-pixel border in input space, and the blur kernel differs (see :func:`gaussian_blur`).
-
-    Args:
-        model: ``nn.Module`` or ART ``PyTorchClassifier`` (its preprocessing is applied).
-        x: images (N,C,H,W) in the model's input space; maps: (N,H,W) saliency.
-        steps: requested number of steps; default H (one image row of pixels per step, RISE's 224 at
-            224x224).
-
-    Returns:
-        ``{"insertion": (N,), "deletion": (N,), "insertion_curve": (N,n+1), "deletion_curve": (N,n+1),
-        "targets": (N,)}`` numpy arrays (float64 scores, int64 targets).
-    """
-    module, preprocess = unwrap_model(model)
-    x = check_images(x).detach().float()
-    maps_np = _maps_numpy(maps)
-    n, c, h, w = x.shape
-    if maps_np.shape != (n, h, w):
-        raise ValueError(f"maps must have shape {(n, h, w)} to match x, got {maps_np.shape}")
-    steps = h if steps is None else steps
-    if not is_int(steps) or steps < 1:
-        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
-    if not is_int(batch_size) or batch_size < 1:
-        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-    device = _module_device(module)
-    x = x.to(device)
-    order = np.argsort(-maps_np.reshape(n, -1), axis=1, kind="stable")
-    rank = np.empty_like(order)
-    np.put_along_axis(rank, order, np.arange(h * w)[None].repeat(n, 0), axis=1)
-    rank_t = torch.from_numpy(rank).to(device).reshape(n, 1, h, w)
-    per_step = math.ceil(h * w / steps)
-    n_steps = math.ceil(h * w / per_step)
-    kept = torch.clamp(torch.arange(n_steps + 1, device=device) * per_step, max=h * w)
-
-    def probabilities(batch: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(module(preprocess(batch)), dim=1)
-
-    curves = {"insertion": torch.empty(n, n_steps + 1), "deletion": torch.empty(n, n_steps + 1)}
-    pairs = torch.cartesian_prod(torch.arange(n), torch.arange(n_steps + 1))
-    with torch.no_grad(), model_in_eval(module):
-        t = resolve_targets(targets, torch.cat([module(preprocess(b)) for b in x.split(batch_size)]))
-        blurred = gaussian_blur(x)
-        for chunk in tqdm(pairs.split(batch_size), desc="insertion/deletion", disable=not verbose):
-            img, step = chunk[:, 0].to(device), chunk[:, 1].to(device)
-            top = (rank_t[img] < kept[step].reshape(-1, 1, 1, 1)).to(x.dtype)
-            deleted = x[img] * (1 - top)
-            inserted = blurred[img] * (1 - top) + x[img] * top
-            for name, batch in (("deletion", deleted), ("insertion", inserted)):
-                p = probabilities(batch).gather(1, t[img][:, None])[:, 0]
-                curves[name][chunk[:, 0], chunk[:, 1]] = p.float().cpu()
-    out: dict[str, np.ndarray] = {"targets": t.cpu().numpy()}
-    for name, curve in curves.items():
-        s = curve.double().numpy()
-        out[name] = (s.sum(axis=1) - s[:, 0] / 2 - s[:, -1] / 2) / n_steps
-        out[f"{name}_curve"] = s
-    return out
 
 
 def _parameterised_layers(module: nn.Module) -> list[str]:

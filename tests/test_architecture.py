@@ -22,8 +22,6 @@ MAX_FUNCTION_LINES = 60
 LONG_FUNCTIONS = {
     # The bisection over eps: one loop whose branches share its state.
     "focused_attacks.search:minimal_eps": 63,
-    # Insertion and deletion curves in one pass over the batch (documented step by step inline).
-    "evaluation.saliency_metrics:insertion_deletion": 76,
 }
 
 

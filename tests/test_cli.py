@@ -648,13 +648,13 @@ def test_a_blank_map_is_named_on_stderr(tmp_path, capsys, monkeypatch):
     assert "a.png: the gradcam map of class" in err and "blank (all zero)" in err
 
 
-def test_insertion_deletion_aucs_are_saliency_metrics_own(tmp_path, capsys):
-    """The table's AUCs are the means of saliency_metrics.insertion_deletion on the same maps, batches and
-    predicted classes; the mean curves average its curves."""
+def test_insertion_deletion_aucs_are_the_metrics_own(tmp_path, capsys):
+    """The table's AUCs are the means of insertion_deletion_metric.insertion_deletion on the same maps,
+    batches and predicted classes; the mean curves average its curves."""
     from evaluation import zoo
     from evaluation.datasets import cluttered_digits
     from evaluation.focusers import compute_maps
-    from evaluation.saliency_metrics import insertion_deletion
+    from evaluation.insertion_deletion_metric import insertion_deletion
 
     out = tmp_path / "id"
     argv = ["insertion-deletion", "--methods", "gradcam,centre", "--n", "5", "--batch-size", "3", "--quiet"]

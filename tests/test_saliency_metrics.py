@@ -14,7 +14,8 @@ from scipy.stats import spearmanr
 from torch import nn
 
 from evaluation import centre_maps, energy_pointing_game, insertion_deletion, pointing_game, sanity_check
-from evaluation.saliency_metrics import _spearman, cascade_layers, cascade_maps, gaussian_blur
+from evaluation.insertion_deletion_metric import gaussian_blur
+from evaluation.saliency_metrics import _spearman, cascade_layers, cascade_maps
 from saliency import GradCAM
 
 # ---------------------------------------------------------------- pointing game
