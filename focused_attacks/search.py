@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from focused_attacks.base import FocusedEvasionAttack
 from focused_attacks.fgsm import FocusedFGSM
-from focused_attacks.inputs import Labels
+from focused_attacks.inputs import Labels, check_count
 from focused_attacks.masks import keep_outside, maps_to_mask
 from focused_attacks.pgd import FocusedPGD
 
@@ -121,8 +121,7 @@ def _check_bounds(low: float, high: float, steps: int, scale: str) -> None:
         raise ValueError(f"low and high must satisfy 0 <= low < high < inf, got low={low}, high={high}")
     if scale == "log" and low <= 0.0:
         raise ValueError(f"low must be > 0 with scale='log', got low={low}")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-        raise ValueError(f"steps must be a non-negative integer, got {steps!r}")
+    check_count("steps", steps)
 
 
 def minimal_eps(

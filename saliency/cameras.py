@@ -25,6 +25,7 @@ from saliency.base import (
     class_scores,
     empty_maps,
     gradients_of,
+    is_int,
     model_images,
     model_in_eval,
     normalize_maps,
@@ -114,7 +115,7 @@ class CAMERAS(SaliencyMethod):
             resolutions = list(resolutions)
             if not resolutions:
                 raise ValueError("resolutions must be a non-empty list of sizes in pixels, got []")
-            if any(not isinstance(r, int) or isinstance(r, bool) or r < 1 for r in resolutions):
+            if any(not is_int(r) or r < 1 for r in resolutions):
                 raise ValueError(f"resolutions must be positive ints (pixels), got {resolutions}")
         self.resolutions = resolutions
         self.same_label = check_same_label(same_label)
