@@ -49,6 +49,7 @@ from saliency.base import (
     SaliencyMethod,
     Targets,
     empty_maps,
+    is_int,
     model_images,
     model_in_eval,
     normalize_maps,
@@ -149,9 +150,9 @@ class GPNNCAM(SaliencyMethod):
         super().__init__(model)
         if isinstance(target_layers, (str, nn.Module)) or len(target_layers) == 0:
             raise ValueError("target_layers must be a non-empty list of layers, top first")
-        if not isinstance(n_variations, int) or n_variations < 2:
+        if not is_int(n_variations) or n_variations < 2:
             raise ValueError(f"n_variations must be an int >= 2, got {n_variations!r}")
-        if not isinstance(batch_variations, int) or not 2 <= batch_variations:
+        if not is_int(batch_variations) or not 2 <= batch_variations:
             raise ValueError(f"batch_variations must be an int >= 2, got {batch_variations!r}")
         if batch_variations > n_variations:
             raise ValueError(
@@ -165,6 +166,7 @@ class GPNNCAM(SaliencyMethod):
         self.target_layer_names = [name for name, _ in resolved]
         self.target_layers = [module for _, module in resolved]
         self.gpnn = gpnn if gpnn is not None else gpnn_cam_preset()
+        n_variations, batch_variations = int(n_variations), int(batch_variations)
         self.batch_sizes = [
             len(b) for b in np.array_split(np.arange(n_variations), n_variations // batch_variations)
         ]
