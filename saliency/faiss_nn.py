@@ -30,6 +30,8 @@ import math
 import numpy as np
 import torch
 
+from saliency.patches import matched_distances
+
 #: Index types of :class:`PatchIndex`.
 INDEX_TYPES = ("flat", "ivf")
 #: Seed of FAISS's k-means (IVF training): the index, hence the search, is reproducible.
@@ -159,7 +161,4 @@ def rerank(
         col_min.scatter_reduce_(1, candidates.reshape(batch, -1), estimate.reshape(batch, -1), "amin")
         score = estimate / (alpha + torch.gather(col_min, 1, candidates.reshape(batch, -1)).view_as(estimate))
         field = candidates.gather(2, score.argmin(dim=2, keepdim=True))[..., 0]
-    exact = torch.empty(field.shape, dtype=torch.float32, device=queries.device)
-    for b in range(batch):
-        exact[b] = (queries[b] - keys[field[b]]).pow_(2).mean(-1)
-    return field, exact
+    return field, matched_distances(queries, keys, field)

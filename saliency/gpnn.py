@@ -56,6 +56,7 @@ from saliency.patches import (
     extract_patches,
     fold_patches,
     fold_patches_weighted,
+    matched_distances,
     patch_counts,
 )
 from saliency.shifted_nn import nearest_neighbours_shifted
@@ -320,16 +321,23 @@ class GPNN:
         return self.search == "shifts" or (self.search == "auto" and device.type == "cpu")
 
     def _nearest(
-        self, current: torch.Tensor, keys: torch.Tensor, key_patches: torch.Tensor, index: PatchIndex | None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        self,
+        current: torch.Tensor,
+        keys: torch.Tensor,
+        key_patches: torch.Tensor,
+        index: PatchIndex | None,
+        need_distances: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(field (B, L) long, distances (B, L)): the key patch (among ``key_patches`` (L, d), the patches
-        of ``keys`` (1,C,h,w)) chosen for each patch of ``current`` (B,C,h,w), and its D."""
-        queries = extract_patches(current, self.patch_size)
+        of ``keys`` (1,C,h,w)) chosen for each patch of ``current`` (B,C,h,w), and its D (the exact
+        searches: only with ``need_distances``, else None; the shift search needs no query patches)."""
+        shifts = index is None and self._uses_shifts(current.device)
+        queries = None if shifts and not need_distances else extract_patches(current, self.patch_size)
         if index is not None:
             distances, found = index.search(queries.reshape(-1, queries.shape[-1]), self.candidates)
             shape = (*queries.shape[:2], -1)
             return rerank(queries, key_patches, found.view(shape), distances.view(shape), self.alpha)
-        if self._uses_shifts(current.device):
+        if shifts:
             field = nearest_neighbours_shifted(current, keys[0], self.patch_size, self.alpha)
         elif self.search == "triton":
             precision = "tf32" if self.tf32 else "ieee"
@@ -337,7 +345,7 @@ class GPNN:
         else:
             chunk = self.chunk_size or default_chunk_size(current.device)
             field = nearest_neighbours(queries, key_patches, self.alpha, chunk)
-        return field, (queries - key_patches[field]).pow_(2).mean(-1)
+        return field, matched_distances(queries, key_patches, field) if need_distances else None
 
     def _key_index(
         self, indexes: dict, key: tuple[int, bool], key_patches: torch.Tensor
@@ -366,6 +374,7 @@ class GPNN:
             ]
             counts = patch_counts(size, p, current.device)
             active = torch.arange(n, device=current.device)
+            need = self.fold == "distance" or level == 0  # fold weights; the returned D (level 0)
             field = torch.zeros((n, values.shape[0]), dtype=torch.long, device=current.device)
             distances = torch.zeros(field.shape, dtype=torch.float32, device=current.device)
             for iteration in range(self.iters):
@@ -373,14 +382,16 @@ class GPNN:
                 index = self._key_index(
                     indexes, (level, iteration == 0 and blurred is not sharp), key_patches
                 )
-                new_field, new_distances = self._nearest(current[active], keys, key_patches, index)
+                new_field, new_distances = self._nearest(current[active], keys, key_patches, index, need)
                 if self.fold == "distance":
                     weights = distance_weights(new_distances)
                     folded = fold_patches_weighted(values[new_field], weights, size, p)
                 else:
                     folded = fold_patches(values[new_field], size, p, counts)
                 changed = (new_field != field[active]).float().mean(1)
-                field[active], distances[active], current[active] = new_field, new_distances, folded
+                field[active], current[active] = new_field, folded
+                if new_distances is not None:
+                    distances[active] = new_distances
                 iterations[active.cpu(), level] += 1
                 if self.early_stop is not None and iteration >= 1:
                     active = active[changed > self.early_stop]

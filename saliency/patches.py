@@ -24,6 +24,15 @@ def patch_counts(size: tuple[int, int], patch_size: int, device: torch.device | 
     return F.fold(F.unfold(ones, patch_size), size, patch_size)
 
 
+def matched_distances(queries: torch.Tensor, keys: torch.Tensor, field: torch.Tensor) -> torch.Tensor:
+    """D, the mean squared difference per element, between each query patch and the key it was matched to:
+    queries (B, L, d), keys (N_k, d), field (B, L) long -> (B, L) float32 (one variation at a time)."""
+    out = torch.empty(field.shape, dtype=torch.float32, device=queries.device)
+    for b in range(field.shape[0]):
+        out[b] = (queries[b] - keys[field[b]]).pow_(2).mean(-1)
+    return out
+
+
 def fold_patches(
     patches: torch.Tensor, size: tuple[int, int], patch_size: int, counts: torch.Tensor | None = None
 ) -> torch.Tensor:
