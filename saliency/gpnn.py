@@ -22,19 +22,20 @@ neighbours, with the exact completeness-normalised search or a FAISS one (docs/g
   ``pca_dims`` leading principal components; ``index="flat"`` or ``"ivf"`` with ``nlist`` cells and
   ``nprobe`` probes), built once per level and key set and reused by every iteration and every variation
   (and by later calls on the same image). With ``candidates=1`` it is a plain (approximate) NN and alpha
-  is not used; with ``candidates=k`` the exact normalised score picks among the k keys found. It runs on
-  the CPU (faiss-cpu) whatever the device.
+  is not used; with ``candidates=k`` the normalised score, with D estimated from the search's distances,
+  picks among the k keys found. It runs on the CPU (faiss-cpu) whatever the device.
 * Keys: at every level, iteration 0 uses the coarser source up-sampled to this level (the source itself
   at the coarsest level), later iterations the sharp source; values are always the sharp source patches.
 * ``iters`` iterations at every level; with ``early_stop=f`` a variation leaves a level's iterations once
   at most a fraction f of its NN field changed in an iteration (from the second iteration on).
 * Patches p x p with stride 1 (:mod:`saliency.patches`), folded back by the uniform average of all
   overlapping patches (``fold="uniform"``, the paper) or by GPNN-CAM's distance-weighted average
-  (``fold="distance"``: weight exp(-D_q / sigma), sigma the std of that image's NN distances D_q, measured
-  on the full patches whatever the search). The output is a convex combination of source pixels, clamped
-  to [0,1] against rounding.
-* ``generate(..., return_field=True)`` also returns the final NN field, its distances and how many
-  iterations each variation ran at each level.
+  (``fold="distance"``: weight exp(-D_q / sigma), sigma the std of that image's NN distances D_q: exact
+  for the exact searches, the search's estimate for ``"faiss"``, as in the authors' pipeline), one offset
+  within the patch at a time (:func:`saliency.patches.fold_field`). The output is a convex combination of
+  source pixels, clamped to [0,1] against rounding.
+* ``generate(..., return_field=True)`` also returns the final NN field, its exact distances (on the full
+  patches, whatever the search) and how many iterations each variation ran at each level.
 """
 
 from __future__ import annotations
@@ -51,14 +52,7 @@ from saliency.base import is_int, is_real
 from saliency.faiss_nn import INDEX_TYPES, PatchIndex, rerank
 from saliency.gpnn_pyramid import PYRAMIDS, UPSAMPLING, build_pyramid, pyramid_sizes, resize
 from saliency.matmul_nn import default_chunk_size, nearest_neighbours
-from saliency.patches import (
-    distance_weights,
-    extract_patches,
-    fold_patches,
-    fold_patches_weighted,
-    matched_distances,
-    patch_counts,
-)
+from saliency.patches import distance_weights, extract_patches, fold_field, matched_distances
 from saliency.shifted_nn import nearest_neighbours_shifted
 
 #: Smallest ``scale_factor``: 1.05 already gives 57 pyramid levels for 224 px.
@@ -88,7 +82,7 @@ class GPNNOutput(NamedTuple):
 
     ``images`` (n,C,H,W) in [0,1]; ``field`` (n, L) long, for every output patch (row-major positions,
     L = (H-p+1)(W-p+1)) the index of the source patch pasted there; ``distances`` (n, L) float32, the
-    score's D (mean squared difference) between that patch's key and the query patch it was matched to;
+    exact D (mean squared difference) between that source patch and the query patch it was matched to;
     ``iterations`` (n, levels) long, the iterations each variation ran at each level, finest level first.
     """
 
@@ -329,17 +323,20 @@ class GPNN:
         need_distances: bool,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(field (B, L) long, distances (B, L)): the key patch (among ``key_patches`` (L, d), the patches
-        of ``keys`` (1,C,h,w)) chosen for each patch of ``current`` (B,C,h,w), and its D (the exact
-        searches: only with ``need_distances``, else None; the shift search needs no query patches)."""
-        shifts = index is None and self._uses_shifts(current.device)
-        queries = None if shifts and not need_distances else extract_patches(current, self.patch_size)
+        of ``keys`` (1,C,h,w)) chosen for each patch of ``current`` (B,C,h,w), and its D: the FAISS
+        search's estimate, or for the exact searches the exact D when ``need_distances`` (else None)."""
+        batch, dims = current.shape[0], key_patches.shape[1]
         if index is not None:
-            distances, found = index.search(queries.reshape(-1, queries.shape[-1]), self.candidates)
-            shape = (*queries.shape[:2], -1)
-            return rerank(queries, key_patches, found.view(shape), distances.view(shape), self.alpha)
-        if shifts:
+            distances, found = index.search_images(current, self.patch_size, self.candidates)
+            shape = (batch, -1, self.candidates)
+            return rerank(found.view(shape), distances.view(shape) / dims, key_patches.shape[0], self.alpha)
+        if self._uses_shifts(current.device):
             field = nearest_neighbours_shifted(current, keys[0], self.patch_size, self.alpha)
-        elif self.search == "triton":
+            if not need_distances:
+                return field, None
+            return field, matched_distances(extract_patches(current, self.patch_size), key_patches, field)
+        queries = extract_patches(current, self.patch_size)
+        if self.search == "triton":
             precision = "tf32" if self.tf32 else "ieee"
             field = triton_nn.nearest_neighbours_triton(queries, key_patches, self.alpha, precision)
         else:
@@ -372,29 +369,23 @@ class GPNN:
                 (blurred, values if blurred is sharp else extract_patches(blurred, p)[0]),
                 (sharp, values),
             ]
-            counts = patch_counts(size, p, current.device)
             active = torch.arange(n, device=current.device)
-            need = self.fold == "distance" or level == 0  # fold weights; the returned D (level 0)
             field = torch.zeros((n, values.shape[0]), dtype=torch.long, device=current.device)
-            distances = torch.zeros(field.shape, dtype=torch.float32, device=current.device)
+            queried = current.clone()  # each variation's queries at its last iteration
             for iteration in range(self.iters):
                 keys, key_patches = key_sets[min(iteration, 1)]
                 index = self._key_index(
                     indexes, (level, iteration == 0 and blurred is not sharp), key_patches
                 )
-                new_field, new_distances = self._nearest(current[active], keys, key_patches, index, need)
-                if self.fold == "distance":
-                    weights = distance_weights(new_distances)
-                    folded = fold_patches_weighted(values[new_field], weights, size, p)
-                else:
-                    folded = fold_patches(values[new_field], size, p, counts)
+                weighted = self.fold == "distance"
+                new_field, distances = self._nearest(current[active], keys, key_patches, index, weighted)
+                folded = fold_field(sharp, new_field, p, distance_weights(distances) if weighted else None)
                 changed = (new_field != field[active]).float().mean(1)
-                field[active], current[active] = new_field, folded
-                if new_distances is not None:
-                    distances[active] = new_distances
+                field[active], queried[active], current[active] = new_field, current[active], folded
                 iterations[active.cpu(), level] += 1
                 if self.early_stop is not None and iteration >= 1:
                     active = active[changed > self.early_stop]
                     if len(active) == 0:
                         break
+        distances = matched_distances(extract_patches(queried, p), values, field)
         return GPNNOutput(current, field, distances, iterations)

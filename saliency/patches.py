@@ -18,12 +18,6 @@ def extract_patches(images: torch.Tensor, patch_size: int) -> torch.Tensor:
     return windows.permute(0, 2, 3, 1, 4, 5).reshape(b, -1, c * p * p)
 
 
-def patch_counts(size: tuple[int, int], patch_size: int, device: torch.device | None = None) -> torch.Tensor:
-    """How many stride-1 patches cover each pixel: (1,1,H,W) float32."""
-    ones = torch.ones((1, 1, *size), device=device)
-    return F.fold(F.unfold(ones, patch_size), size, patch_size)
-
-
 def matched_distances(queries: torch.Tensor, keys: torch.Tensor, field: torch.Tensor) -> torch.Tensor:
     """D, the mean squared difference per element, between each query patch and the key it was matched to:
     queries (B, L, d), keys (N_k, d), field (B, L) long -> (B, L) float32 (one variation at a time)."""
@@ -31,18 +25,6 @@ def matched_distances(queries: torch.Tensor, keys: torch.Tensor, field: torch.Te
     for b in range(field.shape[0]):
         out[b] = (queries[b] - keys[field[b]]).pow_(2).mean(-1)
     return out
-
-
-def fold_patches(
-    patches: torch.Tensor, size: tuple[int, int], patch_size: int, counts: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Uniform average of overlapping patches: (B, L, C*p*p) -> (B,C,H,W) (inverse of extract_patches).
-
-    ``counts`` is :func:`patch_counts` for this size (computed when None).
-    """
-    if counts is None:
-        counts = patch_counts(size, patch_size, patches.device)
-    return F.fold(patches.transpose(1, 2), size, patch_size) / counts
 
 
 def distance_weights(distances: torch.Tensor) -> torch.Tensor:
@@ -59,9 +41,36 @@ def distance_weights(distances: torch.Tensor) -> torch.Tensor:
     return torch.exp(-(distances - low) / sigma).clamp_min(torch.finfo(distances.dtype).tiny)
 
 
-def fold_patches_weighted(
-    patches: torch.Tensor, weights: torch.Tensor, size: tuple[int, int], patch_size: int
+def fold_field(
+    source: torch.Tensor, field: torch.Tensor, patch_size: int, weights: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """Weighted average of overlapping patches: patches (B, L, C*p*p), weights (B, L) > 0 -> (B,C,H,W)."""
-    total = F.fold((patches * weights[..., None]).transpose(1, 2), size, patch_size)
-    return total / F.fold(weights[:, None, :].expand(-1, patch_size**2, -1), size, patch_size)
+    """The images made of the source patches a NN field chose, overlapping patches averaged.
+
+    Args:
+        source: (1,C,H,W) image whose stride-1 patches are pasted.
+        field: (B, L) long, for every patch position of the output (row-major, L = (H-p+1)(W-p+1)) the
+            index of the source patch pasted there (:func:`extract_patches`'s order).
+        patch_size: p.
+        weights: (B, L) > 0, each pasted patch's weight (None: the uniform average).
+
+    Returns:
+        (B,C,H,W): at each pixel the (weighted) average of the pasted patches covering it, i.e.
+        ``F.fold`` of ``extract_patches(source, p)[0][field]`` (times the weights) over the fold of the
+        weights; computed one offset within the patch at a time, without the (B, L, C*p*p) patches.
+    """
+    channels, height, width = source.shape[-3:]
+    p, batch = patch_size, field.shape[0]
+    rows, cols = height - p + 1, width - p + 1
+    pixels = source.reshape(channels, height * width)
+    corner = (field // cols) * width + field % cols  # the top-left source pixel of each pasted patch
+    weight = None if weights is None else weights.reshape(batch, 1, rows, cols).to(source.dtype)
+    total = torch.zeros((batch, channels, height, width), dtype=source.dtype, device=source.device)
+    for dy in range(p):
+        for dx in range(p):
+            pasted = pixels[:, corner + (dy * width + dx)].view(channels, batch, rows, cols).transpose(0, 1)
+            total[:, :, dy : dy + rows, dx : dx + cols] += pasted if weight is None else pasted * weight
+    if weight is None:
+        weight = torch.ones((batch, 1, rows, cols), dtype=source.dtype, device=source.device)
+    return total / F.conv_transpose2d(
+        weight, torch.ones((1, 1, p, p), dtype=weight.dtype, device=weight.device)
+    )

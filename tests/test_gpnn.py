@@ -17,8 +17,7 @@ from saliency.matmul_nn import nearest_neighbours, nearest_neighbours_naive
 from saliency.patches import (
     distance_weights,
     extract_patches,
-    fold_patches,
-    fold_patches_weighted,
+    fold_field,
 )
 from saliency.shifted_nn import nearest_neighbours_shifted
 
@@ -193,22 +192,50 @@ def test_search_algorithms_give_the_same_variations(cat: torch.Tensor) -> None:
     assert (shifts - matmul).abs().mean() < 1e-3
 
 
+def _fold(patches: torch.Tensor, size: tuple[int, int], p: int, weights: torch.Tensor | None = None):
+    """Reference: the (weighted) average of overlapping patches (B, L, C*p*p) by ``F.fold``."""
+    weights = torch.ones(patches.shape[:2]) if weights is None else weights
+    total = F.fold((patches * weights[..., None]).transpose(1, 2), size, p)
+    return total / F.fold(weights[:, None, :].expand(-1, p * p, -1), size, p)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    height=st.integers(5, 16),
+    width=st.integers(5, 16),
+    p=st.integers(1, 5),
+    batch=st.integers(1, 3),
+    weighted=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_fold_field_is_the_fold_of_the_chosen_patches(
+    height: int, width: int, p: int, batch: int, weighted: bool, seed: int
+) -> None:
+    g = torch.Generator().manual_seed(seed)
+    source = torch.rand(1, 2, height, width, generator=g)
+    values = extract_patches(source, p)[0]
+    field = torch.randint(0, values.shape[0], (batch, values.shape[0]), generator=g)
+    weights = torch.rand(field.shape, generator=g) + 0.01 if weighted else None
+    expected = _fold(values[field], (height, width), p, weights)
+    torch.testing.assert_close(fold_field(source, field, p, weights), expected)
+
+
 def test_return_field_reproduces_the_output(cat: torch.Tensor) -> None:
     out = GPNN(**FAST).generate(cat, 2, seed=4, return_field=True)
     assert torch.equal(out.images, GPNN(**FAST).generate(cat, 2, seed=4))
     n_patches = (24 - 4) * (36 - 4)
     assert out.field.shape == (2, n_patches) and out.distances.shape == (2, n_patches)
     values = extract_patches(cat[None], 5)[0]
-    torch.testing.assert_close(fold_patches(values[out.field], (24, 36), 5), out.images)
+    torch.testing.assert_close(_fold(values[out.field], (24, 36), 5), out.images)
     assert out.distances.min() >= 0
 
 
 def test_distance_weighted_fold(cat: torch.Tensor) -> None:
-    patches = extract_patches(torch.rand(2, 3, 12, 10, generator=torch.Generator().manual_seed(0)), 5)
-    equal = torch.full(patches.shape[:2], 0.3)
-    torch.testing.assert_close(
-        fold_patches_weighted(patches, equal, (12, 10), 5), fold_patches(patches, (12, 10), 5)
-    )
+    g = torch.Generator().manual_seed(0)
+    source = torch.rand(1, 3, 12, 10, generator=g)
+    field = torch.randint(0, 8 * 6, (2, 8 * 6), generator=g)
+    equal = torch.full(field.shape, 0.3)
+    torch.testing.assert_close(fold_field(source, field, 5, equal), fold_field(source, field, 5))
     d = torch.tensor([[0.0, 1.0, 2.0, 3.0], [2.0, 2.0, 2.0, 2.0], [0.0, 0.0, 0.0, 0.0]])
     sigma = d[0].std(correction=0)
     torch.testing.assert_close(distance_weights(d)[0], torch.exp(-d[0] / sigma))
@@ -219,10 +246,7 @@ def test_distance_weighted_fold(cat: torch.Tensor) -> None:
     uniform = GPNN(**FAST).generate(cat, 2, seed=2)
     assert weighted.images.min() >= 0 and weighted.images.max() <= 1
     assert (weighted.images - uniform).abs().mean() > 1e-4
-    values = extract_patches(cat[None], 5)[0]
-    refolded = fold_patches_weighted(
-        values[weighted.field], distance_weights(weighted.distances), (24, 36), 5
-    )
+    refolded = fold_field(cat[None], weighted.field, 5, distance_weights(weighted.distances))
     torch.testing.assert_close(refolded.clamp(0, 1), weighted.images)
 
 
@@ -231,7 +255,7 @@ def test_fold_of_extract_is_identity(size: tuple[int, int]) -> None:
     x = torch.rand(2, 3, *size, generator=torch.Generator().manual_seed(0))
     patches = extract_patches(x, 5)
     assert torch.equal(patches, F.unfold(x, 5).transpose(1, 2))
-    torch.testing.assert_close(fold_patches(patches, size, 5), x)
+    torch.testing.assert_close(_fold(patches, size, 5), x)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -85,14 +85,44 @@ def test_rerank_is_the_exact_normalised_argmin_when_every_key_is_a_candidate() -
     g = torch.Generator().manual_seed(0)
     queries, keys = torch.rand(2, 40, 12, generator=g), torch.rand(25, 12, generator=g)
     every = torch.arange(25).expand(2, 40, 25)
-    squared = (queries[:, :, None] - keys[every]).pow(2).sum(-1)  # what a flat index returns
-    field, dist = rerank(queries, keys, every, squared, alpha=0.005)
+    estimates = (queries[:, :, None] - keys[every]).pow(2).mean(-1)  # a flat index's distances / d
+    field, dist = rerank(every, estimates, 25, alpha=0.005)
     assert torch.equal(field, nearest_neighbours_naive(queries.double(), keys.double(), 0.005))
     torch.testing.assert_close(dist, (queries - keys[field]).pow(2).mean(-1))
-    # one candidate: that candidate, alpha unused, its exact distance
-    first, first_dist = rerank(queries, keys, every[..., :1], squared[..., :1] * 0, alpha=0.005)
-    assert torch.equal(first, torch.zeros_like(first))
-    torch.testing.assert_close(first_dist, (queries - keys[0]).pow(2).mean(-1))
+    # one candidate: that candidate and its estimate, alpha unused
+    first, first_dist = rerank(every[..., :1], estimates[..., :1] * 0, 25, alpha=0.005)
+    assert torch.equal(first, torch.zeros_like(first)) and torch.equal(
+        first_dist, torch.zeros_like(first_dist)
+    )
+
+
+@pytest.mark.parametrize("nprobe", [1, 3])
+def test_cell_scan_is_faiss_ivf_search(cat: torch.Tensor, nprobe: int) -> None:
+    """The IVF search scans the probed cells of the trained centres as FAISS's IndexIVFFlat does."""
+    import faiss
+
+    queries, keys = _photo_patches(cat)
+    index = PatchIndex(keys, pca_dims=20, index="ivf", nlist=32, nprobe=nprobe)
+    reference = faiss.IndexIVFFlat(faiss.IndexFlatL2(20), 20, 32)
+    reference.cp.seed, reference.cp.min_points_per_centroid = 1234, 1
+    projected_keys = index.project(keys)
+    reference.train(projected_keys)
+    reference.add(projected_keys)
+    reference.nprobe = nprobe
+    expected_d, expected_i = reference.search(index.project(queries), 4)
+    distances, found = index.search(queries, 4)
+    assert (found.numpy() == expected_i).mean() > 0.999  # float32 near-ties aside
+    torch.testing.assert_close(distances, torch.from_numpy(expected_d), rtol=1e-4, atol=1e-5)
+
+
+def test_search_images_is_search_of_the_extracted_patches(cat: torch.Tensor) -> None:
+    images = torch.stack([cat, cat.flip(2)])
+    index = PatchIndex(extract_patches(cat[None], 7)[0], pca_dims=12, index="ivf", nlist=16)
+    queries = extract_patches(images, 7).reshape(-1, 3 * 49)
+    expected_d, expected_i = index.search(queries, 2)
+    distances, found = index.search_images(images, 7, 2)
+    assert (found == expected_i).double().mean() > 0.999
+    torch.testing.assert_close(distances, expected_d, rtol=1e-4, atol=1e-5)
 
 
 def test_faiss_generation_contract_determinism_and_index_reuse(cat: torch.Tensor) -> None:
