@@ -7,7 +7,10 @@ Prints three tables, each configuration (in the middle table: each size) measure
    authors). ``faiss`` is GPNN with the evaluation's FAISS settings
    (:data:`evaluation.focusers.GPNN_CAM_SETTINGS`), ``authors`` the GPNN-CAM authors' pipeline
    (:meth:`saliency.GPNN.authors`, which also has their noise 3.0, zero start and distance-weighted fold).
-   A FAISS row's time includes building its indexes for the image (none are reused across rows).
+   A FAISS row's time includes building its indexes for the image (none are reused across rows); its
+   'reused' column times another batch of the same image with those indexes (GPNN-CAM's later batches).
+   ``--exact-n k`` runs the exact searches in batches of k instead (their time per variation does not
+   depend on the batch: each variation is searched on its own).
 2. One PNN step at the finest level (queries = a variation, keys = the source): each exact search
    (matmul in tiles of ``--chunk``; shifts on CPU; with ``triton`` among the searches, the fused Triton
    kernels with float32 and with 3xTF32 dot products) against the naive full distance matrix, at sizes
@@ -175,7 +178,11 @@ def worker(config: dict) -> dict:
         gpnn = _gpnn(config["search"], config["iters"], config["tf32"])
         _warm_up(gpnn, image)
         _, seconds, peak = _timed(lambda: _fresh(gpnn).generate(image, config["n"], seed=0), device, repeat)
-        return {"s_per_variation": seconds / config["n"], "peak_mib": peak}
+        out = {"s_per_variation": seconds / config["n"], "peak_mib": peak}
+        if config["search"] in FAISS_ROWS:  # another batch of the same image: the indexes are reused
+            _, reused, _ = _timed(lambda: gpnn.generate(image, config["n"], seed=1), device, repeat)
+            out["reused"] = reused / config["n"]
+        return out
     if config["kind"] == "nn":
         variation = GPNN(iters=1).generate(image, config["n"], seed=0)  # also the warm-up
         queries, keys = extract_patches(variation, 7), extract_patches(image[None], 7)[0]
@@ -251,6 +258,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--exact-max-variations", type=int, default=None, help="GPNN-CAM: most variations for exact searches"
     )
+    parser.add_argument(
+        "--exact-n", type=int, default=None, help="GPNN table: batch of the exact searches (default --n)"
+    )
     parser.add_argument("--tf32", action="store_true", help="also measure GPNN(tf32=True) on CUDA")
     parser.add_argument("--repeat", type=int, default=1, help="timings per configuration; the fastest kept")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -296,8 +306,11 @@ def main(argv: list[str] | None = None) -> None:
             for search in searches:
                 if kind == "cam" and search in exact_searches and n_items > exact_max:
                     continue
+                batch = n_items
+                if kind == "gpnn" and search in exact_searches and args.exact_n:
+                    batch = min(n_items, args.exact_n)
                 for tf32 in tf32_modes if search not in ("shifts", *FAISS_ROWS) else [False]:
-                    config = {"kind": kind, "device": args.device, "size": size, "n": n_items, "iters": iters}
+                    config = {"kind": kind, "device": args.device, "size": size, "n": batch, "iters": iters}
                     results[(search, tf32)] = run({**config, "tf32": tf32, "search": search, **repeat})
             vs = ratios(results, seconds)
             for (search, tf32), r in results.items():
@@ -305,12 +318,16 @@ def main(argv: list[str] | None = None) -> None:
                 if "error" in r:
                     print(f"{row} {r['error']}")
                     continue
-                print(f"{row} {r[seconds]:>12.3f} {r['peak_mib']:>9.0f} {vs[(search, tf32)]}")
+                reused = f"{r['reused']:>7.3f}" if "reused" in r else f"{'-':>7}"
+                reused = f" {reused}" if kind == "gpnn" else ""
+                print(f"{row} {r[seconds]:>12.3f}{reused} {r['peak_mib']:>9.0f} {vs[(search, tf32)]}")
 
-    print(f"\nGPNN generation (batch of {n} variations, p=7, r=4/3, coarsest 14, alpha 0.005)")
+    exact_batch = f"; exact searches: batch of {min(n, args.exact_n)}" if args.exact_n else ""
+    print(f"\nGPNN generation (batch of {n} variations{exact_batch}, p=7, r=4/3, coarsest 14, alpha 0.005)")
     ratio_head = f"{(reference_search or '-') + '/this: s':>14} {'MiB':>5}"
     print(
-        f"{'size':>5} {'iters':>5} {'search':>7} {'tf32':>5} {'s/variation':>12} {'peak MiB':>9} {ratio_head}"
+        f"{'size':>5} {'iters':>5} {'search':>7} {'tf32':>5} {'s/variation':>12} {'reused':>7} "
+        f"{'peak MiB':>9} {ratio_head}"
     )
     for size in args.sizes:
         table("gpnn", size, n, "s_per_variation", size)

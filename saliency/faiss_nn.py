@@ -181,22 +181,36 @@ class PatchIndex:
         cells = torch.from_numpy(self.index.search(projected, probes)[1]).reshape(-1)
         order = torch.argsort(cells, stable=True)  # (query, probe) pairs, cell after cell
         rows = queries[order // probes]
-        row_norms = rows.pow(2).sum(1, keepdim=True)
-        distances = torch.full((len(order), k), math.inf)
-        labels = torch.full((len(order), k), -1, dtype=torch.long)
+        found_d, found_p = [], []  # per block of rows, in the order of the sorted pairs
         start = 0
         for cell, count in enumerate(torch.bincount(cells, minlength=len(self._cell_starts) - 1).tolist()):
             first, last = self._cell_starts[cell], self._cell_starts[cell + 1]
-            block_rows = max(1, BLOCK_ENTRIES // max(1, last - first))
-            for lo in range(start, start + count if last > first else start, block_rows):
-                hi = min(lo + block_rows, start + count)
+            if last == first:  # a cell k-means left without keys: nothing found
+                found_d.append(torch.full((count, k), math.inf))
+                found_p.append(torch.full((count, k), -1, dtype=torch.long))
+                continue
+            block_rows = BLOCK_ENTRIES // (last - first) + 1
+            for lo in range(start, start + count, block_rows):
                 block = torch.addmm(
-                    self._sorted_norms[first:last], rows[lo:hi], self._sorted_keys[first:last].T, alpha=-2
+                    self._sorted_norms[first:last],
+                    rows[lo : min(lo + block_rows, start + count)],
+                    self._sorted_keys[first:last].T,
+                    alpha=-2,
                 )
-                value, index = block.topk(min(k, last - first), dim=1, largest=False)
-                distances[lo:hi, : value.shape[1]] = (value + row_norms[lo:hi]).clamp_min_(0)
-                labels[lo:hi, : value.shape[1]] = self._cell_keys[first + index]
+                if k == 1:
+                    value, index = block.min(1, keepdim=True)
+                else:
+                    value, index = block.topk(min(k, last - first), dim=1, largest=False)
+                if value.shape[1] < k:  # fewer keys in the cell than k
+                    value = F.pad(value, (0, k - value.shape[1]), value=math.inf)
+                    index = F.pad(index, (0, k - index.shape[1]), value=-1 - first)
+                found_d.append(value)
+                found_p.append(index + first)
             start += count
+        distances, positions = torch.cat(found_d), torch.cat(found_p)  # positions in the keys sorted by cell
+        found = positions >= 0
+        distances = torch.where(found, (distances + rows.pow(2).sum(1, keepdim=True)).clamp_min(0), math.inf)
+        labels = torch.where(found, self._cell_keys[positions.clamp_min(0)], -1)
         distances[order], labels[order] = distances.clone(), labels.clone()
         distances, labels = distances.view(n_queries, -1), labels.view(n_queries, -1)
         if probes > 1:

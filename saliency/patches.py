@@ -61,16 +61,20 @@ def fold_field(
     channels, height, width = source.shape[-3:]
     p, batch = patch_size, field.shape[0]
     rows, cols = height - p + 1, width - p + 1
-    pixels = source.reshape(channels, height * width)
-    corner = (field // cols) * width + field % cols  # the top-left source pixel of each pasted patch
-    weight = None if weights is None else weights.reshape(batch, 1, rows, cols).to(source.dtype)
+    # the source's pixels, padded so that every offset within a patch is a plain slice of them
+    pixels = F.pad(source.reshape(channels, height * width), (0, (p - 1) * (width + 1)))
+    corner = ((field // cols) * width + field % cols).view(-1)  # each pasted patch's top-left pixel
+    weight = torch.ones((batch, 1, rows, cols), dtype=source.dtype, device=source.device)
+    if weights is not None:
+        weight = weights.reshape(batch, 1, rows, cols).to(source.dtype)
     total = torch.zeros((batch, channels, height, width), dtype=source.dtype, device=source.device)
     for dy in range(p):
         for dx in range(p):
-            pasted = pixels[:, corner + (dy * width + dx)].view(channels, batch, rows, cols).transpose(0, 1)
-            total[:, :, dy : dy + rows, dx : dx + cols] += pasted if weight is None else pasted * weight
-    if weight is None:
-        weight = torch.ones((batch, 1, rows, cols), dtype=source.dtype, device=source.device)
-    return total / F.conv_transpose2d(
-        weight, torch.ones((1, 1, p, p), dtype=weight.dtype, device=weight.device)
-    )
+            shifted = pixels[:, dy * width + dx : dy * width + dx + height * width]
+            pasted = shifted.index_select(1, corner).view(channels, batch, rows, cols).transpose(0, 1)
+            if weights is None:
+                total[:, :, dy : dy + rows, dx : dx + cols] += pasted
+            else:
+                total[:, :, dy : dy + rows, dx : dx + cols].addcmul_(pasted, weight)
+    # the weights of the patches covering each pixel, summed
+    return total / F.avg_pool2d(F.pad(weight, (p - 1,) * 4), p, stride=1, divisor_override=1)
