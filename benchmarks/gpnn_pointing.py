@@ -1,11 +1,12 @@
 """GPNN-CAM's pointing game on the cluttered digits with the exact and the FAISS searches.
 
-For each configuration (``--configs``, as in ``benchmarks/gpnn_quality.py``), GPNN-CAM maps the true class
-of the first ``--n`` test digits (the shipped digits-cnn, its three layers, ``--variations`` variations per
-image, the same seeds for every configuration), and the pointing game scores them as ``focused-attacks
-pointing-game`` does (a hit: the map's maximum within 15 * 64 / 224 px of the digit's box). It prints each
-configuration's accuracy, its difference from the exact search's on the same digits with a paired bootstrap
-95 % interval, and the share of digits where both point at the same pixel.
+For each configuration (``--configs``, as in ``benchmarks/gpnn_quality.py``, ``@S`` included), GPNN-CAM
+maps the true class of the first ``--n`` test digits (the shipped digits-cnn, its three layers,
+``--variations`` variations per image, the same seeds for every configuration), and the pointing game
+scores them as ``focused-attacks pointing-game`` does (a hit: the map's maximum within 15 * 64 / 224 px
+of the digit's box). It prints each configuration's accuracy, its difference from the exact search's on the
+same digits with a paired bootstrap 95 % interval, and the share of digits where both point at the same
+pixel.
 
 Maps are saved in ``--out`` chunk by chunk (``<config>_<start>.npy``), the configurations taking turns, so a
 run stopped at any time can be resumed, and its table printed (``--report``) on the digits that every
@@ -17,21 +18,25 @@ Example: ``python benchmarks/gpnn_pointing.py --out runs/gpnn_pointing --n 1000 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: `benchmarks` importable
+
 CHUNK = 20
 
 
 def _maps(config: str, x: np.ndarray, y: np.ndarray, start: int, variations: int, seed: int) -> np.ndarray:
-    from benchmarks.gpnn_quality import gpnn_for
+    from benchmarks.gpnn_quality import gpnn_and_seed
     from evaluation import zoo
     from saliency import GPNNCAM
 
     model = zoo.load("digits-cnn")
-    cam = GPNNCAM(model, zoo.default_layers("digits-cnn"), variations, min(10, variations), gpnn_for(config))
+    gpnn, seed = gpnn_and_seed(config, seed)
+    cam = GPNNCAM(model, zoo.default_layers("digits-cnn"), variations, min(10, variations), gpnn)
     maps = []
     for i in range(len(x)):  # one image at a time: seeds per image index, as in the evaluation
         cam.seed = seed + start + i

@@ -11,6 +11,10 @@ three layers. It prints, per photograph, the Spearman correlation of each config
 one and the seconds per map (the speed comparison proper, with ratios measured in one run, is
 ``benchmarks/gpnn_speed.py``).
 
+A configuration name with ``@S`` (``exact@1``, ``faiss@1``) uses seed S instead of ``--seed``: how well
+the exact search's map with another seed agrees with its own is the ceiling for every other configuration
+(the maps of few variations are noisy).
+
 Each map is saved in ``--out`` as it is computed (``maps_<config>_<photo>.npy`` and a line in
 ``times.jsonl``); a rerun reuses them (resume after a crash; delete a file to recompute it). ``--grid PNG``
 instead only draws the photographs with two variations each of every configuration of ``--configs``.
@@ -50,33 +54,43 @@ def gpnn_for(config: str):
     raise SystemExit(f"--configs: unknown configuration {config!r} (exact, faiss, faiss-k<K>, authors)")
 
 
-def _photos() -> tuple[np.ndarray, list[str]]:
+def gpnn_and_seed(config: str, seed: int):
+    """The GPNN and seed of a configuration name, ``name`` or ``name@S`` (seed S instead of ``seed``)."""
+    name, _, own_seed = config.partition("@")
+    return gpnn_for(name), int(own_seed) if own_seed else seed
+
+
+def _photos(photos: tuple[str, ...] = PHOTOS) -> tuple[np.ndarray, list[str]]:
     from evaluation.datasets import sample_photos
 
     x, names = sample_photos(224)
-    keep = [names.index(name) for name in PHOTOS]
+    keep = [names.index(name) for name in photos]
     return x[keep], [names[i] for i in keep]
 
 
 def compute_maps(
-    out: Path, configs: list[str], variations: int, seed: int
+    out: Path, configs: list[str], variations: int, seed: int, photos: tuple[str, ...]
 ) -> dict[str, dict[str, np.ndarray]]:
-    """Every configuration's map of every photograph, computed or loaded from ``out``."""
+    """Every configuration's map of ``photos`` computed (or loaded from ``out``), and the maps of the
+    other photographs found in ``out``."""
     from evaluation import zoo
     from saliency import GPNNCAM
 
     model = zoo.load(MODEL)
     layers = zoo.default_layers(MODEL)
-    x, names = _photos()
+    x, names = _photos(photos)
     maps: dict[str, dict[str, np.ndarray]] = {}
     for config in configs:
         maps[config] = {}
+        for name in PHOTOS:
+            if (out / f"maps_{config}_{name}.npy").exists():
+                maps[config][name] = np.load(out / f"maps_{config}_{name}.npy")
         for image, name in zip(x, names):
             path = out / f"maps_{config}_{name}.npy"
-            if path.exists():
-                maps[config][name] = np.load(path)
+            if name in maps[config]:
                 continue
-            cam = GPNNCAM(model, layers, variations, min(10, variations), gpnn_for(config), seed=seed)
+            gpnn, map_seed = gpnn_and_seed(config, seed)
+            cam = GPNNCAM(model, layers, variations, min(10, variations), gpnn, seed=map_seed)
             start = time.perf_counter()
             result = cam(torch.from_numpy(image[None]))[0].numpy()
             seconds = time.perf_counter() - start
@@ -95,24 +109,30 @@ def _times(out: Path) -> dict[tuple[str, str], float]:
 
 
 def print_table(out: Path, maps: dict[str, dict[str, np.ndarray]]) -> None:
-    """Spearman with the exact maps and seconds per map, per photograph and configuration."""
+    """Spearman with the exact maps and seconds per map, per photograph and configuration ('-': a map not
+    computed)."""
     times = _times(out)
     configs = list(maps)
+    rhos: dict[str, list[float]] = {config: [] for config in configs}
     print("| photo | " + " | ".join(f"{c}: Spearman vs exact, s/map" for c in configs) + " |")
     print("|---" * (len(configs) + 1) + "|")
     for name in PHOTOS:
         cells = []
         for config in configs:
+            if name not in maps[config] or name not in maps["exact"]:
+                cells.append("-")
+                continue
             rho = spearmanr(maps[config][name].ravel(), maps["exact"][name].ravel()).statistic
+            rhos[config].append(rho)
             cells.append(f"{rho:.3f}, {times.get((config, name), float('nan')):.1f}")
         print(f"| {name} | " + " | ".join(cells) + " |")
     for config in configs:
-        rhos = [spearmanr(maps[config][n].ravel(), maps["exact"][n].ravel()).statistic for n in PHOTOS]
-        seconds = [times.get((config, n), float("nan")) for n in PHOTOS]
-        print(
-            f"{config}: mean Spearman {np.mean(rhos):.3f} (min {np.min(rhos):.3f}), "
-            f"{np.mean(seconds):.1f} s per map"
-        )
+        seconds = [times[(config, n)] for n in PHOTOS if (config, n) in times]
+        if rhos[config]:
+            print(
+                f"{config}: mean Spearman {np.mean(rhos[config]):.3f} (min {np.min(rhos[config]):.3f}) over "
+                f"{len(rhos[config])} photos, {np.mean(seconds):.1f} s per map"
+            )
 
 
 def draw_grid(path: Path, configs: list[str], seed: int) -> None:
@@ -145,6 +165,7 @@ def main() -> None:
     parser.add_argument("--configs", nargs="+", default=["exact", "faiss", "authors"])
     parser.add_argument("--variations", type=int, default=10, help="GPNN-CAM variations per map (default 10)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--photos", nargs="+", default=list(PHOTOS), choices=PHOTOS, help="maps to compute")
     parser.add_argument(
         "--grid", type=Path, default=None, help="only draw the variations of --configs into this PNG"
     )
@@ -154,7 +175,7 @@ def main() -> None:
         return
     configs = ["exact", *[c for c in args.configs if c != "exact"]]
     args.out.mkdir(parents=True, exist_ok=True)
-    maps = compute_maps(args.out, configs, args.variations, args.seed)
+    maps = compute_maps(args.out, configs, args.variations, args.seed, tuple(args.photos))
     print_table(args.out, maps)
 
 
