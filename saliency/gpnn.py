@@ -41,6 +41,7 @@ neighbours, with the exact completeness-normalised search or a FAISS one (docs/g
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -266,9 +267,31 @@ class GPNN:
         With ``return_field=True``: a :class:`GPNNOutput` with the variations, the final NN field, its
         distances and the iterations run.
         """
-        _check_positive_int("n", n)
-        if not is_int(seed):
-            raise ValueError(f"seed must be an int, got {seed!r}")
+        out = self._generate(image, [n], [seed])
+        return out if return_field else out.images
+
+    def generate_batches(
+        self, image: torch.Tensor | np.ndarray, sizes: Sequence[int], seeds: Sequence[int]
+    ) -> list[torch.Tensor]:
+        """Several batches of variations of one image, generated in one pass over the pyramid (the
+        per-iteration costs are shared): batch b is ``generate(image, sizes[b], seed=seeds[b])``, up to
+        float rounding (every variation is synthesised on its own).
+
+        Example:
+            >>> first, second = GPNN().generate_batches(image, [10, 10], seeds=[3, 4])
+        """
+        if len(sizes) != len(seeds) or not sizes:
+            raise ValueError(f"sizes and seeds must be non-empty and of one length, got {sizes!r}, {seeds!r}")
+        return list(self._generate(image, sizes, seeds).images.split([int(size) for size in sizes]))
+
+    def _generate(
+        self, image: torch.Tensor | np.ndarray, sizes: Sequence[int], seeds: Sequence[int]
+    ) -> GPNNOutput:
+        """Batches of ``sizes[b]`` variations with noise from ``seeds[b]``, synthesised together."""
+        for n, seed in zip(sizes, seeds):
+            _check_positive_int("n", n)
+            if not is_int(seed):
+                raise ValueError(f"seed must be an int, got {seed!r}")
         image = self._check_image(image)
         device = self.device or image.device
         if self.search == "shifts" and device.type != "cpu":
@@ -276,14 +299,15 @@ class GPNN:
         if self.search == "triton":
             triton_nn.check_device(device)
         source = image.to(device=device, dtype=torch.float32)[None]
-        sizes = self.pyramid_sizes(*source.shape[-2:])
-        pyramid = build_pyramid(source, sizes, self.pyramid)
+        levels = self.pyramid_sizes(*source.shape[-2:])
+        pyramid = build_pyramid(source, levels, self.pyramid)
 
-        generator = torch.Generator().manual_seed(int(seed))
-        noise = torch.cat([torch.randn((1, 1, *sizes[-1]), generator=generator) for _ in range(int(n))])
-        noise = noise.to(device) * self.noise_sigma  # drawn one variation at a time: independent of n
+        noise = []  # drawn one variation at a time: variation i of a batch depends on (seed, i) only
+        for n, seed in zip(sizes, seeds):
+            generator = torch.Generator().manual_seed(int(seed))
+            noise += [torch.randn((1, 1, *levels[-1]), generator=generator) for _ in range(int(n))]
         start = pyramid[-1] if self.init == "source" else torch.zeros_like(pyramid[-1])
-        current = start + noise  # (n,C,h,w), noise shared over channels
+        current = start + torch.cat(noise).to(device) * self.noise_sigma  # (n,C,h,w), shared over channels
 
         precision = torch.get_float32_matmul_precision()
         if self.tf32 and device.type == "cuda":
@@ -293,7 +317,7 @@ class GPNN:
         finally:
             torch.set_float32_matmul_precision(precision)
         out.images.clamp_(0, 1)
-        return out if return_field else out.images
+        return out
 
     def _indexes(self, source: torch.Tensor) -> dict:
         """The FAISS indexes built so far for ``source`` with the current settings (a new, empty dict when

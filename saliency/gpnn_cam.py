@@ -31,7 +31,8 @@ Ours (not in, or differing from, the authors' code):
   equations), the maps at the end are min-max normalised, and the batches of variations have (nearly)
   equal sizes: ``n_variations // batch_variations`` of them.
 * The GPNN seed of each (image, batch) derives from ``seed`` and the image's index in ``x``, so a map is
-  reproducible for the same batch of images, not for the same image at another position.
+  reproducible for the same batch of images, not for the same image at another position. An image's
+  batches are generated in one pass (:meth:`saliency.GPNN.generate_batches`), each with its own seed.
 """
 
 from __future__ import annotations
@@ -247,12 +248,11 @@ class GPNNCAM(SaliencyMethod):
             [int(s.generate_state(1)[0]) for s in image_seq.spawn(len(self.batch_sizes))]
             for image_seq in np.random.SeedSequence(self.seed).spawn(x.shape[0])
         ]
-        jobs = [(i, b) for i in range(x.shape[0]) for b in range(len(self.batch_sizes))]
-        for i, b in tqdm(jobs, desc="GPNN-CAM", disable=not self.verbose):
-            variations = self.gpnn.generate(x[i], self.batch_sizes[b], seed=seeds[i][b]).to(x.device, x.dtype)
-            var_logits, var_acts = self._forward(variations)
-            fused = self.fit_and_map(
-                var_acts, var_logits[:, t[i]].float(), [a[i : i + 1] for a in original_acts]
-            )
-            maps[i] += resize(fused[None, None], (height, width))[0, 0]
+        for i in tqdm(range(x.shape[0]), desc="GPNN-CAM", disable=not self.verbose):
+            for variations in self.gpnn.generate_batches(x[i], self.batch_sizes, seeds[i]):
+                var_logits, var_acts = self._forward(variations.to(x.device, x.dtype))
+                fused = self.fit_and_map(
+                    var_acts, var_logits[:, t[i]].float(), [a[i : i + 1] for a in original_acts]
+                )
+                maps[i] += resize(fused[None, None], (height, width))[0, 0]
         return normalize_maps(maps / len(self.batch_sizes))

@@ -232,3 +232,22 @@ def test_bad_faiss_settings() -> None:
     ]:
         with pytest.raises(ValueError, match=name):
             GPNN(**kwargs)
+
+
+@pytest.mark.parametrize("search", ["shifts", "faiss"])
+def test_generate_batches_is_generate_per_batch(cat: torch.Tensor, search: str) -> None:
+    settings = (
+        dict(search="faiss", pca_dims=20, index="ivf", candidates=4, early_stop=0.05)
+        if search == "faiss"
+        else {}
+    )
+    gpnn = GPNN(fold="distance", **FAST, **settings)
+    together = gpnn.generate_batches(cat, [2, 3], seeds=[7, 8])
+    apart = [GPNN(fold="distance", **FAST, **settings).generate(cat, n, seed=s) for n, s in ((2, 7), (3, 8))]
+    assert [b.shape[0] for b in together] == [2, 3]
+    for joint, alone in zip(together, apart):
+        torch.testing.assert_close(joint, alone, rtol=0, atol=1e-5)  # float rounding of other batch sizes
+    with pytest.raises(ValueError, match="sizes and seeds"):
+        gpnn.generate_batches(cat, [2, 3], seeds=[7])
+    with pytest.raises(ValueError, match="n must be"):
+        gpnn.generate_batches(cat, [0], seeds=[7])
