@@ -139,7 +139,8 @@ class PatchIndex:
         """The k nearest keys of every query: (M, d) -> (squared distances in the index's space (M, k)
         float32, key indices (M, k) long), both on ``queries``'s device.
 
-        An IVF search that finds fewer than k keys in the probed cells repeats its nearest one.
+        An IVF search that finds fewer than k keys in the probed cells repeats its nearest one; a query
+        whose cells hold no key at all gets its exact nearest neighbour in the projected space.
         """
         distances, labels = self.search_projected(self.project(queries), k)
         return distances.to(queries.device), labels.to(queries.device)
@@ -209,7 +210,7 @@ class PatchIndex:
             start += count
         distances, positions = torch.cat(found_d), torch.cat(found_p)  # positions in the keys sorted by cell
         found = positions >= 0
-        distances = torch.where(found, (distances + rows.pow(2).sum(1, keepdim=True)).clamp_min(0), math.inf)
+        distances = (distances + rows.pow(2).sum(1, keepdim=True)).clamp_min(0)  # not found: stays inf
         labels = torch.where(found, self._cell_keys[positions.clamp_min(0)], -1)
         distances[order], labels[order] = distances.clone(), labels.clone()
         distances, labels = distances.view(n_queries, -1), labels.view(n_queries, -1)

@@ -383,6 +383,7 @@ class GPNN:
         p, n = self.patch_size, current.shape[0]
         sizes = [tuple(level.shape[-2:]) for level in pyramid]
         iterations = torch.zeros((n, len(sizes)), dtype=torch.long)
+        weighted = self.fold == "distance"
         for level in tqdm(range(len(sizes) - 1, -1, -1), desc="GPNN levels", disable=not self.verbose):
             size = sizes[level]
             current = resize(current, size, self.upsample)
@@ -401,7 +402,6 @@ class GPNN:
                 index = self._key_index(
                     indexes, (level, iteration == 0 and blurred is not sharp), key_patches
                 )
-                weighted = self.fold == "distance"
                 new_field, distances = self._nearest(current[active], keys, key_patches, index, weighted)
                 folded = fold_field(sharp, new_field, p, distance_weights(distances) if weighted else None)
                 changed = (new_field != field[active]).float().mean(1)
