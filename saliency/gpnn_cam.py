@@ -37,7 +37,7 @@ Ours (not in, or differing from, the authors' code):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -230,29 +230,68 @@ class GPNNCAM(SaliencyMethod):
         return fused[0]
 
     def __call__(self, x: torch.Tensor, targets: Targets = None) -> torch.Tensor:
-        x = model_images(x, self.model)
+        x = self._checked_images(x)
         if x.shape[0] == 0:
             return empty_maps(x)
+        maps = torch.zeros((x.shape[0], *x.shape[-2:]), dtype=torch.float32, device=x.device)
+        for i, _, batch_map in self._batch_maps(x, targets):
+            maps[i] += batch_map
+        return normalize_maps(maps / len(self.batch_sizes))
+
+    def batch_maps(self, x: torch.Tensor, targets: Targets = None) -> torch.Tensor:
+        """The fused map of each batch of variations, before the mean over batches and normalisation.
+
+        The GPNN-CAM map is ``normalize_maps(batch_maps(x, targets).mean(1))``. Batch b of an image uses
+        the same seed whatever ``n_variations``, so the first k batches of a long run are those of a run of
+        k batches: maps of several variation counts come from one run.
+
+        Args:
+            x: (N,C,H,W) images in [0,1].
+            targets: as for ``__call__``.
+
+        Returns:
+            (N, n_batches, H, W) float32, each map in [sigmoid(-0.5)^L, sigmoid(0.5)^L] for L layers.
+
+        Example:
+            >>> from saliency.base import normalize_maps
+            >>> cam = GPNNCAM(model, ["layer4", "layer3"], n_variations=40)
+            >>> per_batch = cam.batch_maps(x)  # (N, 4, H, W)
+            >>> map_of_20 = normalize_maps(per_batch[:, :2].mean(1))  # the map of a 20-variation run
+        """
+        x = self._checked_images(x)
+        maps = torch.zeros((x.shape[0], len(self.batch_sizes), *x.shape[-2:]), device=x.device)
+        if x.shape[0] == 0:
+            return maps
+        for i, b, batch_map in self._batch_maps(x, targets):
+            maps[i, b] = batch_map
+        return maps
+
+    def _checked_images(self, x: torch.Tensor) -> torch.Tensor:
+        x = model_images(x, self.model)
+        if x.shape[0] == 0:
+            return x
         if x.min() < 0 or x.max() > 1:
             raise ValueError("x must lie in [0,1]: GPNN-CAM generates variations of the [0,1] image")
-        height, width = x.shape[-2:]
-        if min(height, width) < self.gpnn.coarsest:
+        if min(x.shape[-2:]) < self.gpnn.coarsest:
             raise ValueError(
-                f"x is {height}x{width}: its short side must be >= the GPNN coarsest size "
+                f"x is {x.shape[-2]}x{x.shape[-1]}: its short side must be >= the GPNN coarsest size "
                 f"({self.gpnn.coarsest}) and patch size ({self.gpnn.patch_size})"
             )
+        return x
+
+    def _batch_maps(self, x: torch.Tensor, targets: Targets) -> Iterator[tuple[int, int, torch.Tensor]]:
+        """(image index, batch index, fused map resized to x's size) for every batch of every image."""
         logits, original_acts = self._forward(x)
         t = resolve_targets(targets, logits)
-        maps = torch.zeros((x.shape[0], height, width), dtype=torch.float32, device=x.device)
         seeds = [  # one GPNN seed per (image, batch), derived from self.seed
             [int(s.generate_state(1)[0]) for s in image_seq.spawn(len(self.batch_sizes))]
             for image_seq in np.random.SeedSequence(self.seed).spawn(x.shape[0])
         ]
         for i in tqdm(range(x.shape[0]), desc="GPNN-CAM", disable=not self.verbose):
-            for variations in self.gpnn.generate_batches(x[i], self.batch_sizes, seeds[i]):
+            batches = self.gpnn.generate_batches(x[i], self.batch_sizes, seeds[i])
+            for b, variations in enumerate(batches):
                 var_logits, var_acts = self._forward(variations.to(x.device, x.dtype))
                 fused = self.fit_and_map(
                     var_acts, var_logits[:, t[i]].float(), [a[i : i + 1] for a in original_acts]
                 )
-                maps[i] += resize(fused[None, None], (height, width))[0, 0]
-        return normalize_maps(maps / len(self.batch_sizes))
+                yield i, b, resize(fused[None, None], tuple(x.shape[-2:]))[0, 0]

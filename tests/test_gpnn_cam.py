@@ -11,6 +11,7 @@ from sklearn.linear_model import Ridge
 from torch import nn
 
 from saliency import GPNNCAM
+from saliency.base import normalize_maps
 from saliency.gpnn_cam import gpnn_cam_preset, ridge_regression
 
 
@@ -130,6 +131,24 @@ def test_output_contract_and_determinism(small_cnn: nn.Module, images: torch.Ten
     # each image's map depends only on that image (and its own seeds)
     # (batch-size dependent conv rounding only)
     torch.testing.assert_close(cam(x[:1]), maps[:1], rtol=1e-4, atol=1e-4)
+
+
+def test_batch_maps_make_the_map_and_nest_across_variation_counts(
+    small_cnn: nn.Module, images: torch.Tensor
+) -> None:
+    x = images[:2]
+    cam = fast_cam(small_cnn, n_variations=6, batch_variations=2)
+    per_batch = cam.batch_maps(x)
+    assert per_batch.shape == (2, 3, 32, 32)
+    # the fused maps of 2 layers lie in [sigmoid(-0.5)^2, sigmoid(0.5)^2]
+    assert per_batch.min() >= torch.sigmoid(torch.tensor(-0.5)) ** 2 - 1e-6
+    assert per_batch.max() <= torch.sigmoid(torch.tensor(0.5)) ** 2 + 1e-6
+    torch.testing.assert_close(normalize_maps(per_batch.mean(1)), cam(x), rtol=0, atol=1e-6)
+    # a 4-variation run's batches are the first two of the 6-variation run's
+    shorter = fast_cam(small_cnn, n_variations=4, batch_variations=2).batch_maps(x)
+    torch.testing.assert_close(shorter, per_batch[:, :2], rtol=0, atol=1e-6)
+    assert not torch.allclose(per_batch[:, 0], per_batch[:, 1])  # each batch has its own seed
+    assert cam.batch_maps(x[:0]).shape == (0, 3, 32, 32)
 
 
 def test_single_layer(small_cnn: nn.Module, images: torch.Tensor) -> None:
