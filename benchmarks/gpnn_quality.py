@@ -13,7 +13,9 @@ variations is the normalised mean of the first N/10 batch maps, exactly the map 
 It prints, per photograph and variation count N, the Spearman correlation of each configuration's N-map
 with the exact N-map, and the **control**: the exact search's map of the next N variations (other seeds)
 against its first N-map, which is how well the exact search agrees with itself at that count and the
-ceiling of every other configuration. A configuration name with ``@S`` (``exact@1``, ``faiss@1``) uses seed
+ceiling of every other configuration. ``--reference NAME`` compares with another configuration instead
+(``--reference faiss --configs faiss --variations 200``: how well the faiss maps agree with themselves, up
+to 100 variations). A configuration name with ``@S`` (``exact@1``, ``faiss@1``) uses seed
 S instead of ``--seed``. Seconds per map are those of the whole run (the speed comparison proper, with
 ratios measured in one run, is ``benchmarks/gpnn_speed.py``).
 
@@ -115,22 +117,25 @@ def map_of(batch_maps: np.ndarray, first: int, count: int) -> np.ndarray:
     return batch_maps[first // BATCH : (first + count) // BATCH].mean(0)
 
 
-def agreement_rows(maps: dict[str, dict[str, np.ndarray]]) -> list[dict[str, object]]:
-    """Per photograph and variation count N: Spearman of each configuration's N-map with the exact N-map,
-    and of the exact map of the next N variations with it (the control, where the exact run has them)."""
+def agreement_rows(
+    maps: dict[str, dict[str, np.ndarray]], reference: str = "exact"
+) -> list[dict[str, object]]:
+    """Per photograph and variation count N: Spearman of each configuration's N-map with the reference's
+    N-map, and of the reference's map of the next N variations with it (the control, where the reference
+    run has them)."""
     rows = []
     for name in PHOTOS:
-        exact = maps["exact"].get(name)
-        if exact is None:
+        batches = maps[reference].get(name)
+        if batches is None:
             continue
-        for count in range(BATCH, BATCH * len(exact) + 1, BATCH):
-            reference = map_of(exact, 0, count).ravel()
+        for count in range(BATCH, BATCH * len(batches) + 1, BATCH):
+            first = map_of(batches, 0, count).ravel()
             row: dict[str, object] = {"photo": name, "variations": count}
-            if 2 * count <= BATCH * len(exact):
-                row["control"] = spearmanr(map_of(exact, count, count).ravel(), reference).statistic
+            if 2 * count <= BATCH * len(batches):
+                row["control"] = spearmanr(map_of(batches, count, count).ravel(), first).statistic
             for config, by_photo in maps.items():
-                if config != "exact" and len(by_photo.get(name, ())) * BATCH >= count:
-                    row[config] = spearmanr(map_of(by_photo[name], 0, count).ravel(), reference).statistic
+                if config != reference and len(by_photo.get(name, ())) * BATCH >= count:
+                    row[config] = spearmanr(map_of(by_photo[name], 0, count).ravel(), first).statistic
             rows.append(row)
     return rows
 
@@ -141,13 +146,13 @@ def _times(out: Path) -> dict[tuple[str, str], dict]:
     return {(r["config"], r["photo"]): r for r in map(json.loads, filter(None, lines))}
 
 
-def print_table(out: Path, maps: dict[str, dict[str, np.ndarray]]) -> None:
-    """Spearman with the exact maps by photograph and variation count ('-': not computed), then the
+def print_table(out: Path, maps: dict[str, dict[str, np.ndarray]], reference: str) -> None:
+    """Spearman with the reference's maps by photograph and variation count ('-': not computed), then the
     seconds per computed run."""
-    columns = ["control", *[c for c in maps if c != "exact"]]
-    print("| photo | variations | " + " | ".join(f"{c}: Spearman vs exact" for c in columns) + " |")
+    columns = ["control", *[c for c in maps if c != reference]]
+    print("| photo | variations | " + " | ".join(f"{c}: Spearman vs {reference}" for c in columns) + " |")
     print("|---" * (len(columns) + 2) + "|")
-    for row in agreement_rows(maps):
+    for row in agreement_rows(maps, reference):
         cells = [f"{row[c]:.3f}" if c in row else "-" for c in columns]
         print(f"| {row['photo']} | {row['variations']} | " + " | ".join(cells) + " |")
     for (config, name), record in _times(out).items():
@@ -187,6 +192,9 @@ def main() -> None:
         "--variations", type=int, default=20, help="variations per map, a multiple of 10 (default 20)"
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--reference", default="exact", help="the configuration the others are compared with (default exact)"
+    )
     parser.add_argument("--photos", nargs="+", default=list(PHOTOS), choices=PHOTOS, help="maps to compute")
     parser.add_argument(
         "--grid", type=Path, default=None, help="only draw the variations of --configs into this PNG"
@@ -197,10 +205,10 @@ def main() -> None:
         return
     if args.variations < BATCH or args.variations % BATCH:
         raise SystemExit(f"--variations must be a positive multiple of {BATCH}, got {args.variations}")
-    configs = ["exact", *[c for c in args.configs if c != "exact"]]
+    configs = [args.reference, *[c for c in args.configs if c != args.reference]]
     args.out.mkdir(parents=True, exist_ok=True)
     maps = compute_batch_maps(args.out, configs, args.variations, args.seed, tuple(args.photos))
-    print_table(args.out, maps)
+    print_table(args.out, maps, args.reference)
 
 
 if __name__ == "__main__":

@@ -35,3 +35,15 @@ def test_agreement_rows_control_and_configurations() -> None:
     assert ["same" in row for row in rows] == [True, True, False, False]
     assert all(row["same"] > 0.99 for row in rows[:2])
     assert rows[0]["control"] < 0.5  # independent batches
+
+
+def test_agreement_rows_with_another_reference() -> None:
+    rng = np.random.default_rng(1)
+    maps = {
+        "exact": {"skimage-coffee": rng.random((1, 6, 6))},
+        "faiss": {"skimage-coffee": rng.random((3, 6, 6))},
+    }
+    rows = agreement_rows(maps, reference="faiss")
+    assert [row["variations"] for row in rows] == [10, 20, 30]
+    assert ["control" in row for row in rows] == [True, False, False]
+    assert ["exact" in row for row in rows] == [True, False, False]
