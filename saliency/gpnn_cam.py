@@ -242,8 +242,9 @@ class GPNNCAM(SaliencyMethod):
         """The fused map of each batch of variations, before the mean over batches and normalisation.
 
         The GPNN-CAM map is ``normalize_maps(batch_maps(x, targets).mean(1))``. Batch b of an image uses
-        the same seed whatever ``n_variations``, so the first k batches of a long run are those of a run of
-        k batches: maps of several variation counts come from one run.
+        the same seed whatever ``n_variations``, so when ``n_variations`` is a multiple of
+        ``batch_variations`` (every batch of that size) the first k batches of a long run are those of a
+        run of k batches: maps of several variation counts come from one run.
 
         Args:
             x: (N,C,H,W) images in [0,1].
