@@ -152,7 +152,7 @@ def print_table(out: Path, maps: dict[str, dict[str, np.ndarray]], reference: st
     columns = ["control", *[c for c in maps if c != reference]]
     print("| photo | variations | " + " | ".join(f"{c}: Spearman vs {reference}" for c in columns) + " |")
     print("|---" * (len(columns) + 2) + "|")
-    for row in agreement_rows(maps, reference):
+    for row in filter(lambda row: len(row) > 2, agreement_rows(maps, reference)):  # rows with a value
         cells = [f"{row[c]:.3f}" if c in row else "-" for c in columns]
         print(f"| {row['photo']} | {row['variations']} | " + " | ".join(cells) + " |")
     for (config, name), record in _times(out).items():
