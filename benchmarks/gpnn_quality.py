@@ -12,12 +12,13 @@ variations is the normalised mean of the first N/10 batch maps, exactly the map 
 
 It prints, per photograph and variation count N, the Spearman correlation of each configuration's N-map
 with the exact N-map, and the **control**: the exact search's map of the next N variations (other seeds)
-against its first N-map, which is how well the exact search agrees with itself at that count and the
-ceiling of every other configuration. ``--reference NAME`` compares with another configuration instead
-(``--reference faiss --configs faiss --variations 200``: how well the faiss maps agree with themselves, up
-to 100 variations). A configuration name with ``@S`` (``exact@1``, ``faiss@1``) uses seed
-S instead of ``--seed``. Seconds per map are those of the whole run (the speed comparison proper, with
-ratios measured in one run, is ``benchmarks/gpnn_speed.py``).
+against its first N-map: how well the exact search agrees with itself at that count, the yardstick for
+the other configurations (not a ceiling: at 20 variations of chelsea the faiss maps exceed it).
+``--reference NAME`` compares with another configuration instead (``--reference faiss --configs faiss
+--variations 200``: how well the faiss maps agree with themselves, up to 100 variations). A configuration
+name with ``@S`` (``exact@1``, ``faiss@1``) uses seed S instead of ``--seed``. Seconds per map are those
+of the whole run (the speed comparison proper, with ratios measured in one run, is
+``benchmarks/gpnn_speed.py``).
 
 Each configuration's batch maps of a photograph are saved in ``--out`` when computed
 (``batches_<config>_<photo>.npy`` and a line in ``times.jsonl``); a rerun reuses them (resume after a crash;
