@@ -1,0 +1,165 @@
+"""How far apart two GPNN configurations' GPNN-CAM maps are once seed noise is taken out, and what they
+would agree at any variation count: split-batch reliability of the maps of ``benchmarks/gpnn_quality.py``.
+
+A GPNN-CAM map of N variations is the mean of N/10 batch maps (:meth:`saliency.GPNNCAM.batch_maps`),
+each from its own seed: independent noisy measurements of one underlying map per configuration, the
+classical setting of test theory. From the saved batch maps (every ``batches_<config>_<photo>.npy`` in
+``--out``; a configuration's runs under other seeds, ``<config>@S``, are pooled with it) it estimates, per
+photograph and configuration, with Pearson correlations (min-max normalisation leaves them unchanged):
+
+- ``r1``: the mean correlation between two batch maps of different seeds (a 10-variation map's agreement
+  with another one of the same configuration);
+- ``self@N``: the agreement of two independent N-variation maps, by the Spearman-Brown formula
+  ``k r1 / (1 + (k - 1) r1)`` with k = N / 10;
+- ``cross``: the mean correlation between a batch map of the configuration and one of the reference,
+  pairs of the same batch seed left out (they share their coarsest noise);
+- ``true r``: ``cross / sqrt(r1 r1_ref)``, the correlation of the two configurations' underlying maps
+  (the correction for attenuation): 1 when they estimate the same map and differ by seed noise only;
+  with its range when each of the reference's batch maps is left out in turn;
+- ``vs ref@N``: the agreement of the two configurations' N-variation maps this implies,
+  ``true r * sqrt(self@N self_ref@N)``; next to it the reference's own ``self@N``, the most any
+  configuration can reach against an N-variation reference map.
+
+Example: ``python benchmarks/gpnn_reliability.py --out runs/gpnn_quality --variations 100``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import re
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: `benchmarks` importable
+
+from benchmarks.gpnn_quality import BATCH, PHOTOS  # noqa: E402
+
+#: A batch map's identity: (configuration seed, batch index); equal identities share their GPNN noise.
+BatchMaps = list[tuple[tuple[int, int], np.ndarray]]
+
+_FILE = re.compile(r"batches_(?P<config>.+)_(?P<photo>" + "|".join(map(re.escape, PHOTOS)) + r")\.npy")
+
+
+def load_batches(out: Path, seed: int = 0) -> dict[str, dict[str, BatchMaps]]:
+    """configuration (``@S`` removed) -> photograph -> its batch maps of every seed, with identities."""
+    pooled: dict[str, dict[str, BatchMaps]] = defaultdict(lambda: defaultdict(list))
+    for path in sorted(out.glob("batches_*.npy")):
+        match = _FILE.fullmatch(path.name)
+        if match is None:
+            continue
+        config, _, own_seed = match["config"].partition("@")
+        config_seed = int(own_seed) if own_seed else seed
+        for b, batch_map in enumerate(np.load(path)):
+            pooled[config][match["photo"]].append(((config_seed, b), batch_map))
+    return pooled
+
+
+def _pearson(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.corrcoef(a.ravel(), b.ravel())[0, 1])
+
+
+def single_batch_agreement(batches: BatchMaps) -> float:
+    """r1: the mean correlation of two batch maps of different seeds (NaN with fewer than two)."""
+    pairs = [_pearson(a, b) for (ia, a), (ib, b) in itertools.combinations(batches, 2) if ia != ib]
+    return float(np.mean(pairs)) if pairs else float("nan")
+
+
+def cross_agreement(batches: BatchMaps, reference: BatchMaps) -> float:
+    """The mean correlation of a batch map with a reference batch map, same-seed pairs left out."""
+    pairs = [_pearson(a, b) for ia, a in batches for ib, b in reference if ia != ib]
+    return float(np.mean(pairs)) if pairs else float("nan")
+
+
+def spearman_brown(r1: float, k: float) -> float:
+    """The correlation of two means of k measurements whose single ones correlate r1."""
+    return k * r1 / (1 + (k - 1) * r1)
+
+
+def true_correlation(batches: BatchMaps, reference: BatchMaps) -> float:
+    """The correlation of the underlying maps: cross agreement corrected for both sides' seed noise."""
+    r1, r1_ref = single_batch_agreement(batches), single_batch_agreement(reference)
+    return cross_agreement(batches, reference) / float(np.sqrt(r1 * r1_ref))
+
+
+def leave_one_out(batches: BatchMaps, reference: BatchMaps) -> tuple[float, float]:
+    """The range of :func:`true_correlation` with each of the reference's batch maps left out in turn
+    (NaN with fewer than three: one left out would leave no pair)."""
+    if len(reference) < 3:
+        return float("nan"), float("nan")
+    values = [true_correlation(batches, reference[:i] + reference[i + 1 :]) for i in range(len(reference))]
+    return min(values), max(values)
+
+
+def reliability_rows(
+    pooled: dict[str, dict[str, BatchMaps]], reference: str, variations: int
+) -> list[dict[str, object]]:
+    """Per photograph and configuration (the reference's own row first): the quantities of the module's
+    docstring at ``variations`` variations."""
+    k = variations / BATCH
+    rows = []
+    for photo in PHOTOS:
+        ref = pooled.get(reference, {}).get(photo)
+        if not ref:
+            continue
+        r1_ref = single_batch_agreement(ref)
+        for config in [reference, *sorted(set(pooled) - {reference})]:
+            batches = pooled[config].get(photo)
+            if not batches:
+                continue
+            r1 = single_batch_agreement(batches)
+            row = {"photo": photo, "config": config, "batches": len(batches), "r1": r1}
+            row["self"] = spearman_brown(r1, k)
+            if config != reference:
+                row["cross"] = cross_agreement(batches, ref)
+                row["true"] = true_correlation(batches, ref)
+                row["true_range"] = leave_one_out(batches, ref)
+                row["vs_ref"] = row["true"] * np.sqrt(row["self"] * spearman_brown(r1_ref, k))
+            rows.append(row)
+    return rows
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, tuple):
+        return "-" if not np.isfinite(value).all() else f"[{value[0]:.2f}, {value[1]:.2f}]"
+    return "-" if value is None or not np.isfinite(value) else f"{value:.2f}"
+
+
+def print_table(rows: list[dict[str, object]], reference: str, variations: int) -> None:
+    """The rows as a Markdown table."""
+    print(
+        f"| photo | config | batches | r1 | self@{variations} | cross | true r | range | "
+        f"vs {reference}@{variations} |"
+    )
+    print("|---" * 9 + "|")
+    for row in rows:
+        keys = ("r1", "self", "cross", "true", "true_range", "vs_ref")
+        cells = " | ".join(_cell(row.get(key)) for key in keys)
+        print(f"| {row['photo'].removeprefix('skimage-')} | {row['config']} | {row['batches']} | {cells} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, required=True, help="the folder of gpnn_quality.py's maps")
+    parser.add_argument(
+        "--reference", default="exact", help="the configuration compared with (default exact)"
+    )
+    parser.add_argument("--variations", type=int, default=100, help="variation count of the projection")
+    parser.add_argument("--seed", type=int, default=0, help="the seed of runs named without @S (default 0)")
+    args = parser.parse_args()
+    if args.variations < 1:
+        raise SystemExit(f"--variations must be a positive integer, got {args.variations}")
+    if not args.out.is_dir():
+        raise SystemExit(f"--out: {args.out} is not a folder")
+    print_table(
+        reliability_rows(load_batches(args.out, args.seed), args.reference, args.variations),
+        args.reference,
+        args.variations,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+"""benchmarks/gpnn_reliability.py: split-batch reliability of GPNN-CAM maps against synthetic maps whose
+noise and underlying correlation are known."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchmarks.gpnn_reliability import (
+    cross_agreement,
+    leave_one_out,
+    load_batches,
+    reliability_rows,
+    single_batch_agreement,
+    spearman_brown,
+    true_correlation,
+)
+
+PIXELS = (120, 120)  # enough pixels for correlations within about 0.02 of their expectation
+
+
+def _batches(underlying: np.ndarray, noise: float, n: int, seed: int, rng: np.random.Generator):
+    return [((seed, b), underlying + noise * rng.standard_normal(PIXELS)) for b in range(n)]
+
+
+def test_single_batch_agreement_is_the_share_of_variance_of_the_underlying_map() -> None:
+    rng = np.random.default_rng(0)
+    batches = _batches(rng.standard_normal(PIXELS), 1.0, 6, 0, rng)  # signal and noise variance 1
+    assert single_batch_agreement(batches) == pytest.approx(0.5, abs=0.03)
+
+
+def test_spearman_brown_predicts_the_agreement_of_means() -> None:
+    rng = np.random.default_rng(1)
+    underlying = rng.standard_normal(PIXELS)
+    batches = _batches(underlying, 2.0, 16, 0, rng)
+    r1 = single_batch_agreement(batches)
+    first = np.mean([m for _, m in batches[:8]], 0)
+    second = np.mean([m for _, m in batches[8:]], 0)
+    observed = np.corrcoef(first.ravel(), second.ravel())[0, 1]
+    assert spearman_brown(r1, 8) == pytest.approx(observed, abs=0.03)
+    assert spearman_brown(r1, 1) == r1
+
+
+@pytest.mark.parametrize("rho", [1.0, 0.6])
+def test_true_correlation_removes_the_seed_noise(rho: float) -> None:
+    rng = np.random.default_rng(2)
+    underlying = rng.standard_normal(PIXELS)
+    other = rho * underlying + np.sqrt(1 - rho**2) * rng.standard_normal(PIXELS)
+    batches = _batches(other, 1.5, 8, 0, rng)
+    reference = _batches(underlying, 0.8, 5, 1, rng)
+    assert cross_agreement(batches, reference) < rho - 0.2  # the noise attenuates the raw agreement
+    assert true_correlation(batches, reference) == pytest.approx(rho, abs=0.05)
+    low, high = leave_one_out(batches, reference)
+    assert low <= true_correlation(batches, reference) <= high
+
+
+def test_pairs_of_one_batch_seed_are_left_out() -> None:
+    rng = np.random.default_rng(3)
+    batches = _batches(rng.standard_normal(PIXELS), 1.0, 4, 0, rng)
+    # against itself, only pairs of different batches remain: the single-batch agreement, true r 1
+    assert cross_agreement(batches, batches) == pytest.approx(single_batch_agreement(batches))
+    assert true_correlation(batches, batches) == pytest.approx(1.0)
+    assert np.isnan(single_batch_agreement(batches[:1]))
+    assert np.isnan(leave_one_out(batches, batches[:2])[0])
+
+
+def test_load_batches_pools_the_seeds_of_a_configuration(tmp_path: Path) -> None:
+    rng = np.random.default_rng(4)
+    np.save(tmp_path / "batches_exact_skimage-coffee.npy", rng.random((2, 8, 8)))
+    np.save(tmp_path / "batches_exact@3_skimage-coffee.npy", rng.random((1, 8, 8)))
+    np.save(tmp_path / "batches_faiss+candidates=1_skimage-rocket.npy", rng.random((1, 8, 8)))
+    np.save(tmp_path / "batches_exact_unknown-photo.npy", rng.random((1, 8, 8)))
+    pooled = load_batches(tmp_path, seed=7)
+    assert sorted(i for i, _ in pooled["exact"]["skimage-coffee"]) == [(3, 0), (7, 0), (7, 1)]
+    assert [i for i, _ in pooled["faiss+candidates=1"]["skimage-rocket"]] == [(7, 0)]
+    assert set(pooled) == {"exact", "faiss+candidates=1"}
+
+
+def test_reliability_rows_project_to_a_variation_count() -> None:
+    rng = np.random.default_rng(5)
+    underlying = rng.standard_normal(PIXELS)
+    pooled = {
+        "exact": {"skimage-chelsea": _batches(underlying, 1.0, 4, 0, rng)},
+        "faiss": {"skimage-chelsea": _batches(underlying, 1.0, 6, 1, rng)},
+    }
+    reference_row, faiss_row = reliability_rows(pooled, "exact", 100)
+    assert (reference_row["config"], faiss_row["config"], faiss_row["batches"]) == ("exact", "faiss", 6)
+    assert reference_row["self"] == pytest.approx(spearman_brown(reference_row["r1"], 10))
+    # the same underlying map: the projected agreement is that of two 100-variation maps, about 10/11
+    assert faiss_row["vs_ref"] == pytest.approx(10 / 11, abs=0.03)
