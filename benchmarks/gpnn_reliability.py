@@ -20,6 +20,10 @@ photograph and configuration, with Pearson correlations (min-max normalisation l
   ``true r * sqrt(self@N self_ref@N)``; next to it the reference's own ``self@N``, the most any
   configuration can reach against an N-variation reference map.
 
+``--split-halves`` also checks the Spearman-Brown formula where a configuration has enough batch maps: the
+predicted agreement of two N-variation maps against the observed one (the mean of the first N/10 batch
+maps against the next N/10), in Pearson and in Spearman correlation.
+
 Example: ``python benchmarks/gpnn_reliability.py --out runs/gpnn_quality --variations 100``.
 """
 
@@ -33,6 +37,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+from scipy.stats import spearmanr
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: `benchmarks` importable
 
@@ -141,6 +146,37 @@ def print_table(rows: list[dict[str, object]], reference: str, variations: int) 
         print(f"| {row['photo'].removeprefix('skimage-')} | {row['config']} | {row['batches']} | {cells} |")
 
 
+def split_half_rows(pooled: dict[str, dict[str, BatchMaps]]) -> list[dict[str, object]]:
+    """The Spearman-Brown prediction against what it predicts, where a configuration has 2k batch maps:
+    per photograph, configuration and N = 10k (k = 1, 2, 4, 10, ...), the predicted agreement of two
+    N-variation maps and the observed Pearson and Spearman correlation of the mean of the first k batch
+    maps with that of the next k."""
+    rows = []
+    for config, by_photo in sorted(pooled.items()):
+        for photo, batches in by_photo.items():
+            r1 = single_batch_agreement(batches)
+            maps = np.stack([m for _, m in sorted(batches, key=lambda item: item[0])])
+            for k in [k for k in (1, 2, 4, 10, 20, 50) if 2 * k <= len(maps)]:
+                first, second = maps[:k].mean(0).ravel(), maps[k : 2 * k].mean(0).ravel()
+                row = {"photo": photo, "config": config, "variations": BATCH * k}
+                row["predicted"] = spearman_brown(r1, k)
+                row["pearson"] = _pearson(first, second)
+                row["spearman"] = float(spearmanr(first, second).statistic)
+                rows.append(row)
+    return rows
+
+
+def print_split_halves(rows: list[dict[str, object]]) -> None:
+    """The rows of :func:`split_half_rows` as a Markdown table."""
+    print("| photo | config | variations | Spearman-Brown | observed Pearson | observed Spearman |")
+    print("|---" * 6 + "|")
+    for row in rows:
+        cells = " | ".join(_cell(row[key]) for key in ("predicted", "pearson", "spearman"))
+        print(
+            f"| {row['photo'].removeprefix('skimage-')} | {row['config']} | {row['variations']} | {cells} |"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="the folder of gpnn_quality.py's maps")
@@ -149,16 +185,19 @@ def main() -> None:
     )
     parser.add_argument("--variations", type=int, default=100, help="variation count of the projection")
     parser.add_argument("--seed", type=int, default=0, help="the seed of runs named without @S (default 0)")
+    parser.add_argument(
+        "--split-halves", action="store_true", help="also check Spearman-Brown against observed split halves"
+    )
     args = parser.parse_args()
     if args.variations < 1:
         raise SystemExit(f"--variations must be a positive integer, got {args.variations}")
     if not args.out.is_dir():
         raise SystemExit(f"--out: {args.out} is not a folder")
-    print_table(
-        reliability_rows(load_batches(args.out, args.seed), args.reference, args.variations),
-        args.reference,
-        args.variations,
-    )
+    pooled = load_batches(args.out, args.seed)
+    print_table(reliability_rows(pooled, args.reference, args.variations), args.reference, args.variations)
+    if args.split_halves:
+        print()
+        print_split_halves(split_half_rows(pooled))
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from benchmarks.gpnn_reliability import (
     reliability_rows,
     single_batch_agreement,
     spearman_brown,
+    split_half_rows,
     true_correlation,
 )
 
@@ -90,3 +91,13 @@ def test_reliability_rows_project_to_a_variation_count() -> None:
     assert reference_row["self"] == pytest.approx(spearman_brown(reference_row["r1"], 10))
     # the same underlying map: the projected agreement is that of two 100-variation maps, about 10/11
     assert faiss_row["vs_ref"] == pytest.approx(10 / 11, abs=0.03)
+
+
+def test_split_half_rows_compare_the_prediction_with_observed_halves() -> None:
+    rng = np.random.default_rng(6)
+    batches = _batches(rng.standard_normal(PIXELS), 2.0, 8, 0, rng)
+    rows = split_half_rows({"faiss": {"skimage-astronaut": batches}})
+    assert [row["variations"] for row in rows] == [10, 20, 40]
+    for row in rows:
+        assert row["predicted"] == pytest.approx(row["pearson"], abs=0.04)
+        assert row["spearman"] == pytest.approx(row["pearson"], abs=0.04)  # Gaussian maps
