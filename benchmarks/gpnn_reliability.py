@@ -17,12 +17,15 @@ photograph and configuration, with Pearson correlations (min-max normalisation l
   (the correction for attenuation): 1 when they estimate the same map and differ by seed noise only;
   with its range when each of the reference's batch maps is left out in turn;
 - ``vs ref@N``: the agreement of the two configurations' N-variation maps this implies,
-  ``true r * sqrt(self@N self_ref@N)``; next to it the reference's own ``self@N``, the most any
-  configuration can reach against an N-variation reference map.
+  ``true r * sqrt(self@N self_ref@N)``; the reference's row gives its own ``self@N``, how well it
+  agrees with itself at N variations (a yardstick: a less noisy configuration can exceed it).
 
-``--split-halves`` also checks the Spearman-Brown formula where a configuration has enough batch maps: the
-predicted agreement of two N-variation maps against the observed one (the mean of the first N/10 batch
-maps against the next N/10), in Pearson and in Spearman correlation.
+``--correlation spearman`` applies the same formulas to the Spearman correlations of the batch maps
+(Pearson's of their ranks). The theory holds for Pearson's (a mean of batch maps is a sum of
+measurements); for Spearman's it is an approximation. ``--split-halves`` checks the Spearman-Brown
+formula where a configuration has enough batch maps: the predicted agreement of two N-variation maps
+against the observed one (the mean of the first N/10 batch maps against the next N/10), in Pearson and
+in Spearman correlation.
 
 Example: ``python benchmarks/gpnn_reliability.py --out runs/gpnn_quality --variations 100``.
 """
@@ -37,7 +40,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-from scipy.stats import spearmanr
+from scipy.stats import rankdata, spearmanr
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: `benchmarks` importable
 
@@ -146,15 +149,30 @@ def print_table(rows: list[dict[str, object]], reference: str, variations: int) 
         print(f"| {row['photo'].removeprefix('skimage-')} | {row['config']} | {row['batches']} | {cells} |")
 
 
-def split_half_rows(pooled: dict[str, dict[str, BatchMaps]]) -> list[dict[str, object]]:
+def ranked(pooled: dict[str, dict[str, BatchMaps]]) -> dict[str, dict[str, BatchMaps]]:
+    """Every batch map replaced by its pixels' ranks: Pearson correlations of ranks are Spearman's."""
+    return {
+        config: {
+            photo: [(i, rankdata(m.ravel()).reshape(m.shape)) for i, m in batches]
+            for photo, batches in by_photo.items()
+        }
+        for config, by_photo in pooled.items()
+    }
+
+
+def split_half_rows(
+    pooled: dict[str, dict[str, BatchMaps]], analysed: dict[str, dict[str, BatchMaps]] | None = None
+) -> list[dict[str, object]]:
     """The Spearman-Brown prediction against what it predicts, where a configuration has 2k batch maps:
-    per photograph, configuration and N = 10k (k = 1, 2, 4, 10, ...), the predicted agreement of two
-    N-variation maps and the observed Pearson and Spearman correlation of the mean of the first k batch
-    maps with that of the next k."""
+    per photograph, configuration and N = 10k (k = 1, 2, 4, 10, ...), the agreement of two N-variation
+    maps predicted from the r1 of ``analysed`` (default ``pooled``; :func:`ranked` for Spearman's) and the
+    observed Pearson and Spearman correlation of the mean of the first k batch maps with that of the next
+    k."""
+    analysed = pooled if analysed is None else analysed
     rows = []
     for config, by_photo in sorted(pooled.items()):
         for photo, batches in by_photo.items():
-            r1 = single_batch_agreement(batches)
+            r1 = single_batch_agreement(analysed[config][photo])
             maps = np.stack([m for _, m in sorted(batches, key=lambda item: item[0])])
             for k in [k for k in (1, 2, 4, 10, 20, 50) if 2 * k <= len(maps)]:
                 first, second = maps[:k].mean(0).ravel(), maps[k : 2 * k].mean(0).ravel()
@@ -186,6 +204,12 @@ def main() -> None:
     parser.add_argument("--variations", type=int, default=100, help="variation count of the projection")
     parser.add_argument("--seed", type=int, default=0, help="the seed of runs named without @S (default 0)")
     parser.add_argument(
+        "--correlation",
+        choices=("pearson", "spearman"),
+        default="pearson",
+        help="pearson (default; exact for means of batch maps) or spearman (of the ranks, approximate)",
+    )
+    parser.add_argument(
         "--split-halves", action="store_true", help="also check Spearman-Brown against observed split halves"
     )
     args = parser.parse_args()
@@ -194,10 +218,12 @@ def main() -> None:
     if not args.out.is_dir():
         raise SystemExit(f"--out: {args.out} is not a folder")
     pooled = load_batches(args.out, args.seed)
-    print_table(reliability_rows(pooled, args.reference, args.variations), args.reference, args.variations)
+    analysed = ranked(pooled) if args.correlation == "spearman" else pooled
+    print(f"{args.correlation.capitalize()} correlations")
+    print_table(reliability_rows(analysed, args.reference, args.variations), args.reference, args.variations)
     if args.split_halves:
         print()
-        print_split_halves(split_half_rows(pooled))
+        print_split_halves(split_half_rows(pooled, analysed))
 
 
 if __name__ == "__main__":

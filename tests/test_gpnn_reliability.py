@@ -7,11 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy.stats import spearmanr
 
 from benchmarks.gpnn_reliability import (
     cross_agreement,
     leave_one_out,
     load_batches,
+    ranked,
     reliability_rows,
     single_batch_agreement,
     spearman_brown,
@@ -101,3 +103,11 @@ def test_split_half_rows_compare_the_prediction_with_observed_halves() -> None:
     for row in rows:
         assert row["predicted"] == pytest.approx(row["pearson"], abs=0.04)
         assert row["spearman"] == pytest.approx(row["pearson"], abs=0.04)  # Gaussian maps
+
+
+def test_ranked_maps_give_spearman_correlations() -> None:
+    rng = np.random.default_rng(7)
+    batches = _batches(np.exp(rng.standard_normal(PIXELS)), 0.5, 3, 0, rng)
+    (_, a), (_, b), _ = ranked({"exact": {"skimage-rocket": batches}})["exact"]["skimage-rocket"]
+    expected = spearmanr(batches[0][1].ravel(), batches[1][1].ravel()).statistic
+    assert np.corrcoef(a.ravel(), b.ravel())[0, 1] == pytest.approx(expected, abs=1e-12)
