@@ -218,6 +218,9 @@ def main() -> None:
     if not args.out.is_dir():
         raise SystemExit(f"--out: {args.out} is not a folder")
     pooled = load_batches(args.out, args.seed)
+    if args.reference not in pooled:
+        found = ", ".join(sorted(pooled)) or "none"
+        raise SystemExit(f"--reference: no batch maps of {args.reference!r} in {args.out} (found: {found})")
     analysed = ranked(pooled) if args.correlation == "spearman" else pooled
     print(f"{args.correlation.capitalize()} correlations")
     print_table(reliability_rows(analysed, args.reference, args.variations), args.reference, args.variations)

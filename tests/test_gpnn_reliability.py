@@ -111,3 +111,12 @@ def test_ranked_maps_give_spearman_correlations() -> None:
     (_, a), (_, b), _ = ranked({"exact": {"skimage-rocket": batches}})["exact"]["skimage-rocket"]
     expected = spearmanr(batches[0][1].ravel(), batches[1][1].ravel()).statistic
     assert np.corrcoef(a.ravel(), b.ravel())[0, 1] == pytest.approx(expected, abs=1e-12)
+
+
+def test_an_unknown_reference_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from benchmarks import gpnn_reliability
+
+    np.save(tmp_path / "batches_exact@1_skimage-coffee.npy", np.zeros((2, 4, 4)))
+    monkeypatch.setattr("sys.argv", ["gpnn_reliability.py", "--out", str(tmp_path), "--reference", "exact@1"])
+    with pytest.raises(SystemExit, match="--reference: no batch maps of 'exact@1'.*found: exact"):
+        gpnn_reliability.main()
