@@ -80,10 +80,16 @@ def gpnn_for(config: str):
     raise SystemExit(f"--configs: unknown configuration {config!r} (exact, faiss or authors[+setting=value])")
 
 
+def name_and_seed(config: str, seed: int) -> tuple[str, int]:
+    """The name and seed of a configuration, ``name`` or ``name@S`` (seed S instead of ``seed``)."""
+    name, _, own_seed = config.partition("@")
+    return name, int(own_seed) if own_seed else seed
+
+
 def gpnn_and_seed(config: str, seed: int):
     """The GPNN and seed of a configuration name, ``name`` or ``name@S`` (seed S instead of ``seed``)."""
-    name, _, own_seed = config.partition("@")
-    return gpnn_for(name), int(own_seed) if own_seed else seed
+    name, config_seed = name_and_seed(config, seed)
+    return gpnn_for(name), config_seed
 
 
 def _photos(photos: tuple[str, ...] = PHOTOS) -> tuple[np.ndarray, list[str]]:

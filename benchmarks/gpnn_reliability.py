@@ -44,7 +44,7 @@ from scipy.stats import rankdata, spearmanr
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: `benchmarks` importable
 
-from benchmarks.gpnn_quality import BATCH, PHOTOS  # noqa: E402
+from benchmarks.gpnn_quality import BATCH, PHOTOS, name_and_seed  # noqa: E402
 
 #: A batch map's identity: (configuration seed, batch index); equal identities share their GPNN noise.
 BatchMaps = list[tuple[tuple[int, int], np.ndarray]]
@@ -59,8 +59,7 @@ def load_batches(out: Path, seed: int = 0) -> dict[str, dict[str, BatchMaps]]:
         match = _FILE.fullmatch(path.name)
         if match is None:
             continue
-        config, _, own_seed = match["config"].partition("@")
-        config_seed = int(own_seed) if own_seed else seed
+        config, config_seed = name_and_seed(match["config"], seed)
         for b, batch_map in enumerate(np.load(path)):
             pooled[config][match["photo"]].append(((config_seed, b), batch_map))
     return pooled
