@@ -33,7 +33,6 @@ Example: ``python benchmarks/gpnn_reliability.py --out runs/gpnn_quality --varia
 from __future__ import annotations
 
 import argparse
-import itertools
 import re
 import sys
 from collections import defaultdict
@@ -69,16 +68,38 @@ def _pearson(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(a.ravel(), b.ravel())[0, 1])
 
 
+def _pair_correlations(batches: BatchMaps, others: BatchMaps) -> np.ma.MaskedArray:
+    """The correlation of every batch map with every one of ``others`` (one matrix product of the
+    standardised maps), pairs of one identity masked."""
+
+    def standardised(maps: BatchMaps) -> np.ndarray:
+        x = np.stack([m.ravel() for _, m in maps]).astype(np.float64)
+        x -= x.mean(1, keepdims=True)
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    same = np.array([[ia == ib for ib, _ in others] for ia, _ in batches])
+    return np.ma.masked_array(standardised(batches) @ standardised(others).T, same)
+
+
+def _mean(correlations: np.ma.MaskedArray) -> float:
+    """The mean of the unmasked correlations (NaN where none is)."""
+    value = correlations.mean()
+    return float("nan") if value is np.ma.masked else float(value)
+
+
+def _corrected(cross: float, r1: float, r1_ref: float) -> float:
+    """The correction for attenuation."""
+    return cross / float(np.sqrt(r1 * r1_ref))
+
+
 def single_batch_agreement(batches: BatchMaps) -> float:
     """r1: the mean correlation of two batch maps of different seeds (NaN with fewer than two)."""
-    pairs = [_pearson(a, b) for (ia, a), (ib, b) in itertools.combinations(batches, 2) if ia != ib]
-    return float(np.mean(pairs)) if pairs else float("nan")
+    return _mean(_pair_correlations(batches, batches))
 
 
 def cross_agreement(batches: BatchMaps, reference: BatchMaps) -> float:
     """The mean correlation of a batch map with a reference batch map, same-seed pairs left out."""
-    pairs = [_pearson(a, b) for ia, a in batches for ib, b in reference if ia != ib]
-    return float(np.mean(pairs)) if pairs else float("nan")
+    return _mean(_pair_correlations(batches, reference))
 
 
 def spearman_brown(r1: float, k: float) -> float:
@@ -88,16 +109,26 @@ def spearman_brown(r1: float, k: float) -> float:
 
 def true_correlation(batches: BatchMaps, reference: BatchMaps) -> float:
     """The correlation of the underlying maps: cross agreement corrected for both sides' seed noise."""
-    r1, r1_ref = single_batch_agreement(batches), single_batch_agreement(reference)
-    return cross_agreement(batches, reference) / float(np.sqrt(r1 * r1_ref))
+    return _corrected(cross_agreement(batches, reference), *map(single_batch_agreement, (batches, reference)))
 
 
 def leave_one_out(batches: BatchMaps, reference: BatchMaps) -> tuple[float, float]:
     """The range of :func:`true_correlation` with each of the reference's batch maps left out in turn
     (NaN with fewer than three: one left out would leave no pair)."""
-    if len(reference) < 3:
+    within, within_ref = _pair_correlations(batches, batches), _pair_correlations(reference, reference)
+    return _leave_one_out(within, within_ref, _pair_correlations(batches, reference))
+
+
+def _leave_one_out(
+    within: np.ma.MaskedArray, within_ref: np.ma.MaskedArray, cross: np.ma.MaskedArray
+) -> tuple[float, float]:
+    """:func:`leave_one_out` from the pair correlations, each computed once."""
+    n = within_ref.shape[0]
+    if n < 3:
         return float("nan"), float("nan")
-    values = [true_correlation(batches, reference[:i] + reference[i + 1 :]) for i in range(len(reference))]
+    r1 = _mean(within)
+    keeps = [np.arange(n) != i for i in range(n)]
+    values = [_corrected(_mean(cross[:, k]), r1, _mean(within_ref[np.ix_(k, k)])) for k in keeps]
     return min(values), max(values)
 
 
@@ -105,25 +136,28 @@ def reliability_rows(
     pooled: dict[str, dict[str, BatchMaps]], reference: str, variations: int
 ) -> list[dict[str, object]]:
     """Per photograph and configuration (the reference's own row first): the quantities of the module's
-    docstring at ``variations`` variations."""
+    docstring at ``variations`` variations, each pair correlation computed once."""
     k = variations / BATCH
     rows = []
     for photo in PHOTOS:
         ref = pooled.get(reference, {}).get(photo)
         if not ref:
             continue
-        r1_ref = single_batch_agreement(ref)
+        within_ref = _pair_correlations(ref, ref)
+        r1_ref = _mean(within_ref)
         for config in [reference, *sorted(set(pooled) - {reference})]:
             batches = pooled[config].get(photo)
             if not batches:
                 continue
-            r1 = single_batch_agreement(batches)
+            within = _pair_correlations(batches, batches)
+            r1 = _mean(within)
             row = {"photo": photo, "config": config, "batches": len(batches), "r1": r1}
             row["self"] = spearman_brown(r1, k)
             if config != reference:
-                row["cross"] = cross_agreement(batches, ref)
-                row["true"] = true_correlation(batches, ref)
-                row["true_range"] = leave_one_out(batches, ref)
+                cross = _pair_correlations(batches, ref)
+                row["cross"] = _mean(cross)
+                row["true"] = _corrected(row["cross"], r1, r1_ref)
+                row["true_range"] = _leave_one_out(within, within_ref, cross)
                 row["vs_ref"] = row["true"] * np.sqrt(row["self"] * spearman_brown(r1_ref, k))
             rows.append(row)
     return rows
