@@ -156,19 +156,13 @@ class PatchIndex:
         """:meth:`search` for queries already projected, (M, k_dims) float32 -> CPU tensors."""
         if self.is_ivf:
             distances, labels = self._scan_cells(projected, int(k))
-        else:
+        else:  # at least one call: FAISS answers (0, k) arrays for no queries
             found = [
                 self.index.search(projected[s : s + SEARCH_ROWS], int(k))
-                for s in range(0, len(projected), SEARCH_ROWS)
+                for s in range(0, max(len(projected), 1), SEARCH_ROWS)
             ]
-            distances = (
-                torch.from_numpy(np.concatenate([d for d, _ in found])) if found else torch.zeros((0, k))
-            )
-            labels = (
-                torch.from_numpy(np.concatenate([i for _, i in found]))
-                if found
-                else torch.zeros((0, k), dtype=torch.long)
-            )
+            distances = torch.from_numpy(np.concatenate([d for d, _ in found]))
+            labels = torch.from_numpy(np.concatenate([i for _, i in found]))
         missing = labels < 0
         labels = torch.where(missing, labels[:, :1], labels)
         return torch.where(missing, distances[:, :1], distances), labels
@@ -182,7 +176,8 @@ class PatchIndex:
         cells = torch.from_numpy(self.index.search(projected, probes)[1]).reshape(-1)
         order = torch.argsort(cells, stable=True)  # (query, probe) pairs, cell after cell
         rows = queries[order // probes]
-        found_d, found_p = [], []  # per block of rows, in the order of the sorted pairs
+        # per block of rows, in the order of the sorted pairs (none without queries)
+        found_d, found_p = [torch.zeros((0, k))], [torch.zeros((0, k), dtype=torch.long)]
         start = 0
         for cell, count in enumerate(torch.bincount(cells, minlength=len(self._cell_starts) - 1).tolist()):
             first, last = self._cell_starts[cell], self._cell_starts[cell + 1]
@@ -213,7 +208,7 @@ class PatchIndex:
         distances = (distances + rows.pow(2).sum(1, keepdim=True)).clamp_min(0)  # not found: stays inf
         labels = torch.where(found, self._cell_keys[positions.clamp_min(0)], -1)
         distances[order], labels[order] = distances.clone(), labels.clone()
-        distances, labels = distances.view(n_queries, -1), labels.view(n_queries, -1)
+        distances, labels = distances.view(n_queries, probes * k), labels.view(n_queries, probes * k)
         if probes > 1:
             distances, best = distances.topk(k, dim=1, largest=False)
             labels = labels.gather(1, best)

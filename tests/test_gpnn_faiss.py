@@ -259,3 +259,15 @@ def test_generate_batches_is_generate_per_batch(cat: torch.Tensor, search: str) 
         gpnn.generate_batches(cat, [2, 3], seeds=[7])
     with pytest.raises(ValueError, match="n must be"):
         gpnn.generate_batches(cat, [0], seeds=[7])
+
+
+@pytest.mark.parametrize("index_type", ["flat", "ivf"])
+def test_search_without_queries(cat: torch.Tensor, index_type: str) -> None:
+    _, keys = _photo_patches(cat)
+    distances, found = PatchIndex(keys, pca_dims=8, index=index_type, nlist=16).search(keys[:0], k=3)
+    assert (distances.shape, found.shape, distances.dtype, found.dtype) == (
+        (0, 3),
+        (0, 3),
+        torch.float32,
+        torch.long,
+    )
