@@ -57,6 +57,18 @@ def _setting(text: str) -> object:
     return text
 
 
+def split_config(config: str) -> tuple[str, dict[str, object]]:
+    """A configuration name ``base+setting=value...`` -> (base, {setting: value})."""
+    base, *assignments = config.split("+")
+    overrides = {}
+    for assignment in assignments:
+        key, equals, value = assignment.partition("=")
+        if not equals:
+            raise SystemExit(f"expected +setting=value in the configuration {config!r}, got {assignment!r}")
+        overrides[key] = _setting(value)
+    return base, overrides
+
+
 def gpnn_for(config: str):
     """The GPNN of a configuration name: ``exact``, ``faiss`` or ``authors``, each optionally followed by
     ``+setting=value`` overrides of its GPNN settings (``faiss+early_stop=none``, ``exact+alpha=1e3``)."""
@@ -64,13 +76,7 @@ def gpnn_for(config: str):
     from saliency import GPNN
     from saliency.gpnn_cam import gpnn_cam_preset
 
-    base, *assignments = config.split("+")
-    overrides = {}
-    for assignment in assignments:
-        key, equals, value = assignment.partition("=")
-        if not equals:
-            raise SystemExit(f"--configs: expected +setting=value in {config!r}, got {assignment!r}")
-        overrides[key] = _setting(value)
+    base, overrides = split_config(config)
     if base == "exact":
         return gpnn_cam_preset(**overrides)
     if base == "faiss":

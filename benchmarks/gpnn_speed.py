@@ -6,7 +6,8 @@ Prints three tables, each configuration (in the middle table: each size) measure
    each search (``--search``: on CPU shifts, matmul, faiss, authors; on CUDA matmul, triton, faiss,
    authors). ``faiss`` is GPNN with the evaluation's FAISS settings
    (:data:`evaluation.focusers.GPNN_CAM_SETTINGS`), ``authors`` the GPNN-CAM authors' pipeline
-   (:meth:`saliency.GPNN.authors`, which also has their noise 3.0, zero start and distance-weighted fold).
+   (:meth:`saliency.GPNN.authors`, which also has their noise 3.0, zero start and distance-weighted fold);
+   ``+setting=value`` overrides either's GPNN settings (``faiss+early_stop=none``).
    A FAISS row's time includes building its indexes for the image (none are reused across rows); its
    'reused' column times another batch of the same image with those indexes (GPNN-CAM's later batches).
    ``--exact-n k`` runs the exact searches in batches of k instead (their time per variation does not
@@ -43,8 +44,12 @@ import resource
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: `benchmarks` importable
+from benchmarks.gpnn_quality import split_config  # noqa: E402
 
 
 def _photo(size: int) -> torch.Tensor:
@@ -144,15 +149,22 @@ FAISS_ROWS = ("faiss", "authors")
 
 def _gpnn(search: str, iters: int, tf32: bool, cam: bool = False):
     """The GPNN of one row: GPNN's (``cam``: GPNN-CAM's preset's) settings with ``search``, or a FAISS
-    configuration of :data:`FAISS_ROWS`."""
+    configuration of :data:`FAISS_ROWS` with ``+setting=value`` overrides (``faiss+early_stop=none``)."""
     from evaluation.focusers import GPNN_CAM_SETTINGS
     from saliency import GPNN
     from saliency.gpnn_cam import gpnn_cam_preset
 
-    if search == "authors":
-        return GPNN.authors(iters=iters)
-    settings = GPNN_CAM_SETTINGS if search == "faiss" else {"search": search, "tf32": tf32}
-    return gpnn_cam_preset(iters=iters, **settings) if cam else GPNN(iters=iters, **settings)
+    base, overrides = split_config(search)
+    if base == "authors":
+        return GPNN.authors(**{"iters": iters, **overrides})
+    settings = {**GPNN_CAM_SETTINGS, **overrides} if base == "faiss" else {"search": search, "tf32": tf32}
+    settings = {"iters": iters, **settings}
+    return gpnn_cam_preset(**settings) if cam else GPNN(**settings)
+
+
+def is_faiss_row(search: str) -> bool:
+    """Whether ``search`` is a FAISS configuration (:data:`FAISS_ROWS`, optionally ``+setting=value...``)."""
+    return split_config(search)[0] in FAISS_ROWS
 
 
 def _fresh(gpnn):
@@ -179,7 +191,7 @@ def worker(config: dict) -> dict:
         _warm_up(gpnn, image)
         _, seconds, peak = _timed(lambda: _fresh(gpnn).generate(image, config["n"], seed=0), device, repeat)
         out = {"s_per_variation": seconds / config["n"], "peak_mib": peak}
-        if config["search"] in FAISS_ROWS:  # another batch of the same image: the indexes are reused
+        if is_faiss_row(config["search"]):  # another batch of the same image: the indexes are reused
             _, reused, _ = _timed(lambda: gpnn.generate(image, config["n"], seed=1), device, repeat)
             out["reused"] = reused / config["n"]
         return out
@@ -249,7 +261,8 @@ def main(argv: list[str] | None = None) -> None:
         "--search",
         nargs="+",
         default=None,
-        help="NN searches (default: shifts matmul on CPU, matmul triton on CUDA)",
+        help="NN searches and FAISS configurations, e.g. faiss+early_stop=0.01 (default: shifts matmul faiss "
+        "authors on CPU, matmul triton faiss authors on CUDA)",
     )
     parser.add_argument("--naive-max", type=int, default=None, help="largest size for the naive NN")
     parser.add_argument("--chunk", type=int, default=2**24, help="tile size of the chunked NN")
@@ -279,7 +292,7 @@ def main(argv: list[str] | None = None) -> None:
     searches = args.search or (
         ["matmul", "triton", *FAISS_ROWS] if cuda else ["shifts", "matmul", *FAISS_ROWS]
     )
-    exact_searches = [search for search in searches if search not in FAISS_ROWS]
+    exact_searches = [search for search in searches if not is_faiss_row(search)]
     reference_search = exact_searches[0] if exact_searches else None
     exact_max = args.exact_max_variations or (1000 if cuda else 10)
     tf32_modes = [False, True] if (args.tf32 and cuda) else [False]
@@ -309,7 +322,7 @@ def main(argv: list[str] | None = None) -> None:
                 batch = n_items
                 if kind == "gpnn" and search in exact_searches and args.exact_n:
                     batch = min(n_items, args.exact_n)
-                for tf32 in tf32_modes if search not in ("shifts", *FAISS_ROWS) else [False]:
+                for tf32 in tf32_modes if search in exact_searches and search != "shifts" else [False]:
                     config = {"kind": kind, "device": args.device, "size": size, "n": batch, "iters": iters}
                     results[(search, tf32)] = run({**config, "tf32": tf32, "search": search, **repeat})
             vs = ratios(results, seconds)
