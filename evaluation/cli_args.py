@@ -131,7 +131,8 @@ def add_gpnn_args(parser: argparse.ArgumentParser, variations: int = GPNN_CAM_VA
         "--gpnn",
         choices=tuple(GPNN_CAM_GPNNS),
         default=GPNN_CAM_GPNN,
-        help="GPNN-CAM's variation generator: 'faiss' (the full method, FAISS search), 'exact' (exact "
+        help="GPNN-CAM's variation generator: 'faiss' (the full method, FAISS search), 'faiss-4probes' "
+        "(the same probing 4 IVF cells: closer to the exact search, about 2x slower), 'exact' (exact "
         "search, far slower on a CPU) or 'reduced' (1 iteration per level, coarsest 32 px: quick checks) "
         f"(default {GPNN_CAM_GPNN}; docs/gpnn.md)",
     )

@@ -758,3 +758,16 @@ def test_eps_min_reaches_the_config_and_its_help_states_the_runners_default(tmp_
     assert params["fgsm"]["eps_min"] == 1e-5 and "eps_min" not in params["cw"]
     assert main([*argv, "--eps-min", "2", "--out", str(tmp_path / "x")]) == 2
     assert "--eps-min: expected a number in (0, 1), got '2'" in capsys.readouterr().err
+
+
+def test_gpnn_faiss_4probes_is_the_faiss_gpnn_with_4_probes():
+    from evaluation import zoo
+    from evaluation.cli import build_parser
+    from evaluation.focusers import GPNN_CAM_GPNNS, saliency_method
+
+    args = build_parser().parse_args(["evaluate", "--gpnn", "faiss-4probes", "--out", "unused"])
+    model = zoo.load("digits-cnn")
+    probed = saliency_method("gpnn-cam", model, ["features.13"], gpnn_params=GPNN_CAM_GPNNS[args.gpnn]).gpnn
+    default = saliency_method("gpnn-cam", model, ["features.13"], gpnn_params=GPNN_CAM_GPNNS["faiss"]).gpnn
+    assert (probed.nprobe, default.nprobe) == (4, 1)
+    assert {**vars(default), "nprobe": 4, "_index_cache": None} == {**vars(probed), "_index_cache": None}
