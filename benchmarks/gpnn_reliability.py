@@ -115,18 +115,11 @@ def true_correlation(batches: BatchMaps, reference: BatchMaps) -> float:
 def leave_one_out(batches: BatchMaps, reference: BatchMaps) -> tuple[float, float]:
     """The range of :func:`true_correlation` with each of the reference's batch maps left out in turn
     (NaN with fewer than three: one left out would leave no pair)."""
-    within, within_ref = _pair_correlations(batches, batches), _pair_correlations(reference, reference)
-    return _leave_one_out(within, within_ref, _pair_correlations(batches, reference))
-
-
-def _leave_one_out(
-    within: np.ma.MaskedArray, within_ref: np.ma.MaskedArray, cross: np.ma.MaskedArray
-) -> tuple[float, float]:
-    """:func:`leave_one_out` from the pair correlations, each computed once."""
-    n = within_ref.shape[0]
+    n = len(reference)
     if n < 3:
         return float("nan"), float("nan")
-    r1 = _mean(within)
+    r1 = single_batch_agreement(batches)
+    within_ref, cross = _pair_correlations(reference, reference), _pair_correlations(batches, reference)
     keeps = [np.arange(n) != i for i in range(n)]
     values = [_corrected(_mean(cross[:, k]), r1, _mean(within_ref[np.ix_(k, k)])) for k in keeps]
     return min(values), max(values)
@@ -136,29 +129,26 @@ def reliability_rows(
     pooled: dict[str, dict[str, BatchMaps]], reference: str, variations: int
 ) -> list[dict[str, object]]:
     """Per photograph and configuration (the reference's own row first): the quantities of the module's
-    docstring at ``variations`` variations, each pair correlation computed once."""
+    docstring at ``variations`` variations."""
     k = variations / BATCH
     rows = []
     for photo in PHOTOS:
         ref = pooled.get(reference, {}).get(photo)
         if not ref:
             continue
-        within_ref = _pair_correlations(ref, ref)
-        r1_ref = _mean(within_ref)
+        self_ref = spearman_brown(single_batch_agreement(ref), k)
         for config in [reference, *sorted(set(pooled) - {reference})]:
             batches = pooled[config].get(photo)
             if not batches:
                 continue
-            within = _pair_correlations(batches, batches)
-            r1 = _mean(within)
+            r1 = single_batch_agreement(batches)
             row = {"photo": photo, "config": config, "batches": len(batches), "r1": r1}
             row["self"] = spearman_brown(r1, k)
             if config != reference:
-                cross = _pair_correlations(batches, ref)
-                row["cross"] = _mean(cross)
-                row["true"] = _corrected(row["cross"], r1, r1_ref)
-                row["true_range"] = _leave_one_out(within, within_ref, cross)
-                row["vs_ref"] = row["true"] * np.sqrt(row["self"] * spearman_brown(r1_ref, k))
+                row["cross"] = cross_agreement(batches, ref)
+                row["true"] = true_correlation(batches, ref)
+                row["true_range"] = leave_one_out(batches, ref)
+                row["vs_ref"] = row["true"] * np.sqrt(row["self"] * self_ref)
             rows.append(row)
     return rows
 

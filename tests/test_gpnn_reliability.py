@@ -91,6 +91,8 @@ def test_reliability_rows_project_to_a_variation_count() -> None:
     reference_row, faiss_row = reliability_rows(pooled, "exact", 100)
     assert (reference_row["config"], faiss_row["config"], faiss_row["batches"]) == ("exact", "faiss", 6)
     assert reference_row["self"] == pytest.approx(spearman_brown(reference_row["r1"], 10))
+    low, high = faiss_row["true_range"]
+    assert low <= faiss_row["true"] <= high and faiss_row["true"] == pytest.approx(1.0, abs=0.05)
     # the same underlying map: the projected agreement is that of two 100-variation maps, about 10/11
     assert faiss_row["vs_ref"] == pytest.approx(10 / 11, abs=0.03)
 
