@@ -9,7 +9,9 @@ Prints three tables, each configuration (in the middle table: each size) measure
    (:meth:`saliency.GPNN.authors`, which also has their noise 3.0, zero start and distance-weighted fold);
    ``+setting=value`` overrides either's GPNN settings (``faiss+early_stop=none``).
    A FAISS row's time includes building its indexes for the image (none are reused across rows); its
-   'reused' column times another batch of the same image with those indexes (GPNN-CAM's later batches).
+   'reused' column times another batch of the same image with those indexes (GPNN-CAM's later batches),
+   its 'recall' column is the search's recall in place in a third batch (:func:`search_recall`: the share
+   of the queries met for which it finds a nearest key in the index's space).
    ``--exact-n k`` runs the exact searches in batches of k instead (their time per variation does not
    depend on the batch: each variation is searched on its own).
 2. One PNN step at the finest level (queries = a variation, keys = the source): each exact search
@@ -173,6 +175,39 @@ def _fresh(gpnn):
     return gpnn
 
 
+#: Queries per search sampled by :func:`search_recall`.
+RECALL_SAMPLE = 2000
+
+
+def search_recall(gpnn, image: torch.Tensor, n: int, seed: int = 2) -> float:
+    """Recall of a FAISS GPNN's search in place: the share of the queries it meets in ``generate(image,
+    n, seed)`` for which it finds a nearest key in the index's space (PCA-k), i.e. one at most as far (in
+    float64) as the exhaustive search's. :data:`RECALL_SAMPLE` queries of every search call are drawn
+    (seeded), weighted by the call's number of queries."""
+    from saliency.faiss_nn import PatchIndex
+
+    search, tallies = PatchIndex.search_projected, []
+
+    def recorded(index: PatchIndex, projected, k: int):
+        distances, labels = search(index, projected, k)
+        picked = torch.randperm(len(projected), generator=torch.Generator().manual_seed(len(tallies)))
+        rows = picked[:RECALL_SAMPLE]
+        queries = torch.from_numpy(projected[rows.numpy()]).double()
+        best = index.exhaustive_search(projected[rows.numpy()])[1]
+        keys = index.projected_keys.double()
+        found_d = (queries - keys[labels[rows, 0]]).pow(2).sum(1)
+        best_d = (queries - keys[best]).pow(2).sum(1)
+        tallies.append((float((found_d <= best_d).double().mean()), len(projected)))
+        return distances, labels
+
+    PatchIndex.search_projected = recorded
+    try:
+        gpnn.generate(image, n, seed=seed)
+    finally:
+        PatchIndex.search_projected = search
+    return sum(share * count for share, count in tallies) / sum(count for _, count in tallies)
+
+
 def worker(config: dict) -> dict:
     """Run one configuration and return its measurements."""
     from saliency import GPNN
@@ -194,6 +229,7 @@ def worker(config: dict) -> dict:
         if is_faiss_row(config["search"]):  # another batch of the same image: the indexes are reused
             _, reused, _ = _timed(lambda: gpnn.generate(image, config["n"], seed=1), device, repeat)
             out["reused"] = reused / config["n"]
+            out["recall"] = search_recall(gpnn, image, config["n"])
         return out
     if config["kind"] == "nn":
         variation = GPNN(iters=1).generate(image, config["n"], seed=0)  # also the warm-up
@@ -332,14 +368,15 @@ def main(argv: list[str] | None = None) -> None:
                     print(f"{row} {r['error']}")
                     continue
                 reused = f"{r['reused']:>7.3f}" if "reused" in r else f"{'-':>7}"
-                reused = f" {reused}" if kind == "gpnn" else ""
+                recall = f"{r['recall']:>6.3f}" if "recall" in r else f"{'-':>6}"
+                reused = f" {reused} {recall}" if kind == "gpnn" else ""
                 print(f"{row} {r[seconds]:>12.3f}{reused} {r['peak_mib']:>9.0f} {vs[(search, tf32)]}")
 
     exact_batch = f"; exact searches: batch of {min(n, args.exact_n)}" if args.exact_n else ""
     print(f"\nGPNN generation (batch of {n} variations{exact_batch}, p=7, r=4/3, coarsest 14, alpha 0.005)")
     ratio_head = f"{(reference_search or '-') + '/this: s':>14} {'MiB':>5}"
     print(
-        f"{'size':>5} {'iters':>5} {'search':>7} {'tf32':>5} {'s/variation':>12} {'reused':>7} "
+        f"{'size':>5} {'iters':>5} {'search':>7} {'tf32':>5} {'s/variation':>12} {'reused':>7} {'recall':>6} "
         f"{'peak MiB':>9} {ratio_head}"
     )
     for size in args.sizes:

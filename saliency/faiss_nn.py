@@ -13,9 +13,9 @@ What each setting computes:
   keys per cell); a query is compared with the keys of its ``nprobe`` nearest cells only, as FAISS's
   ``IndexIVFFlat`` does. FAISS finds the cells (one matrix product with the cell centres); the cells are
   then scanned here, all the queries of a cell against its keys in one matrix product, which at 224 px is
-  about twice as fast as FAISS's scan, one query at a time. At 224 px (47,524 keys, PCA-30, 1 probe) 218
-  to 872 cells search about as fast; the recall (the share of queries that find the exhaustive search's
-  neighbour in PCA-30 space) is 0.80 with 872 cells, 0.82 with 218.
+  about twice as fast as FAISS's scan, one query at a time. The recall (the share of queries that find
+  a nearest key in PCA-30 space) and cost of several cell counts and probes, measured where GPNN uses
+  the search, are in benchmarks/README.md.
 * ``candidates=k > 1`` (:func:`rerank`): the k nearest keys found that way are re-ranked by the
   completeness-normalised score D(i,j) / (alpha + m_j), with D estimated by the search's squared distance
   divided by the patch dimension (exact without PCA; without the discarded components with PCA) and m_j,
@@ -66,6 +66,9 @@ class PatchIndex:
         nlist: IVF cells (at most N_k are used; None: ``CELLS_PER_SQRT_KEYS * floor(sqrt(N_k))``).
         nprobe: IVF cells visited per query.
 
+    Attributes:
+        projected_keys: (N_k, k) float32, the keys in the index's space (k = ``pca_dims`` or d).
+
     Example:
         >>> index = PatchIndex(key_patches, pca_dims=30, index="ivf")
         >>> distances, candidates = index.search(query_patches, k=4)  # (N_q, 4) each
@@ -95,7 +98,7 @@ class PatchIndex:
         projected = self.project(keys)
         self.index = faiss.IndexFlatL2(dims)  # the keys (flat) or the cell centres (ivf)
         self.nprobe = 1
-        self._projected_keys = torch.from_numpy(projected)
+        self.projected_keys = torch.from_numpy(projected)  # (N_k, k) the keys in the index's space
         if index == "ivf":
             wanted = CELLS_PER_SQRT_KEYS * math.isqrt(n_keys) if nlist is None else int(nlist)
             cells = max(1, min(wanted, n_keys))
@@ -109,7 +112,7 @@ class PatchIndex:
             self._cell_keys = torch.argsort(home, stable=True)  # key indices, cell after cell
             counts = torch.bincount(home, minlength=cells)
             self._cell_starts = [0, *torch.cumsum(counts, 0).tolist()]
-            self._sorted_keys = self._projected_keys[self._cell_keys]
+            self._sorted_keys = self.projected_keys[self._cell_keys]
             self._sorted_norms = self._sorted_keys.pow(2).sum(1)
         else:
             self.index.add(projected)
@@ -214,9 +217,14 @@ class PatchIndex:
             labels = labels.gather(1, best)
         empty = labels[:, 0] < 0  # probed cells without keys: the nearest key of all
         if empty.any():
-            nearest = torch.cdist(queries[empty], self._projected_keys).min(1)
-            labels[empty, 0], distances[empty, 0] = nearest.indices, nearest.values.pow(2)
+            distances[empty, 0], labels[empty, 0] = self.exhaustive_search(projected[empty.numpy()])
         return distances, labels
+
+    def exhaustive_search(self, projected: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """The nearest of all keys for queries already projected, (M, k_dims) float32, as a flat index
+        finds it (what the IVF search approximates) -> (squared distances (M,), key indices (M,) long)."""
+        nearest = torch.cdist(torch.from_numpy(projected), self.projected_keys).min(1)
+        return nearest.values.pow(2), nearest.indices
 
 
 def rerank(

@@ -73,6 +73,18 @@ def test_ivf_recall_floor_and_pca_space(cat: torch.Tensor) -> None:
     assert variances[0] >= variances[1] >= variances[2]
 
 
+def test_exhaustive_search_is_the_flat_search_in_the_projected_space(cat: torch.Tensor) -> None:
+    queries, keys = _photo_patches(cat)
+    index = PatchIndex(keys, pca_dims=12, index="ivf", nlist=16)
+    projected = index.project(queries)
+    distances, labels = index.exhaustive_search(projected)
+    flat = PatchIndex(keys, pca_dims=12, index="flat")
+    expected_d, expected_i = flat.search(queries, 1)
+    assert (labels == expected_i[:, 0]).double().mean() > 0.999  # float32 near-ties aside
+    torch.testing.assert_close(distances, expected_d[:, 0], rtol=1e-4, atol=1e-5)
+    assert index.projected_keys.shape == (keys.shape[0], 12)
+
+
 def test_ivf_with_fewer_keys_than_cells_and_k_above_a_cell() -> None:
     keys, queries = torch.rand(10, 6), torch.rand(30, 6)
     distances, found = PatchIndex(keys, index="ivf", nlist=64, nprobe=1).search(queries, 8)

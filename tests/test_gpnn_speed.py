@@ -26,3 +26,17 @@ def test_speed_rows_take_the_same_overrides() -> None:
     authors = _gpnn("authors+nprobe=4", 2, False)
     assert (authors.nprobe, authors.iters, authors.nlist) == (4, 2, 64)
     assert _gpnn("shifts", 1, False).search == "shifts"
+
+
+def test_search_recall_is_one_for_an_exhaustive_search_and_grows_with_probes() -> None:
+    """In place, a flat index finds a nearest key for every query; an IVF search with 1 probe misses some
+    and finds more with every cell probed (then all: the flat search)."""
+    from benchmarks.gpnn_speed import _gpnn, _photo, search_recall
+
+    image = _photo(32)
+    recalls = [
+        search_recall(_gpnn(f"faiss+{settings}+patch_size=5", 2, False), image, 2)
+        for settings in ("index=flat", "nlist=16+nprobe=1", "nlist=16+nprobe=16")
+    ]
+    assert recalls[0] == 1.0 and recalls[2] == 1.0
+    assert 0.5 < recalls[1] < 1.0
