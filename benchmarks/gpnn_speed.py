@@ -192,11 +192,11 @@ def search_recall(gpnn, image: torch.Tensor, n: int, seed: int = 2) -> float:
         distances, labels = search(index, projected, k)
         picked = torch.randperm(len(projected), generator=torch.Generator().manual_seed(len(tallies)))
         rows = picked[:RECALL_SAMPLE]
-        queries = torch.from_numpy(projected[rows.numpy()]).double()
-        best = index.exhaustive_search(projected[rows.numpy()])[1]
-        keys = index.projected_keys.double()
-        found_d = (queries - keys[labels[rows, 0]]).pow(2).sum(1)
-        best_d = (queries - keys[best]).pow(2).sum(1)
+        sample = projected[rows.numpy()]
+        best = index.exhaustive_search(sample)[1]
+        queries, keys = torch.from_numpy(sample).double(), index.projected_keys
+        found_d = (queries - keys[labels[rows, 0]].double()).pow(2).sum(1)
+        best_d = (queries - keys[best].double()).pow(2).sum(1)
         tallies.append((float((found_d <= best_d).double().mean()), len(projected)))
         return distances, labels
 

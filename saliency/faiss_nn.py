@@ -98,7 +98,7 @@ class PatchIndex:
         projected = self.project(keys)
         self.index = faiss.IndexFlatL2(dims)  # the keys (flat) or the cell centres (ivf)
         self.nprobe = 1
-        self.projected_keys = torch.from_numpy(projected)  # (N_k, k) the keys in the index's space
+        self.projected_keys = torch.from_numpy(projected)
         if index == "ivf":
             wanted = CELLS_PER_SQRT_KEYS * math.isqrt(n_keys) if nlist is None else int(nlist)
             cells = max(1, min(wanted, n_keys))
