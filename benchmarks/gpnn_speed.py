@@ -287,7 +287,7 @@ def run(config: dict) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def main(argv: list[str] | None = None) -> None:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="GPNN / GPNN-CAM speed and memory")
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 128, 224])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -313,86 +313,103 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tf32", action="store_true", help="also measure GPNN(tf32=True) on CUDA")
     parser.add_argument("--repeat", type=int, default=1, help="timings per configuration; the fastest kept")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.worker:
-        print(json.dumps(worker(json.loads(args.worker))))
-        return
+    return parser
 
+
+def _fill_defaults(args: argparse.Namespace) -> None:
+    """Replace the options left unset by the device's defaults; add ``exact_searches`` (the searches that
+    are not FAISS rows), ``reference`` (the first of them: every ratio's reference) and ``tf32_modes``."""
     cuda = args.device.startswith("cuda")
-    n = args.n or (10 if cuda else 1)
-    naive_max = args.naive_max or (128 if cuda else 64)
-    cam_variations = args.cam_variations if args.cam_variations is not None else ([100] if cuda else [10])
-    name = torch.cuda.get_device_name(args.device) if cuda else f"CPU, {torch.get_num_threads()} threads"
-    print(f"device: {name}; torch {torch.__version__}")
-
-    searches = args.search or (
+    args.n = args.n or (10 if cuda else 1)
+    args.naive_max = args.naive_max or (128 if cuda else 64)
+    if args.cam_variations is None:
+        args.cam_variations = [100] if cuda else [10]
+    args.search = args.search or (
         ["matmul", "triton", *FAISS_ROWS] if cuda else ["shifts", "matmul", *FAISS_ROWS]
     )
-    exact_searches = [search for search in searches if not is_faiss_row(search)]
-    reference_search = exact_searches[0] if exact_searches else None
-    exact_max = args.exact_max_variations or (1000 if cuda else 10)
-    tf32_modes = [False, True] if (args.tf32 and cuda) else [False]
-    repeat = {"repeat": args.repeat}
+    args.exact_searches = [search for search in args.search if not is_faiss_row(search)]
+    args.reference = args.exact_searches[0] if args.exact_searches else None
+    args.exact_max_variations = args.exact_max_variations or (1000 if cuda else 10)
+    args.tf32_modes = [False, True] if (args.tf32 and cuda) else [False]
 
-    def ratios(results: dict, seconds: str) -> dict:
-        """'exact/this' columns per (search, tf32): time and memory of the first exact search (float32)
-        over this row's."""
-        reference = results.get((reference_search, False), {})
-        out = {}
-        for k, r in results.items():
-            if "error" in r or "error" in reference or not reference:
-                out[k] = f"{'-':>14} {'-':>5}"
+
+def ratios(results: dict, reference_search: str | None, seconds: str) -> dict:
+    """'exact/this' columns per (search, tf32): time and memory of the reference search (float32) over
+    this row's."""
+    reference = results.get((reference_search, False), {})
+    out = {}
+    for k, r in results.items():
+        if "error" in r or "error" in reference or not reference:
+            out[k] = f"{'-':>14} {'-':>5}"
+            continue
+        small = min(r["peak_mib"], reference["peak_mib"]) < 1  # below 1 MiB: RSS pages, not a ratio
+        memory = "-" if small else f"{reference['peak_mib'] / r['peak_mib']:.1f}x"
+        out[k] = f"{reference[seconds] / r[seconds]:>13.2f}x {memory:>5}"
+    return out
+
+
+def _measure(args: argparse.Namespace, kind: str, size: int, n_items: int, iters: int) -> dict:
+    """Every search's measurements of one table row group: (search, tf32) -> results."""
+    results = {}
+    for search in args.search:
+        exact = search in args.exact_searches
+        if kind == "cam" and exact and n_items > args.exact_max_variations:
+            continue
+        batch = min(n_items, args.exact_n) if kind == "gpnn" and exact and args.exact_n else n_items
+        for tf32 in args.tf32_modes if exact and search != "shifts" else [False]:
+            config = {"kind": kind, "device": args.device, "size": size, "n": batch, "iters": iters}
+            results[(search, tf32)] = run({**config, "tf32": tf32, "search": search, "repeat": args.repeat})
+    return results
+
+
+def table(args: argparse.Namespace, kind: str, size: int, n_items: int, seconds: str, row_head: int) -> None:
+    """Measure and print the rows of one size (GPNN) or variation count (GPNN-CAM), per iters."""
+    for iters in args.iters:
+        results = _measure(args, kind, size, n_items, iters)
+        vs = ratios(results, args.reference, seconds)
+        for (search, tf32), r in results.items():
+            row = f"{row_head:>5} {iters:>5} {search:>7} {str(tf32):>5}"
+            if "error" in r:
+                print(f"{row} {r['error']}")
                 continue
-            small = min(r["peak_mib"], reference["peak_mib"]) < 1  # below 1 MiB: RSS pages, not a ratio
-            memory = "-" if small else f"{reference['peak_mib'] / r['peak_mib']:.1f}x"
-            out[k] = f"{reference[seconds] / r[seconds]:>13.2f}x {memory:>5}"
-        return out
+            reused = f"{r['reused']:>7.3f}" if "reused" in r else f"{'-':>7}"
+            recall = f"{r['recall']:>6.3f}" if "recall" in r else f"{'-':>6}"
+            reused = f" {reused} {recall}" if kind == "gpnn" else ""
+            print(f"{row} {r[seconds]:>12.3f}{reused} {r['peak_mib']:>9.0f} {vs[(search, tf32)]}")
 
-    def table(kind: str, size: int, n_items: int, seconds: str, row_head: int) -> None:
-        """Measure and print the rows of one size (GPNN) or variation count (GPNN-CAM), per iters."""
-        for iters in args.iters:
-            results = {}
-            for search in searches:
-                if kind == "cam" and search in exact_searches and n_items > exact_max:
-                    continue
-                batch = n_items
-                if kind == "gpnn" and search in exact_searches and args.exact_n:
-                    batch = min(n_items, args.exact_n)
-                for tf32 in tf32_modes if search in exact_searches and search != "shifts" else [False]:
-                    config = {"kind": kind, "device": args.device, "size": size, "n": batch, "iters": iters}
-                    results[(search, tf32)] = run({**config, "tf32": tf32, "search": search, **repeat})
-            vs = ratios(results, seconds)
-            for (search, tf32), r in results.items():
-                row = f"{row_head:>5} {iters:>5} {search:>7} {str(tf32):>5}"
-                if "error" in r:
-                    print(f"{row} {r['error']}")
-                    continue
-                reused = f"{r['reused']:>7.3f}" if "reused" in r else f"{'-':>7}"
-                recall = f"{r['recall']:>6.3f}" if "recall" in r else f"{'-':>6}"
-                reused = f" {reused} {recall}" if kind == "gpnn" else ""
-                print(f"{row} {r[seconds]:>12.3f}{reused} {r['peak_mib']:>9.0f} {vs[(search, tf32)]}")
 
-    exact_batch = f"; exact searches: batch of {min(n, args.exact_n)}" if args.exact_n else ""
-    print(f"\nGPNN generation (batch of {n} variations{exact_batch}, p=7, r=4/3, coarsest 14, alpha 0.005)")
-    ratio_head = f"{(reference_search or '-') + '/this: s':>14} {'MiB':>5}"
+def _ratio_head(args: argparse.Namespace) -> str:
+    return f"{(args.reference or '-') + '/this: s':>14} {'MiB':>5}"
+
+
+def gpnn_table(args: argparse.Namespace) -> None:
+    """Table 1: GPNN generation at every size."""
+    exact_batch = f"; exact searches: batch of {min(args.n, args.exact_n)}" if args.exact_n else ""
+    print(
+        f"\nGPNN generation (batch of {args.n} variations{exact_batch}, p=7, r=4/3, coarsest 14, alpha 0.005)"
+    )
     print(
         f"{'size':>5} {'iters':>5} {'search':>7} {'tf32':>5} {'s/variation':>12} {'reused':>7} {'recall':>6} "
-        f"{'peak MiB':>9} {ratio_head}"
+        f"{'peak MiB':>9} {_ratio_head(args)}"
     )
     for size in args.sizes:
-        table("gpnn", size, n, "s_per_variation", size)
+        table(args, "gpnn", size, args.n, "s_per_variation", size)
 
+
+def nn_table(args: argparse.Namespace) -> None:
+    """Table 2: one PNN step of each exact search against the naive full distance matrix."""
     print(
-        f"\nOne PNN step at the finest level, {n} variation(s): exact searches vs the naive full distance "
-        f"matrix (matmul in tiles of {args.chunk}; 'same idx': share equal to the float64 naive answer)"
+        f"\nOne PNN step at the finest level, {args.n} variation(s): exact searches vs the naive full "
+        f"distance matrix (matmul in tiles of {args.chunk}; 'same idx': share equal to the float64 naive "
+        "answer)"
     )
     print(
         f"{'size':>5} {'search':>13} {'same idx':>8} {'score gap':>9} {'seconds':>8} "
         f"{'naive/this':>10} {'peak MiB':>9}"
     )
-    for size in [s for s in args.sizes if s <= naive_max]:
-        config = {"kind": "nn", "device": args.device, "size": size, "n": n, "chunk": args.chunk}
-        r = run({**config, "searches": exact_searches, **repeat})
+    for size in [s for s in args.sizes if s <= args.naive_max]:
+        config = {"kind": "nn", "device": args.device, "size": size, "n": args.n, "chunk": args.chunk}
+        r = run({**config, "searches": args.exact_searches, "repeat": args.repeat})
         if "error" in r:
             print(f"{size:>5} {r['error']}")
             continue
@@ -402,14 +419,33 @@ def main(argv: list[str] | None = None) -> None:
                 f"{r['naive']['seconds'] / m['seconds']:>10.2f} {m['peak_mib']:>9.0f}"
             )
 
+
+def cam_table(args: argparse.Namespace) -> None:
+    """Table 3: GPNN-CAM on one image, per variation count."""
     cam_size = args.cam_size or args.sizes[-1]
     print(
         f"\nGPNN-CAM (ResNet-50, 3 layers, batches of <= 10, its GPNN preset) on one {cam_size} px image; "
-        f"exact searches up to {exact_max} variations (ratios against the same N's exact row)"
+        f"exact searches up to {args.exact_max_variations} variations (ratios against the same N's exact row)"
     )
-    print(f"{'N':>5} {'iters':>5} {'search':>7} {'tf32':>5} {'seconds':>12} {'peak MiB':>9} {ratio_head}")
-    for n_cam in [v for v in cam_variations if v > 0]:
-        table("cam", cam_size, n_cam, "seconds", n_cam)
+    print(
+        f"{'N':>5} {'iters':>5} {'search':>7} {'tf32':>5} {'seconds':>12} {'peak MiB':>9} {_ratio_head(args)}"
+    )
+    for n_cam in [v for v in args.cam_variations if v > 0]:
+        table(args, "cam", cam_size, n_cam, "seconds", n_cam)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    if args.worker:
+        print(json.dumps(worker(json.loads(args.worker))))
+        return
+    _fill_defaults(args)
+    cuda = args.device.startswith("cuda")
+    name = torch.cuda.get_device_name(args.device) if cuda else f"CPU, {torch.get_num_threads()} threads"
+    print(f"device: {name}; torch {torch.__version__}")
+    gpnn_table(args)
+    nn_table(args)
+    cam_table(args)
 
 
 if __name__ == "__main__":
