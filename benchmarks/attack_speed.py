@@ -79,7 +79,7 @@ def interleaved_best_times(
     return min(times[0]), min(times[1]), outputs[0], outputs[1]
 
 
-def main(argv: list[str] | None = None) -> None:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=["resnet18", "small-cnn"], default="resnet18")
     parser.add_argument("--size", type=int, default=64, help="image side in pixels (default 64)")
@@ -92,15 +92,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cw-lr", type=float, default=0.1, help="C&W learning rate (default 0.1)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--area", type=float, default=0.1)
-    args = parser.parse_args(argv)
+    return parser
 
-    model = build_model(args.model, args.size)
-    clf = PyTorchClassifier(
-        model, nn.CrossEntropyLoss(), (3, args.size, args.size), 10, clip_values=(0.0, 1.0), device_type="cpu"
-    )
-    rng = np.random.default_rng(0)
-    x = rng.random((args.n, 3, args.size, args.size), dtype=np.float32)
-    mask = masks.top_k(rng.random((args.n, args.size, args.size), dtype=np.float32), args.area)
+
+def _cases(args: argparse.Namespace, clf: PyTorchClassifier, x: np.ndarray, mask: np.ndarray) -> list:
+    """(name, ART's attack, the focused one, repeats) of every compared attack."""
     ones = np.ones_like(mask)
     bs = args.batch_size
     pgd = dict(eps=8 / 255, eps_step=2 / 255, max_iter=args.pgd_iter, batch_size=bs, verbose=False)
@@ -113,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
         verbose=False,
     )
 
-    cases = [
+    return [
         (
             f"PGD Linf ({args.pgd_iter} it, area {args.area})",
             lambda: ProjectedGradientDescent(clf, **pgd).generate(x, mask=mask),
@@ -133,8 +129,19 @@ def main(argv: list[str] | None = None) -> None:
             max(1, args.repeats - 1),
         ),
     ]
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    model = build_model(args.model, args.size)
+    clf = PyTorchClassifier(
+        model, nn.CrossEntropyLoss(), (3, args.size, args.size), 10, clip_values=(0.0, 1.0), device_type="cpu"
+    )
+    rng = np.random.default_rng(0)
+    x = rng.random((args.n, 3, args.size, args.size), dtype=np.float32)
+    mask = masks.top_k(rng.random((args.n, args.size, args.size), dtype=np.float32), args.area)
     print(
-        f"{args.model} (untrained) {args.size}x{args.size}, {args.n} images, batch {bs}, "
+        f"{args.model} (untrained) {args.size}x{args.size}, {args.n} images, batch {args.batch_size}, "
         f"torch threads {torch.get_num_threads()}"
     )
     header = (
@@ -143,7 +150,7 @@ def main(argv: list[str] | None = None) -> None:
     print(header)
     print("-" * len(header))
     clean = clf.predict(x).argmax(1)
-    for name, reference, focused, repeats in cases:
+    for name, reference, focused, repeats in _cases(args, clf, x, mask):
         reference()  # warm-up (allocator, first-call overheads)
         focused()
         t_ref, t_foc, out_ref, out_foc = interleaved_best_times(reference, focused, repeats)
