@@ -27,6 +27,13 @@ formula where a configuration has enough batch maps: the predicted agreement of 
 against the observed one (the mean of the first N/10 batch maps against the next N/10), in Pearson and
 in Spearman correlation.
 
+``--modes`` looks for two kinds of batch maps: per photograph it pools every configuration's batch maps,
+splits them into two groups (:func:`two_groups`: 2-means with correlation as the similarity) and prints
+the correlation of the two groups' mean maps (of the ranks with ``--correlation spearman``; near 1: one
+kind of map and noise; near 0 or below: two kinds) and how many of each configuration's batch maps fall
+in each group. Configurations that draw the two kinds in different proportions estimate different mean
+maps, whatever their number of variations.
+
 Example: ``python benchmarks/gpnn_reliability.py --out runs/gpnn_quality --variations 100``.
 """
 
@@ -68,17 +75,18 @@ def _pearson(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(a.ravel(), b.ravel())[0, 1])
 
 
+def _standardised(maps: BatchMaps) -> np.ndarray:
+    """The maps as rows of zero mean and unit norm: their dot products are their correlations."""
+    x = np.stack([m.ravel() for _, m in maps]).astype(np.float64)
+    x -= x.mean(1, keepdims=True)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
 def _pair_correlations(batches: BatchMaps, others: BatchMaps) -> np.ma.MaskedArray:
     """The correlation of every batch map with every one of ``others`` (one matrix product of the
     standardised maps), pairs of one identity masked."""
-
-    def standardised(maps: BatchMaps) -> np.ndarray:
-        x = np.stack([m.ravel() for _, m in maps]).astype(np.float64)
-        x -= x.mean(1, keepdims=True)
-        return x / np.linalg.norm(x, axis=1, keepdims=True)
-
     same = np.array([[ia == ib for ib, _ in others] for ia, _ in batches])
-    return np.ma.masked_array(standardised(batches) @ standardised(others).T, same)
+    return np.ma.masked_array(_standardised(batches) @ _standardised(others).T, same)
 
 
 def _mean(correlations: np.ma.MaskedArray) -> float:
@@ -218,6 +226,57 @@ def print_split_halves(rows: list[dict[str, object]]) -> None:
         )
 
 
+def two_groups(maps: BatchMaps, iterations: int = 100) -> np.ndarray:
+    """Split batch maps into two groups by 2-means on the standardised maps (correlation as similarity),
+    started from the two least correlated maps: (n,) labels 0 or 1, group 0 the larger (with equal
+    sizes, the one holding the first map)."""
+    x = _standardised(maps)
+    first, second = np.unravel_index(np.argmin(x @ x.T), (len(x), len(x)))
+    centres = x[[first, second]]
+    labels = np.zeros(len(x), dtype=int)
+    for _ in range(iterations):
+        new = np.argmax(x @ centres.T, axis=1)
+        if np.array_equal(new, labels) or np.bincount(new, minlength=2).min() == 0:
+            break
+        labels = new
+        centres = np.stack([x[labels == group].mean(0) for group in (0, 1)])
+    counts = np.bincount(labels, minlength=2)
+    return 1 - labels if counts[1] > counts[0] or (counts[1] == counts[0] and labels[0] == 1) else labels
+
+
+def mode_rows(pooled: dict[str, dict[str, BatchMaps]]) -> list[dict[str, object]]:
+    """Per photograph, every configuration's batch maps pooled and split by :func:`two_groups`: the
+    correlation of the two groups' mean maps (None when one group is empty) and, per configuration, its
+    batch maps in each group."""
+    rows = []
+    for photo in PHOTOS:
+        configs = sorted(config for config in pooled if pooled[config].get(photo))
+        maps = [item for config in configs for item in pooled[config][photo]]
+        if len(maps) < 2:
+            continue
+        labels = two_groups(maps)
+        stacked = np.stack([m for _, m in maps])
+        between = (
+            _pearson(stacked[labels == 0].mean(0), stacked[labels == 1].mean(0)) if labels.any() else None
+        )
+        first = 0
+        for config in configs:
+            groups = labels[first : first + len(pooled[config][photo])]
+            first += len(groups)
+            counts = np.bincount(groups, minlength=2)
+            rows.append({"photo": photo, "between": between, "config": config, "groups": counts})
+    return rows
+
+
+def print_modes(rows: list[dict[str, object]]) -> None:
+    """The rows of :func:`mode_rows` as a Markdown table."""
+    print("| photo | groups' mean maps r | config | group 1 | group 2 |")
+    print("|---" * 5 + "|")
+    for row in rows:
+        photo, (larger, smaller) = row["photo"].removeprefix("skimage-"), row["groups"]
+        print(f"| {photo} | {_cell(row['between'])} | {row['config']} | {larger} | {smaller} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="the folder of gpnn_quality.py's maps")
@@ -235,6 +294,9 @@ def main() -> None:
     parser.add_argument(
         "--split-halves", action="store_true", help="also check Spearman-Brown against observed split halves"
     )
+    parser.add_argument(
+        "--modes", action="store_true", help="also split each photograph's batch maps into two groups"
+    )
     args = parser.parse_args()
     if args.variations < 1:
         raise SystemExit(f"--variations must be a positive integer, got {args.variations}")
@@ -250,6 +312,9 @@ def main() -> None:
     if args.split_halves:
         print()
         print_split_halves(split_half_rows(pooled, analysed))
+    if args.modes:
+        print()
+        print_modes(mode_rows(analysed))
 
 
 if __name__ == "__main__":

@@ -13,12 +13,14 @@ from benchmarks.gpnn_reliability import (
     cross_agreement,
     leave_one_out,
     load_batches,
+    mode_rows,
     ranked,
     reliability_rows,
     single_batch_agreement,
     spearman_brown,
     split_half_rows,
     true_correlation,
+    two_groups,
 )
 
 PIXELS = (120, 120)  # enough pixels for correlations within about 0.02 of their expectation
@@ -122,3 +124,27 @@ def test_an_unknown_reference_is_refused(tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.setattr("sys.argv", ["gpnn_reliability.py", "--out", str(tmp_path), "--reference", "exact@1"])
     with pytest.raises(SystemExit, match="--reference: no batch maps of 'exact@1'.*found: exact"):
         gpnn_reliability.main()
+
+
+def test_two_groups_recover_two_modes_and_count_them_per_configuration() -> None:
+    """Batch maps drawn around two unrelated maps (the second mode 3 of 10 times for one configuration,
+    6 of 8 for the other) are split by mode; the larger group comes first."""
+    rng = np.random.default_rng(8)
+    modes = rng.standard_normal((2, *PIXELS))
+    exact = [((0, b), modes[int(b < 6)] + rng.standard_normal(PIXELS)) for b in range(8)]
+    faiss = [((1, b), modes[int(b < 3)] + rng.standard_normal(PIXELS)) for b in range(10)]
+    labels = two_groups(exact + faiss)
+    truth = np.array([b < 6 for b in range(8)] + [b < 3 for b in range(10)])
+    assert np.array_equal(labels, truth) or np.array_equal(labels, ~truth)
+    assert np.bincount(labels).tolist() == [9, 9] and labels[0] == 0  # equal sizes: the first map's first
+    rows = mode_rows({"exact": {"skimage-coffee": exact}, "faiss": {"skimage-coffee": faiss[:9]}})
+    assert [(row["config"], row["groups"].tolist()) for row in rows] == [("exact", [6, 2]), ("faiss", [3, 6])]
+    assert abs(rows[0]["between"]) < 0.1  # the two modes' means are unrelated
+
+
+def test_two_groups_of_one_mode_are_noise() -> None:
+    """Maps of one underlying map split into two groups whose means still agree (no second mode)."""
+    rng = np.random.default_rng(9)
+    batches = _batches(rng.standard_normal(PIXELS), 0.5, 12, 0, rng)
+    (row,) = mode_rows({"faiss": {"skimage-rocket": batches}})
+    assert row["between"] > 0.9 and sum(row["groups"]) == 12
