@@ -10,25 +10,34 @@ What each setting computes:
   nearest neighbour in that k-dimensional space.
 * ``index="ivf"``: an inverted file of ``nlist`` k-means cells (FAISS's k-means, fixed seed, on the
   projected keys; ``nlist=None``: :data:`CELLS_PER_SQRT_KEYS` * floor(sqrt(N_k)) cells, about sqrt(N_k) / 4
-  keys per cell); a query is compared with the keys of its ``nprobe`` nearest cells only, as FAISS's
-  ``IndexIVFFlat`` does. FAISS finds the cells (one matrix product with the cell centres); the cells are
-  then scanned here, all the queries of a cell against its keys in one matrix product, which at 224 px is
-  about twice as fast as FAISS's scan, one query at a time. The recall (the share of queries that find
-  a nearest key in PCA-30 space) and cost of several cell counts and probes, measured where GPNN uses
-  the search, are in benchmarks/README.md.
+  keys per cell; a flat index instead below ``ivf_min_keys`` keys); a query is compared with the keys of
+  its ``nprobe`` nearest cells only, as FAISS's ``IndexIVFFlat`` does. FAISS finds the cells (one matrix
+  product with the cell centres); the cells are then scanned here, all the queries of a cell against its
+  keys in one matrix product, which at 224 px is about twice as fast as FAISS's scan, one query at a
+  time. The recall (the share of queries that find a nearest key in PCA-30 space) and cost of several
+  cell counts and probes, measured where GPNN uses the search, are in benchmarks/README.md.
 * ``candidates=k > 1`` (:func:`rerank`): the k nearest keys found that way are re-ranked by the
   completeness-normalised score D(i,j) / (alpha + m_j), with D estimated by the search's squared distance
   divided by the patch dimension (exact without PCA; without the discarded components with PCA) and m_j,
   the minimum of D(l,j) over the queries l of the same variation, taken over the queries that have key j
   among their candidates (an upper bound of the exact minimum: a query that did not list j may be
   closer). With ``candidates=1`` alpha is not used: plain (approximate) NN, as in the GPNN-CAM authors'
-  pipeline. Either way the D returned for the chosen key is that estimate, which GPNN's distance-weighted
-  fold uses, as the authors' does.
+  pipeline.
+* ``candidates="cells"`` (:meth:`PatchIndex.search_normalised`): every key of a query's probed cells is
+  a candidate, and m_j is the minimum over the queries of the variation that probe key j's cell, both
+  taken in the same scan of the cells (twice: the minima, then the scores). On a flat index that is
+  GPNN's exact score in the index's space (without PCA: the exact search, up to float32 rounding); on an
+  IVF index m_j is again an upper bound, missing only the queries that are nearest to j but probe other
+  cells.
+
+Either way the D returned for the chosen key is the search's estimate, which GPNN's distance-weighted
+fold uses, as the authors' does.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -44,6 +53,9 @@ KMEANS_SEED = 1234
 CELLS_PER_SQRT_KEYS = 4
 #: Query rows per flat FAISS search call (bounds the temporary memory).
 SEARCH_ROWS = 2**16
+#: ``candidates`` of GPNN's FAISS search that makes every key of the probed cells a candidate
+#: (:meth:`PatchIndex.search_normalised`).
+CELLS = "cells"
 #: Most distance entries per block of a cell scan (bounds the temporary memory).
 BLOCK_ENTRIES = 2**22
 
@@ -65,6 +77,7 @@ class PatchIndex:
         index: ``"flat"`` (exhaustive) or ``"ivf"`` (inverted file, :data:`KMEANS_SEED`).
         nlist: IVF cells (at most N_k are used; None: ``CELLS_PER_SQRT_KEYS * floor(sqrt(N_k))``).
         nprobe: IVF cells visited per query.
+        ivf_min_keys: ``index="ivf"`` over fewer keys than this builds a flat index instead.
 
     Attributes:
         projected_keys: (N_k, k) float32, the keys in the index's space (k = ``pca_dims`` or d).
@@ -82,9 +95,12 @@ class PatchIndex:
         index: str = "flat",
         nlist: int | None = 64,
         nprobe: int = 1,
+        ivf_min_keys: int = 0,
     ):
         faiss = _faiss()
         n_keys, dims = keys.shape
+        if n_keys < ivf_min_keys:
+            index = "flat"
         self.mean: torch.Tensor | None = None
         self.components: torch.Tensor | None = None
         if pca_dims is not None and pca_dims < dims:
@@ -114,8 +130,12 @@ class PatchIndex:
             self._cell_starts = [0, *torch.cumsum(counts, 0).tolist()]
             self._sorted_keys = self.projected_keys[self._cell_keys]
             self._sorted_norms = self._sorted_keys.pow(2).sum(1)
-        else:
+        else:  # one cell holding every key, for the normalised scan
             self.index.add(projected)
+            self._cell_keys = torch.arange(n_keys)
+            self._cell_starts = [0, n_keys]
+            self._sorted_keys = self.projected_keys
+            self._sorted_norms = self.projected_keys.pow(2).sum(1)
         self.is_ivf = index == "ivf"
 
     def project(self, patches: torch.Tensor) -> np.ndarray:
@@ -170,42 +190,60 @@ class PatchIndex:
         labels = torch.where(missing, labels[:, :1], labels)
         return torch.where(missing, distances[:, :1], distances), labels
 
+    def _probed(self, projected: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+        """The (query, probe) pairs, cell after cell (a flat index: one cell) and in query order within a
+        cell: (pair indices (M*P,), their query rows (M*P, k_dims), pairs per cell)."""
+        queries = torch.from_numpy(projected)
+        if self.is_ivf:
+            cells = torch.from_numpy(self.index.search(projected, self.nprobe)[1]).reshape(-1)
+        else:
+            cells = torch.zeros(len(queries), dtype=torch.long)
+        order = torch.argsort(cells, stable=True)
+        counts = torch.bincount(cells, minlength=len(self._cell_starts) - 1).tolist()
+        return order, queries[order // self.nprobe], counts
+
+    def _blocks(
+        self, rows: torch.Tensor, counts: list[int]
+    ) -> Iterator[tuple[slice, slice, torch.Tensor | None]]:
+        """Blocks of the rows of one cell against its keys: (rows, key positions in cell order,
+        ||k||^2 - 2 q.k (rows, keys) or None for a cell without keys), at most about
+        :data:`BLOCK_ENTRIES` entries each."""
+        start = 0
+        for cell, count in enumerate(counts):
+            first, last = self._cell_starts[cell], self._cell_starts[cell + 1]
+            keys = slice(first, last)
+            if last == first:  # a cell k-means left without keys
+                if count:
+                    yield slice(start, start + count), keys, None
+            else:
+                step = BLOCK_ENTRIES // (last - first) + 1
+                for lo in range(start, start + count, step):
+                    where = slice(lo, min(lo + step, start + count))
+                    norms, sorted_keys = self._sorted_norms[keys], self._sorted_keys[keys]
+                    yield where, keys, torch.addmm(norms, rows[where], sorted_keys.T, alpha=-2)
+            start += count
+
     def _scan_cells(self, projected: np.ndarray, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """IVF search: each query against the keys of its ``nprobe`` nearest cells, the queries of a cell
         together (one matrix product per block of them). -> (M, k) squared distances, key indices (-1
         where the probed cells hold fewer than k keys)."""
-        queries = torch.from_numpy(projected)
-        n_queries, probes = queries.shape[0], self.nprobe
-        cells = torch.from_numpy(self.index.search(projected, probes)[1]).reshape(-1)
-        order = torch.argsort(cells, stable=True)  # (query, probe) pairs, cell after cell
-        rows = queries[order // probes]
-        # per block of rows, in the order of the sorted pairs (none without queries)
+        n_queries, probes = len(projected), self.nprobe
+        order, rows, counts = self._probed(projected)
         found_d, found_p = [torch.zeros((0, k))], [torch.zeros((0, k), dtype=torch.long)]
-        start = 0
-        for cell, count in enumerate(torch.bincount(cells, minlength=len(self._cell_starts) - 1).tolist()):
-            first, last = self._cell_starts[cell], self._cell_starts[cell + 1]
-            if last == first:  # a cell k-means left without keys: nothing found
-                found_d.append(torch.full((count, k), math.inf))
-                found_p.append(torch.full((count, k), -1, dtype=torch.long))
+        for where, keys, block in self._blocks(rows, counts):
+            if block is None:  # nothing found
+                found_d.append(torch.full((where.stop - where.start, k), math.inf))
+                found_p.append(torch.full((where.stop - where.start, k), -1, dtype=torch.long))
                 continue
-            block_rows = BLOCK_ENTRIES // (last - first) + 1
-            for lo in range(start, start + count, block_rows):
-                block = torch.addmm(
-                    self._sorted_norms[first:last],
-                    rows[lo : min(lo + block_rows, start + count)],
-                    self._sorted_keys[first:last].T,
-                    alpha=-2,
-                )
-                if k == 1:
-                    value, index = block.min(1, keepdim=True)
-                else:
-                    value, index = block.topk(min(k, last - first), dim=1, largest=False)
-                if value.shape[1] < k:  # fewer keys in the cell than k
-                    value = F.pad(value, (0, k - value.shape[1]), value=math.inf)
-                    index = F.pad(index, (0, k - index.shape[1]), value=-1 - first)
-                found_d.append(value)
-                found_p.append(index + first)
-            start += count
+            if k == 1:
+                value, index = block.min(1, keepdim=True)
+            else:
+                value, index = block.topk(min(k, block.shape[1]), dim=1, largest=False)
+            if value.shape[1] < k:  # fewer keys in the cell than k
+                value = F.pad(value, (0, k - value.shape[1]), value=math.inf)
+                index = F.pad(index, (0, k - index.shape[1]), value=-1 - keys.start)
+            found_d.append(value)
+            found_p.append(index + keys.start)
         distances, positions = torch.cat(found_d), torch.cat(found_p)  # positions in the keys sorted by cell
         found = positions >= 0
         distances = (distances + rows.pow(2).sum(1, keepdim=True)).clamp_min(0)  # not found: stays inf
@@ -219,6 +257,55 @@ class PatchIndex:
         if empty.any():
             distances[empty, 0], labels[empty, 0] = self.exhaustive_search(projected[empty.numpy()])
         return distances, labels
+
+    def search_normalised(
+        self, images: torch.Tensor, patch_size: int, alpha: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The completeness-normalised nearest key of every stride-1 patch of ``images`` (B,C,H,W), among
+        the keys of its probed cells (all keys for a flat index).
+
+        Key j scores D(i,j) / (alpha + m_j), D the squared distance in the index's space over the patch
+        dimension C*p*p and m_j the least D(l,j) over the patches l of the same image whose probed cells
+        hold j (for a flat index: over all of them, GPNN's exact score in the index's space; for an IVF
+        index an upper bound of that minimum). A patch whose probed cells hold no key gets its plain
+        nearest key.
+
+        Returns:
+            (D (B, L) float32, key indices (B, L) long) of the chosen keys, on ``images``'s device.
+        """
+        batch, dims = images.shape[0], images.shape[1] * patch_size**2
+        projected = self.project_images(images, patch_size)
+        n_queries, probes = len(projected), self.nprobe
+        order, rows, counts = self._probed(projected)
+        image = order // probes // (n_queries // batch)
+        norms = rows.pow(2).sum(1, keepdim=True)
+        column_min = torch.full((batch, len(self._cell_keys)), math.inf)  # keys in cell order
+        for where, keys, block in self._blocks(rows, counts):
+            if block is not None:
+                block += norms[where]
+                mins = torch.full((batch, block.shape[1]), math.inf)
+                mins.scatter_reduce_(0, image[where, None].expand_as(block), block, "amin")
+                torch.minimum(column_min[:, keys], mins, out=column_min[:, keys])
+        scale = 1 / (column_min.clamp_min_(0) + alpha * dims)
+        score = torch.full((len(rows),), math.inf)
+        distances, positions = torch.full((len(rows),), math.inf), torch.full((len(rows),), -1)
+        for where, keys, block in self._blocks(rows, counts):
+            if block is not None:
+                block += norms[where]
+                score[where], best = (block * scale[:, keys].index_select(0, image[where])).min(1)
+                distances[where] = block.gather(1, best[:, None])[:, 0]
+                positions[where] = best + keys.start
+        for values in (score, distances, positions):
+            values[order] = values.clone()  # back to (query, probe) order
+        best = score.view(n_queries, probes).argmin(1, keepdim=True)
+        distances = distances.view(n_queries, probes).gather(1, best)[:, 0].clamp_min(0)
+        positions = positions.view(n_queries, probes).gather(1, best)[:, 0]
+        labels = torch.where(positions >= 0, self._cell_keys[positions.clamp_min(0)], -1)
+        empty = labels < 0
+        if empty.any():
+            distances[empty], labels[empty] = self.exhaustive_search(projected[empty.numpy()])
+        shape = (batch, n_queries // batch)
+        return (distances / dims).view(shape).to(images.device), labels.view(shape).to(images.device)
 
     def exhaustive_search(self, projected: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """The nearest of all keys for queries already projected, (M, k_dims) float32, as a flat index

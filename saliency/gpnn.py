@@ -23,7 +23,9 @@ neighbours, with the exact completeness-normalised search or a FAISS one (docs/g
   ``nprobe`` probes), built once per level and key set and reused by every iteration and every variation
   (and by later calls on the same image). With ``candidates=1`` it is a plain (approximate) NN and alpha
   is not used; with ``candidates=k`` the normalised score, with D estimated from the search's distances,
-  picks among the k keys found. It runs on the CPU (faiss-cpu) whatever the device.
+  picks among the k keys found; with ``candidates="cells"`` among every key of the probed cells (GPNN's
+  score in the index's space for a flat index; ``ivf_min_keys`` makes the coarse levels flat). It runs
+  on the CPU (faiss-cpu) whatever the device.
 * Keys: at every level, iteration 0 uses the coarser source up-sampled to this level (the source itself
   at the coarsest level), later iterations the sharp source; values are always the sharp source patches.
 * ``iters`` iterations at every level; with ``early_stop=f`` a variation leaves a level's iterations once
@@ -50,7 +52,7 @@ from tqdm.auto import tqdm
 
 from saliency import triton_nn
 from saliency.base import is_int, is_real
-from saliency.faiss_nn import INDEX_TYPES, PatchIndex, rerank
+from saliency.faiss_nn import CELLS, INDEX_TYPES, PatchIndex, rerank
 from saliency.gpnn_pyramid import PYRAMIDS, UPSAMPLING, build_pyramid, pyramid_sizes, resize
 from saliency.matmul_nn import default_chunk_size, nearest_neighbours
 from saliency.patches import distance_weights, extract_patches, fold_field, matched_distances
@@ -109,6 +111,7 @@ def _check_search_settings(
     index: object,
     nlist: object,
     nprobe: object,
+    ivf_min_keys: object,
     candidates: object,
     early_stop: object,
 ) -> None:
@@ -120,9 +123,12 @@ def _check_search_settings(
         if search != "faiss":
             raise ValueError(f"pca_dims applies to search='faiss' only, got search={search!r}")
     _check_choice("index", index, INDEX_TYPES)
-    for name, value in (("nlist", nlist), ("nprobe", nprobe), ("candidates", candidates)):
-        if value is not None or name != "nlist":
-            _check_positive_int(name, value)
+    if nlist is not None:
+        _check_positive_int("nlist", nlist)
+    _check_positive_int("nprobe", nprobe)
+    _check_positive_int("ivf_min_keys", ivf_min_keys, minimum=0)
+    if candidates != CELLS and (not is_int(candidates) or candidates < 1):
+        raise ValueError(f"candidates must be an int >= 1 or {CELLS!r}, got {candidates!r}")
 
 
 class GPNN:
@@ -147,8 +153,12 @@ class GPNN:
         index: faiss search: ``"flat"`` (exhaustive) or ``"ivf"`` (inverted file).
         nlist: faiss IVF cells (at most the number of keys; None: 4 x the square root of that number).
         nprobe: faiss IVF cells visited per query.
+        ivf_min_keys: faiss IVF: key sets of fewer keys (coarse levels) get a flat index instead, the
+            exhaustive search (0: IVF at every level).
         candidates: faiss search: keys found per query; above 1 the completeness-normalised score
-            picks among them, at 1 alpha is unused.
+            picks among them, at 1 alpha is unused; ``"cells"``: among every key of the probed cells,
+            with the column minima taken over the queries that probe them
+            (:meth:`saliency.faiss_nn.PatchIndex.search_normalised`).
         pyramid: ``"bilinear"`` (the paper) or ``"pyrdown"`` (the authors', :mod:`saliency.gpnn_pyramid`).
         upsample: ``"bilinear"`` or ``"nearest"`` (the authors') between pyramid levels.
         early_stop: None (every level runs ``iters`` iterations) or a fraction f in [0,1): a variation
@@ -178,7 +188,8 @@ class GPNN:
         index: str = "flat",
         nlist: int | None = None,
         nprobe: int = 1,
-        candidates: int = 1,
+        ivf_min_keys: int = 0,
+        candidates: int | str = 1,
         pyramid: str = "bilinear",
         upsample: str = "bilinear",
         early_stop: float | None = None,
@@ -201,7 +212,7 @@ class GPNN:
         _check_choice("search", search, SEARCHES)
         if chunk_size is not None:
             _check_positive_int("chunk_size", chunk_size)
-        _check_search_settings(search, pca_dims, index, nlist, nprobe, candidates, early_stop)
+        _check_search_settings(search, pca_dims, index, nlist, nprobe, ivf_min_keys, candidates, early_stop)
         _check_choice("pyramid", pyramid, PYRAMIDS)
         _check_choice("upsample", upsample, UPSAMPLING)
         self.patch_size, self.scale_factor, self.coarsest = (
@@ -210,16 +221,15 @@ class GPNN:
             int(coarsest),
         )
         self.noise_sigma, self.alpha, self.iters = float(noise_sigma), float(alpha), int(iters)
-        self.init, self.fold, self.search = init, fold, search
+        self.init, self.fold, self.search, self.pyramid, self.upsample = init, fold, search, pyramid, upsample
         self.chunk_size = None if chunk_size is None else int(chunk_size)
-        self.tf32 = bool(tf32)
         self.pca_dims = None if pca_dims is None else int(pca_dims)
-        self.index, self.nprobe, self.candidates = index, int(nprobe), int(candidates)
+        self.index, self.nprobe, self.ivf_min_keys = index, int(nprobe), int(ivf_min_keys)
+        self.candidates = candidates if candidates == CELLS else int(candidates)
         self.nlist = None if nlist is None else int(nlist)
-        self.pyramid, self.upsample = pyramid, upsample
         self.early_stop = None if early_stop is None else float(early_stop)
         self.device = None if device is None else torch.device(device)
-        self.verbose = verbose
+        self.tf32, self.verbose = bool(tf32), verbose
         self._index_cache: tuple[torch.Tensor, tuple, dict] | None = None
 
     @classmethod
@@ -323,7 +333,7 @@ class GPNN:
         """The FAISS indexes built so far for ``source`` with the current settings (a new, empty dict when
         the image or a setting the indexes depend on changed)."""
         settings = (self.patch_size, self.scale_factor, self.coarsest, self.pyramid, self.upsample)
-        settings += (self.pca_dims, self.index, self.nlist, self.nprobe)
+        settings += (self.pca_dims, self.index, self.nlist, self.nprobe, self.ivf_min_keys)
         cache = self._index_cache
         if (
             cache is None
@@ -350,6 +360,9 @@ class GPNN:
         of ``keys`` (1,C,h,w)) chosen for each patch of ``current`` (B,C,h,w), and its D: the FAISS
         search's estimate, or for the exact searches the exact D when ``need_distances`` (else None)."""
         batch, dims = current.shape[0], key_patches.shape[1]
+        if index is not None and self.candidates == CELLS:
+            distances, field = index.search_normalised(current, self.patch_size, self.alpha)
+            return field, distances
         if index is not None:
             distances, found = index.search_images(current, self.patch_size, self.candidates)
             shape = (batch, -1, self.candidates)
@@ -375,7 +388,8 @@ class GPNN:
         if self.search != "faiss":
             return None
         if key not in indexes:
-            indexes[key] = PatchIndex(key_patches, self.pca_dims, self.index, self.nlist, self.nprobe)
+            settings = (self.pca_dims, self.index, self.nlist, self.nprobe, self.ivf_min_keys)
+            indexes[key] = PatchIndex(key_patches, *settings)
         return indexes[key]
 
     def _synthesise(self, pyramid: list[torch.Tensor], current: torch.Tensor, indexes: dict) -> GPNNOutput:

@@ -1,5 +1,6 @@
 """GPNN's FAISS search: the flat index finds the true nearest neighbours, IVF's recall, PCA, completeness
-re-ranking, index reuse, determinism, early stopping and the authors' preset."""
+re-ranking and the normalised scan of the probed cells, index reuse, determinism, early stopping and the
+authors' preset."""
 
 from __future__ import annotations
 
@@ -145,6 +146,64 @@ def test_search_images_is_search_of_the_extracted_patches(cat: torch.Tensor) -> 
     torch.testing.assert_close(distances, expected_d, rtol=1e-4, atol=1e-5)
 
 
+def _image_pair(cat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two query images (a noisy copy and a flip of the cat's corner) and the key patches of the cat's
+    corner: (2,3,20,24), (L,3*5*5)."""
+    corner = cat[:, :20, :24]
+    noisy = (corner + 0.1 * torch.randn(corner.shape, generator=torch.Generator().manual_seed(3))).clamp(0, 1)
+    return torch.stack([noisy, corner.flip(2)]), extract_patches(corner[None], 5)[0]
+
+
+@pytest.mark.parametrize("pca_dims", [None, 12])
+def test_search_normalised_on_a_flat_index_is_gpnns_exact_score(
+    cat: torch.Tensor, pca_dims: int | None
+) -> None:
+    images, keys = _image_pair(cat)
+    index = PatchIndex(keys, pca_dims=pca_dims, index="flat")
+    distances, found = index.search_normalised(images, 5, alpha=0.005)
+    # GPNN's score in float64 on the patches in the index's space, D over the patch dimension 75
+    space = index.projected_keys.shape[1]
+    projected = torch.from_numpy(index.project_images(images, 5)).double().view(2, -1, space)
+    keys_in_space = index.projected_keys.double()
+    squared = torch.cdist(projected, keys_in_space[None].expand(2, -1, -1)).pow(2)
+    score = squared / (0.005 * 75 + squared.amin(1, keepdim=True))
+    assert found.shape == distances.shape == (2, 16 * 20)
+    best = score.amin(2)
+    torch.testing.assert_close(score.gather(2, found[..., None])[..., 0], best, rtol=1e-4, atol=1e-7)
+    assert (found == score.argmin(2)).double().mean() > 0.99  # a different key only on near-ties
+    chosen = (projected - keys_in_space[found]).pow(2).sum(-1) / 75
+    torch.testing.assert_close(distances.double(), chosen, rtol=1e-4, atol=1e-6)
+    # each image's minima are its own: the first image alone finds the same keys
+    alone = index.search_normalised(images[:1], 5, alpha=0.005)[1]
+    assert (alone[0] == found[0]).double().mean() > 0.999
+
+
+def test_search_normalised_probing_every_cell_is_the_flat_search(cat: torch.Tensor) -> None:
+    images, keys = _image_pair(cat)
+    flat = PatchIndex(keys, pca_dims=12).search_normalised(images, 5, alpha=0.005)[1]
+    every = PatchIndex(keys, pca_dims=12, index="ivf", nlist=16, nprobe=16).search_normalised(
+        images, 5, 0.005
+    )[1]
+    assert (every == flat).double().mean() > 0.999
+    # one probe: the chosen key lies in the query's nearest cell
+    ivf = PatchIndex(keys, pca_dims=12, index="ivf", nlist=16, nprobe=1)
+    found = ivf.search_normalised(images, 5, alpha=0.005)[1].reshape(-1)
+    query_cells = ivf.index.search(ivf.project_images(images, 5), 1)[1][:, 0]
+    key_cells = ivf.index.search(ivf.projected_keys.numpy(), 1)[1][:, 0]
+    assert (key_cells[found.numpy()] == query_cells).all()
+
+
+def test_ivf_min_keys_makes_small_key_sets_flat() -> None:
+    keys = torch.rand(100, 6)
+    assert not PatchIndex(keys, index="ivf", nlist=8, ivf_min_keys=101).is_ivf
+    assert PatchIndex(keys, index="ivf", nlist=8, ivf_min_keys=100).is_ivf
+    gpnn = GPNN(search="faiss", index="ivf", ivf_min_keys=1000, **FAST)
+    gpnn.generate(torch.rand(3, 40, 40), 1)
+    sizes = {index.projected_keys.shape[0]: index.is_ivf for index in gpnn._index_cache[2].values()}
+    assert sizes and all(is_ivf == (n_keys >= 1000) for n_keys, is_ivf in sizes.items())
+    assert any(sizes.values()) and not all(sizes.values())
+
+
 def test_faiss_generation_contract_determinism_and_index_reuse(cat: torch.Tensor) -> None:
     gpnn = GPNN(search="faiss", pca_dims=20, index="ivf", candidates=4, **FAST)
     out = gpnn.generate(cat, 3, seed=2)
@@ -160,11 +219,15 @@ def test_faiss_generation_contract_determinism_and_index_reuse(cat: torch.Tensor
     assert gpnn._index_cache[2] is not cached  # another image: new indexes
 
 
-def test_flat_faiss_with_all_candidates_matches_the_exact_search(cat: torch.Tensor) -> None:
+# every key, two ways; each against the exact search that rounds as it does (they differ on near-ties:
+# shifts and matmul agree on 97 % of this field)
+@pytest.mark.parametrize("candidates, search", [((24 - 4) * (32 - 4), "shifts"), ("cells", "matmul")])
+def test_flat_faiss_with_all_candidates_matches_the_exact_search(
+    cat: torch.Tensor, candidates: object, search: str
+) -> None:
     small = cat[:, :24, :32]
-    n_keys = (24 - 4) * (32 - 4)
-    exact = GPNN(search="shifts", **FAST).generate(small, 2, seed=1, return_field=True)
-    faiss = GPNN(search="faiss", candidates=n_keys, **FAST).generate(small, 2, seed=1, return_field=True)
+    exact = GPNN(search=search, **FAST).generate(small, 2, seed=1, return_field=True)
+    faiss = GPNN(search="faiss", candidates=candidates, **FAST).generate(small, 2, seed=1, return_field=True)
     assert (faiss.field == exact.field).double().mean() > 0.99
     assert (faiss.images - exact.images).abs().mean() < 1e-3
 
@@ -245,6 +308,8 @@ def test_bad_faiss_settings() -> None:
         ({"nlist": 0}, "nlist"),
         ({"nprobe": 1.5}, "nprobe"),
         ({"candidates": 0}, "candidates"),
+        ({"candidates": "all"}, "candidates"),
+        ({"ivf_min_keys": -1}, "ivf_min_keys"),
         ({"pyramid": "gaussian"}, "pyramid"),
         ({"upsample": "bicubic"}, "upsample"),
         ({"early_stop": 1.0}, "early_stop"),
@@ -254,11 +319,11 @@ def test_bad_faiss_settings() -> None:
             GPNN(**kwargs)
 
 
-@pytest.mark.parametrize("search", ["shifts", "faiss"])
-def test_generate_batches_is_generate_per_batch(cat: torch.Tensor, search: str) -> None:
+@pytest.mark.parametrize("candidates", [None, 4, "cells"])  # None: the exact search
+def test_generate_batches_is_generate_per_batch(cat: torch.Tensor, candidates: object) -> None:
     settings = (
-        dict(search="faiss", pca_dims=20, index="ivf", candidates=4, early_stop=0.05)
-        if search == "faiss"
+        dict(search="faiss", pca_dims=20, index="ivf", candidates=candidates, early_stop=0.05)
+        if candidates
         else {}
     )
     gpnn = GPNN(fold="distance", **FAST, **settings)
