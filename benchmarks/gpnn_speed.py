@@ -5,13 +5,15 @@ Prints three tables, each configuration (in the middle table: each size) measure
 1. GPNN: seconds per variation (a batch of ``--n`` generated together) and peak memory at each size, for
    each search (``--search``: on CPU shifts, matmul, faiss, authors; on CUDA matmul, triton, faiss,
    authors). ``faiss`` is GPNN with the evaluation's FAISS settings
-   (:data:`evaluation.focusers.GPNN_CAM_SETTINGS`), ``authors`` the GPNN-CAM authors' pipeline
-   (:meth:`saliency.GPNN.authors`, which also has their noise 3.0, zero start and distance-weighted fold);
-   ``+setting=value`` overrides either's GPNN settings (``faiss+early_stop=none``).
+   (:data:`evaluation.focusers.GPNN_CAM_SETTINGS`; ``faiss-4probes`` and ``faiss-cells`` its other FAISS
+   GPNNs), ``authors`` the GPNN-CAM authors' pipeline (:meth:`saliency.GPNN.authors`, which also has
+   their noise 3.0, zero start and distance-weighted fold); ``+setting=value`` overrides any of these
+   GPNN settings (``faiss+early_stop=none``).
    A FAISS row's time includes building its indexes for the image (none are reused across rows); its
    'reused' column times another batch of the same image with those indexes (GPNN-CAM's later batches),
    its 'recall' column is the search's recall in place in a third batch (:func:`search_recall`: the share
-   of the queries met for which it finds a nearest key in the index's space).
+   of the queries met for which it finds a nearest key in the index's space; '-' for ``faiss-cells``,
+   whose search is not a plain nearest-neighbour one).
    ``--exact-n k`` runs the exact searches in batches of k instead (their time per variation does not
    depend on the batch: each variation is searched on its own).
 2. One PNN step at the finest level (queries = a variation, keys = the source): each exact search
@@ -145,21 +147,24 @@ def _score_gap(
     return gap
 
 
-#: Searches that are FAISS configurations rather than a GPNN ``search`` value.
-FAISS_ROWS = ("faiss", "authors")
+#: Searches that are FAISS configurations rather than a GPNN ``search`` value: the evaluation's FAISS
+#: GPNNs (``--gpnn``) and the authors' pipeline.
+FAISS_ROWS = ("faiss", "faiss-4probes", "faiss-cells", "authors")
 
 
 def _gpnn(search: str, iters: int, tf32: bool, cam: bool = False):
     """The GPNN of one row: GPNN's (``cam``: GPNN-CAM's preset's) settings with ``search``, or a FAISS
     configuration of :data:`FAISS_ROWS` with ``+setting=value`` overrides (``faiss+early_stop=none``)."""
-    from evaluation.focusers import GPNN_CAM_SETTINGS
+    from evaluation.focusers import GPNN_CAM_GPNNS
     from saliency import GPNN
     from saliency.gpnn_cam import gpnn_cam_preset
 
     base, overrides = split_config(search)
     if base == "authors":
         return GPNN.authors(**{"iters": iters, **overrides})
-    settings = {**GPNN_CAM_SETTINGS, **overrides} if base == "faiss" else {"search": search, "tf32": tf32}
+    settings = (
+        {**GPNN_CAM_GPNNS[base], **overrides} if base in FAISS_ROWS else {"search": search, "tf32": tf32}
+    )
     settings = {"iters": iters, **settings}
     return gpnn_cam_preset(**settings) if cam else GPNN(**settings)
 
@@ -179,11 +184,12 @@ def _fresh(gpnn):
 RECALL_SAMPLE = 2000
 
 
-def search_recall(gpnn, image: torch.Tensor, n: int, seed: int = 2) -> float:
+def search_recall(gpnn, image: torch.Tensor, n: int, seed: int = 2) -> float | None:
     """Recall of a FAISS GPNN's search in place: the share of the queries it meets in ``generate(image,
     n, seed)`` for which it finds a nearest key in the index's space (PCA-k), i.e. one at most as far (in
     float64) as the exhaustive search's. :data:`RECALL_SAMPLE` queries of every search call are drawn
-    (seeded), weighted by the call's number of queries."""
+    (seeded), weighted by the call's number of queries. None when the search finds no plain nearest
+    neighbours (``candidates="cells"``: the normalised score's argmin)."""
     from saliency.faiss_nn import PatchIndex
 
     search, tallies = PatchIndex.search_projected, []
@@ -205,6 +211,8 @@ def search_recall(gpnn, image: torch.Tensor, n: int, seed: int = 2) -> float:
         gpnn.generate(image, n, seed=seed)
     finally:
         PatchIndex.search_projected = search
+    if not tallies:
+        return None
     return sum(share * count for share, count in tallies) / sum(count for _, count in tallies)
 
 
@@ -373,7 +381,7 @@ def table(args: argparse.Namespace, kind: str, size: int, n_items: int, seconds:
                 print(f"{row} {r['error']}")
                 continue
             reused = f"{r['reused']:>7.3f}" if "reused" in r else f"{'-':>7}"
-            recall = f"{r['recall']:>6.3f}" if "recall" in r else f"{'-':>6}"
+            recall = f"{r['recall']:>6.3f}" if r.get("recall") is not None else f"{'-':>6}"
             reused = f" {reused} {recall}" if kind == "gpnn" else ""
             print(f"{row} {r[seconds]:>12.3f}{reused} {r['peak_mib']:>9.0f} {vs[(search, tf32)]}")
 

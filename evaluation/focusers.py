@@ -43,11 +43,16 @@ _FAISS = {"search": "faiss", "pca_dims": 30, "index": "ivf", "candidates": 4, "e
 #: the FAISS search (PCA-30, IVF with 1 probe, 4 candidates re-ranked by the completeness score) and each
 #: variation leaving a level once at most 5 % of its field changes; ``faiss-4probes``, the same probing 4
 #: IVF cells (about 2x the time; maps that match the exact search's up to seed noise,
-#: docs/gpnn_results.md); ``exact``, the exact search, every iteration; ``reduced``, a cut-down GPNN for
-#: quick checks (1 iteration per level, coarsest side 32, 5x5 patches).
+#: docs/gpnn_results.md); ``faiss-cells``, the same with GPNN's completeness score over every key of the
+#: probed cell and a flat index (the exhaustive search) for the key sets of fewer than 2,048 keys (the
+#: coarse levels: 40 px and below for 224 px images), as fast as ``faiss`` and the exact search's maps
+#: where its completeness term decides them (coffee, docs/gpnn_results.md); ``exact``, the exact search,
+#: every iteration; ``reduced``, a cut-down GPNN for quick checks (1 iteration per level, coarsest side
+#: 32, 5x5 patches).
 GPNN_CAM_GPNNS: dict[str, dict[str, Any]] = {
     "faiss": _FAISS,
     "faiss-4probes": {**_FAISS, "nprobe": 4},
+    "faiss-cells": {**_FAISS, "candidates": "cells", "ivf_min_keys": 2048},
     "exact": {},
     "reduced": {"iters": 1, "coarsest": 32, "patch_size": 5},
 }
@@ -69,6 +74,7 @@ GPNN_NAMES = (
     "index",
     "nlist",
     "nprobe",
+    "ivf_min_keys",
     "candidates",
     "pyramid",
     "upsample",

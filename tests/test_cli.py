@@ -760,14 +760,18 @@ def test_eps_min_reaches_the_config_and_its_help_states_the_runners_default(tmp_
     assert "--eps-min: expected a number in (0, 1), got '2'" in capsys.readouterr().err
 
 
-def test_gpnn_faiss_4probes_is_the_faiss_gpnn_with_4_probes():
+@pytest.mark.parametrize(
+    "name, changes",
+    [("faiss-4probes", {"nprobe": 4}), ("faiss-cells", {"candidates": "cells", "ivf_min_keys": 2048})],
+)
+def test_gpnn_variants_are_the_faiss_gpnn_with_their_changes(name: str, changes: dict) -> None:
     from evaluation import zoo
     from evaluation.cli import build_parser
     from evaluation.focusers import GPNN_CAM_GPNNS, saliency_method
 
-    args = build_parser().parse_args(["evaluate", "--gpnn", "faiss-4probes", "--out", "unused"])
+    args = build_parser().parse_args(["evaluate", "--gpnn", name, "--out", "unused"])
     model = zoo.load("digits-cnn")
-    probed = saliency_method("gpnn-cam", model, ["features.13"], gpnn_params=GPNN_CAM_GPNNS[args.gpnn]).gpnn
+    variant = saliency_method("gpnn-cam", model, ["features.13"], gpnn_params=GPNN_CAM_GPNNS[args.gpnn]).gpnn
     default = saliency_method("gpnn-cam", model, ["features.13"], gpnn_params=GPNN_CAM_GPNNS["faiss"]).gpnn
-    assert (probed.nprobe, default.nprobe) == (4, 1)
-    assert {**vars(default), "nprobe": 4, "_index_cache": None} == {**vars(probed), "_index_cache": None}
+    assert all(getattr(default, key) != value for key, value in changes.items())
+    assert {**vars(default), **changes, "_index_cache": None} == {**vars(variant), "_index_cache": None}

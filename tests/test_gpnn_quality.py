@@ -58,6 +58,14 @@ def test_configuration_overrides_replace_settings_of_their_base() -> None:
     assert (gpnn.search, gpnn.pca_dims) == (GPNN_CAM_SETTINGS["search"], GPNN_CAM_SETTINGS["pca_dims"])
     exact, seed = gpnn_and_seed("exact+iters=2", 5)
     assert (exact.iters, exact.search, exact.init, seed) == (2, "auto", "zeros", 5)
+    cells, seed = gpnn_and_seed("faiss-cells+nprobe=2@4", 0)  # any of the evaluation's GPNNs
+    assert (cells.candidates, cells.ivf_min_keys, cells.nprobe, cells.early_stop, seed) == (
+        "cells",
+        2048,
+        2,
+        GPNN_CAM_SETTINGS["early_stop"],
+        4,
+    )
 
 
 @pytest.mark.parametrize("config", ["faiss+early_stop", "sharp", "exact+pca_dims=30"])
