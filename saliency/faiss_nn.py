@@ -13,9 +13,10 @@ What each setting computes:
   keys per cell; a flat index instead below ``ivf_min_keys`` keys); a query is compared with the keys of
   its ``nprobe`` nearest cells only, as FAISS's ``IndexIVFFlat`` does. FAISS finds the cells (one matrix
   product with the cell centres); the cells are then scanned here, all the queries of a cell against its
-  keys in one matrix product, which at 224 px is about twice as fast as FAISS's scan, one query at a
-  time. The recall (the share of queries that find a nearest key in PCA-30 space) and cost of several
-  cell counts and probes, measured where GPNN uses the search, are in benchmarks/README.md.
+  keys in one matrix product (consecutive cells with few keys together, the entries of other cells
+  masked), which at 224 px is about twice as fast as FAISS's scan, one query at a time. The recall
+  (the share of queries that find a nearest key in PCA-30 space) and cost of several cell counts and
+  probes, measured where GPNN uses the search, are in benchmarks/README.md.
 * ``candidates=k > 1`` (:func:`rerank`): the k nearest keys found that way are re-ranked by the
   completeness-normalised score D(i,j) / (alpha + m_j), with D estimated by the search's squared distance
   divided by the patch dimension (exact without PCA; without the discarded components with PCA) and m_j,
@@ -58,6 +59,9 @@ SEARCH_ROWS = 2**16
 CELLS = "cells"
 #: Most distance entries per block of a cell scan (bounds the temporary memory).
 BLOCK_ENTRIES = 2**22
+#: Consecutive IVF cells are scanned together until they hold this many keys (one matrix product per
+#: group, the entries of other cells masked): fewer, larger products where cells hold few keys.
+GROUP_KEYS = 64
 
 
 def _faiss():
@@ -126,6 +130,7 @@ class PatchIndex:
             self.nprobe = max(1, min(int(nprobe), cells))
             home = torch.from_numpy(self.index.search(projected, 1)[1][:, 0])  # each key's cell
             self._cell_keys = torch.argsort(home, stable=True)  # key indices, cell after cell
+            self._key_cells = home[self._cell_keys]
             counts = torch.bincount(home, minlength=cells)
             self._cell_starts = [0, *torch.cumsum(counts, 0).tolist()]
             self._sorted_keys = self.projected_keys[self._cell_keys]
@@ -133,6 +138,7 @@ class PatchIndex:
         else:  # one cell holding every key, for the normalised scan
             self.index.add(projected)
             self._cell_keys = torch.arange(n_keys)
+            self._key_cells = torch.zeros(n_keys, dtype=torch.long)
             self._cell_starts = [0, n_keys]
             self._sorted_keys = self.projected_keys
             self._sorted_norms = self.projected_keys.pow(2).sum(1)
@@ -202,26 +208,42 @@ class PatchIndex:
         counts = torch.bincount(cells, minlength=len(self._cell_starts) - 1).tolist()
         return order, queries[order // self.nprobe], counts
 
+    def _groups(self, counts: list[int]) -> Iterator[tuple[slice, slice]]:
+        """Consecutive cells, as (their rows, their keys in cell order), each group holding at least
+        :data:`GROUP_KEYS` keys or ending at the last cell; groups without rows are skipped."""
+        first_cell, start = 0, 0
+        for cell in range(len(counts)):
+            first, last = self._cell_starts[first_cell], self._cell_starts[cell + 1]
+            if last - first < GROUP_KEYS and cell + 1 < len(counts):
+                continue
+            rows = sum(counts[first_cell : cell + 1])
+            if rows:
+                yield slice(start, start + rows), slice(first, last)
+            first_cell, start = cell + 1, start + rows
+
     def _blocks(
         self, rows: torch.Tensor, counts: list[int]
     ) -> Iterator[tuple[slice, slice, torch.Tensor | None]]:
-        """Blocks of the rows of one cell against its keys: (rows, key positions in cell order,
-        ||k||^2 - 2 q.k (rows, keys) or None for a cell without keys), at most about
-        :data:`BLOCK_ENTRIES` entries each."""
-        start = 0
-        for cell, count in enumerate(counts):
-            first, last = self._cell_starts[cell], self._cell_starts[cell + 1]
-            keys = slice(first, last)
-            if last == first:  # a cell k-means left without keys
-                if count:
-                    yield slice(start, start + count), keys, None
-            else:
-                step = BLOCK_ENTRIES // (last - first) + 1
-                for lo in range(start, start + count, step):
-                    where = slice(lo, min(lo + step, start + count))
-                    norms, sorted_keys = self._sorted_norms[keys], self._sorted_keys[keys]
-                    yield where, keys, torch.addmm(norms, rows[where], sorted_keys.T, alpha=-2)
-            start += count
+        """Blocks of the rows of a group of cells against the group's keys: (rows, key positions in cell
+        order, ||k||^2 - 2 q.k (rows, keys) with inf where row and key lie in different cells, or None
+        for a group without keys), at most about :data:`BLOCK_ENTRIES` entries each."""
+        row_cells = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts))
+        for group_rows, keys in self._groups(counts):
+            if keys.stop == keys.start:  # cells k-means left without keys
+                yield group_rows, keys, None
+                continue
+            step = BLOCK_ENTRIES // (keys.stop - keys.start) + 1
+            norms, sorted_keys, key_cells = (
+                self._sorted_norms[keys],
+                self._sorted_keys[keys],
+                self._key_cells[keys],
+            )
+            for lo in range(group_rows.start, group_rows.stop, step):
+                where = slice(lo, min(lo + step, group_rows.stop))
+                block = torch.addmm(norms, rows[where], sorted_keys.T, alpha=-2)
+                if key_cells[0] != key_cells[-1]:
+                    block.masked_fill_(row_cells[where, None] != key_cells, math.inf)
+                yield where, keys, block
 
     def _scan_cells(self, projected: np.ndarray, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """IVF search: each query against the keys of its ``nprobe`` nearest cells, the queries of a cell
@@ -239,13 +261,13 @@ class PatchIndex:
                 value, index = block.min(1, keepdim=True)
             else:
                 value, index = block.topk(min(k, block.shape[1]), dim=1, largest=False)
-            if value.shape[1] < k:  # fewer keys in the cell than k
+            if value.shape[1] < k:  # fewer keys in the group than k
                 value = F.pad(value, (0, k - value.shape[1]), value=math.inf)
-                index = F.pad(index, (0, k - index.shape[1]), value=-1 - keys.start)
+                index = F.pad(index, (0, k - index.shape[1]))
             found_d.append(value)
             found_p.append(index + keys.start)
         distances, positions = torch.cat(found_d), torch.cat(found_p)  # positions in the keys sorted by cell
-        found = positions >= 0
+        found = distances.isfinite()  # inf: fewer than k keys in the probed cell
         distances = (distances + rows.pow(2).sum(1, keepdim=True)).clamp_min(0)  # not found: stays inf
         labels = torch.where(found, self._cell_keys[positions.clamp_min(0)], -1)
         distances[order], labels[order] = distances.clone(), labels.clone()
@@ -286,15 +308,17 @@ class PatchIndex:
                 mins = torch.full((batch, block.shape[1]), math.inf)
                 mins.scatter_reduce_(0, image[where, None].expand_as(block), block, "amin")
                 torch.minimum(column_min[:, keys], mins, out=column_min[:, keys])
+        column_min[column_min.isinf()] = 0  # keys no query probes: only masked entries meet them
         scale = 1 / (column_min.clamp_min_(0) + alpha * dims)
         score = torch.full((len(rows),), math.inf)
         distances, positions = torch.full((len(rows),), math.inf), torch.full((len(rows),), -1)
         for where, keys, block in self._blocks(rows, counts):
             if block is not None:
                 block += norms[where]
-                score[where], best = (block * scale[:, keys].index_select(0, image[where])).min(1)
+                block_score = block * scale[:, keys].index_select(0, image[where])
+                score[where], best = block_score.min(1)
                 distances[where] = block.gather(1, best[:, None])[:, 0]
-                positions[where] = best + keys.start
+                positions[where] = torch.where(score[where].isinf(), -1, best + keys.start)
         for values in (score, distances, positions):
             values[order] = values.clone()  # back to (query, probe) order
         best = score.view(n_queries, probes).argmin(1, keepdim=True)

@@ -12,7 +12,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from saliency import GPNN
+from saliency import GPNN, faiss_nn
 from saliency.faiss_nn import PatchIndex, rerank
 from saliency.gpnn import AUTHORS_SETTINGS
 from saliency.gpnn_pyramid import build_pyramid, pyramid_sizes, pyrdown
@@ -191,6 +191,28 @@ def test_search_normalised_probing_every_cell_is_the_flat_search(cat: torch.Tens
     query_cells = ivf.index.search(ivf.project_images(images, 5), 1)[1][:, 0]
     key_cells = ivf.index.search(ivf.projected_keys.numpy(), 1)[1][:, 0]
     assert (key_cells[found.numpy()] == query_cells).all()
+
+
+@pytest.mark.parametrize("group_keys", [10**9, 40])
+def test_grouped_cells_scan_as_cells_one_at_a_time(
+    cat: torch.Tensor, group_keys: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cells scanned in groups (other cells' entries masked) find what a scan of one cell at a time
+    finds, for the plain search and the normalised one, with one probe and with several."""
+    images, keys = _image_pair(cat)
+    queries = extract_patches(images, 5).reshape(-1, keys.shape[1])
+    results = {}
+    for size in (1, group_keys):
+        monkeypatch.setattr(faiss_nn, "GROUP_KEYS", size)
+        for nprobe in (1, 3):
+            index = PatchIndex(keys, pca_dims=12, index="ivf", nlist=16, nprobe=nprobe)
+            results[size, nprobe] = (*index.search(queries, 4), *index.search_normalised(images, 5, 0.005))
+    for nprobe in (1, 3):
+        alone, grouped = results[1, nprobe], results[group_keys, nprobe]
+        for a, b in zip(alone[1::2], grouped[1::2]):  # key indices
+            assert (a == b).double().mean() > 0.999
+        for a, b in zip(alone[::2], grouped[::2]):  # distances
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
 def test_ivf_min_keys_makes_small_key_sets_flat() -> None:
