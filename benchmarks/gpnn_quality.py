@@ -2,8 +2,8 @@
 count, and a grid of variations.
 
 For each GPNN configuration (``--configs``: ``exact``, GPNN-CAM's preset with the exact search;
-``faiss``, the evaluation's CPU setting, :data:`evaluation.focusers.GPNN_CAM_SETTINGS`, and the
-evaluation's other GPNNs (``faiss-cells``...); ``authors``, the authors' pipeline,
+the evaluation's FAISS GPNNs, :data:`evaluation.focusers.GPNN_CAM_GPNNS` (``faiss-cells``, the
+default, ``faiss``...); ``authors``, the authors' pipeline,
 :meth:`saliency.GPNN.authors`; each with optional ``+setting=value`` overrides, e.g.
 ``faiss+candidates=1``) and each photograph (scikit-image's chelsea, coffee, astronaut and rocket, 224
 px, as EfficientNet-Lite0's weights expect), GPNN-CAM computes the fused map of each batch of 10

@@ -4,10 +4,10 @@ Prints three tables, each configuration (in the middle table: each size) measure
 
 1. GPNN: seconds per variation (a batch of ``--n`` generated together) and peak memory at each size, for
    each search (``--search``: on CPU shifts, matmul, faiss, authors; on CUDA matmul, triton, faiss,
-   authors). ``faiss`` is GPNN with the evaluation's FAISS settings
-   (:data:`evaluation.focusers.GPNN_CAM_SETTINGS`; ``faiss-4probes`` and ``faiss-cells`` its other FAISS
-   GPNNs), ``authors`` the GPNN-CAM authors' pipeline (:meth:`saliency.GPNN.authors`, which also has
-   their noise 3.0, zero start and distance-weighted fold); ``+setting=value`` overrides any of these
+   authors). ``faiss``, ``faiss-cells`` (the evaluation's default) and ``faiss-4probes`` are GPNN with
+   the settings of the evaluation's FAISS GPNNs (:data:`evaluation.focusers.GPNN_CAM_GPNNS`), ``authors``
+   the GPNN-CAM authors' pipeline (:meth:`saliency.GPNN.authors`, which also has their noise 3.0, zero
+   start and distance-weighted fold); ``+setting=value`` overrides any of these
    GPNN settings (``faiss+early_stop=none``).
    A FAISS row's time includes building its indexes for the image (none are reused across rows); its
    'reused' column times another batch of the same image with those indexes (GPNN-CAM's later batches),

@@ -131,12 +131,12 @@ def add_gpnn_args(parser: argparse.ArgumentParser, variations: int = GPNN_CAM_VA
         "--gpnn",
         choices=tuple(GPNN_CAM_GPNNS),
         default=GPNN_CAM_GPNN,
-        help="GPNN-CAM's variation generator: 'faiss' (the full method, FAISS search), 'faiss-4probes' "
-        "(the same probing 4 IVF cells: closer to the exact search, about 2x slower), 'faiss-cells' "
-        "(the completeness score over every key of the probed cell, exhaustive coarse levels: the exact "
-        "search's maps where completeness decides them, as fast as 'faiss'), 'exact' (exact "
-        "search, far slower on a CPU) or 'reduced' (1 iteration per level, coarsest 32 px: quick checks) "
-        f"(default {GPNN_CAM_GPNN}; docs/gpnn.md)",
+        help="GPNN-CAM's variation generator: 'faiss-cells' (the full method, FAISS search with the "
+        "completeness score over every key of the probed cell, exhaustive coarse levels), 'faiss' (the "
+        "same re-ranking 4 candidates: a little faster on small images, not the exact search's maps "
+        "where completeness decides them), 'faiss-4probes' ('faiss' probing 4 IVF cells, about 2x "
+        "slower), 'exact' (exact search, far slower on a CPU) or 'reduced' (1 iteration per level, "
+        f"coarsest 32 px: quick checks) (default {GPNN_CAM_GPNN}; docs/gpnn.md)",
     )
 
 

@@ -36,28 +36,28 @@ CAMS = ("cameras", "gradcam", "hirescam", "gradcam++", "layercam")
 
 #: GPNN-CAM in the evaluation (every command, the configs and the metrics): variations per image.
 GPNN_CAM_VARIATIONS = 32
-#: The FAISS search of the evaluation's default GPNN.
+#: The FAISS search shared by the evaluation's FAISS GPNNs.
 _FAISS = {"search": "faiss", "pca_dims": 30, "index": "ivf", "candidates": 4, "early_stop": 0.05}
 #: The GPNNs the evaluation runs GPNN-CAM with (``--gpnn``), as settings that replace some of GPNN-CAM's
-#: preset (docs/gpnn.md): ``faiss``, the method in full (10 levels for 224 px, 10 iterations at most) with
-#: the FAISS search (PCA-30, IVF with 1 probe, 4 candidates re-ranked by the completeness score) and each
-#: variation leaving a level once at most 5 % of its field changes; ``faiss-4probes``, the same probing 4
-#: IVF cells (about 2x the time; maps that match the exact search's up to seed noise,
-#: docs/gpnn_results.md); ``faiss-cells``, the same with GPNN's completeness score over every key of the
-#: probed cell and a flat index (the exhaustive search) for the key sets of fewer than 2,048 keys (the
-#: coarse levels: 40 px and below for 224 px images), as fast as ``faiss`` and the exact search's maps
-#: where its completeness term decides them (coffee, docs/gpnn_results.md); ``exact``, the exact search,
-#: every iteration; ``reduced``, a cut-down GPNN for quick checks (1 iteration per level, coarsest side
-#: 32, 5x5 patches).
+#: preset (docs/gpnn.md): ``faiss-cells`` (the default), the method in full (10 levels for 224 px, 10
+#: iterations at most) with the FAISS search (PCA-30, IVF with 1 probe), GPNN's completeness score over
+#: every key of the probed cell, a flat index (the exhaustive search) for the key sets of fewer than 2,048
+#: keys (the coarse levels: 40 px and below for 224 px images) and each variation leaving a level once at
+#: most 5 % of its field changes: maps that match the exact search's up to seed noise on the four
+#: photographs of docs/gpnn_results.md; ``faiss``, the same with 4 candidates of the probed cell re-ranked
+#: by the completeness score instead and IVF at every level (the former default: a little faster on small
+#: images, but not the exact search's map where the completeness term decides it); ``faiss-4probes``,
+#: ``faiss`` probing 4 IVF cells (about 2x the time); ``exact``, the exact search, every iteration;
+#: ``reduced``, a cut-down GPNN for quick checks (1 iteration per level, coarsest side 32, 5x5 patches).
 GPNN_CAM_GPNNS: dict[str, dict[str, Any]] = {
+    "faiss-cells": {**_FAISS, "candidates": "cells", "ivf_min_keys": 2048},
     "faiss": _FAISS,
     "faiss-4probes": {**_FAISS, "nprobe": 4},
-    "faiss-cells": {**_FAISS, "candidates": "cells", "ivf_min_keys": 2048},
     "exact": {},
     "reduced": {"iters": 1, "coarsest": 32, "patch_size": 5},
 }
 #: The default of ``--gpnn``, and its settings.
-GPNN_CAM_GPNN = "faiss"
+GPNN_CAM_GPNN = "faiss-cells"
 GPNN_CAM_SETTINGS: dict[str, Any] = GPNN_CAM_GPNNS[GPNN_CAM_GPNN]
 #: GPNN settings :func:`gpnn_generator` accepts.
 GPNN_NAMES = (

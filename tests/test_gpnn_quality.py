@@ -51,11 +51,12 @@ def test_agreement_rows_with_another_reference() -> None:
 
 def test_configuration_overrides_replace_settings_of_their_base() -> None:
     from benchmarks.gpnn_quality import gpnn_and_seed
-    from evaluation.focusers import GPNN_CAM_SETTINGS
+    from evaluation.focusers import GPNN_CAM_GPNNS
 
+    faiss = GPNN_CAM_GPNNS["faiss"]
     gpnn, seed = gpnn_and_seed("faiss+early_stop=none+index=flat+alpha=1e3@3", 0)
     assert (gpnn.early_stop, gpnn.index, gpnn.alpha, seed) == (None, "flat", 1000.0, 3)
-    assert (gpnn.search, gpnn.pca_dims) == (GPNN_CAM_SETTINGS["search"], GPNN_CAM_SETTINGS["pca_dims"])
+    assert (gpnn.search, gpnn.pca_dims) == (faiss["search"], faiss["pca_dims"])
     exact, seed = gpnn_and_seed("exact+iters=2", 5)
     assert (exact.iters, exact.search, exact.init, seed) == (2, "auto", "zeros", 5)
     cells, seed = gpnn_and_seed("faiss-cells+nprobe=2@4", 0)  # any of the evaluation's GPNNs
@@ -63,7 +64,7 @@ def test_configuration_overrides_replace_settings_of_their_base() -> None:
         "cells",
         2048,
         2,
-        GPNN_CAM_SETTINGS["early_stop"],
+        faiss["early_stop"],
         4,
     )
 

@@ -7,7 +7,7 @@ def test_speed_rows_take_the_same_overrides() -> None:
     """A FAISS row with overrides is a FAISS row with those settings, at the row's iterations; GPNN's
     settings for a plain row, GPNN-CAM's preset for a GPNN-CAM row."""
     from benchmarks.gpnn_speed import _gpnn, is_faiss_row
-    from evaluation.focusers import GPNN_CAM_SETTINGS
+    from evaluation.focusers import GPNN_CAM_GPNNS
 
     assert [is_faiss_row(s) for s in ("faiss", "authors+nprobe=4", "faiss+early_stop=0.01", "shifts")] == [
         True,
@@ -20,7 +20,7 @@ def test_speed_rows_take_the_same_overrides() -> None:
         0.01,
         3,
         "faiss",
-        GPNN_CAM_SETTINGS["candidates"],
+        GPNN_CAM_GPNNS["faiss"]["candidates"],
     )
     assert (row.init, _gpnn("faiss+early_stop=0.01", 3, False, cam=True).init) == ("source", "zeros")
     authors = _gpnn("authors+nprobe=4", 2, False)
