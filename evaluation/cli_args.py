@@ -133,7 +133,7 @@ def add_gpnn_args(parser: argparse.ArgumentParser, variations: int = GPNN_CAM_VA
         default=GPNN_CAM_GPNN,
         help="GPNN-CAM's variation generator: 'faiss-cells' (the full method, FAISS search with the "
         "completeness score over every key of the probed cell, exhaustive coarse levels), 'faiss' (the "
-        "same re-ranking 4 candidates: a little faster on small images, not the exact search's maps "
+        "same re-ranking 4 candidates: faster on small images, not the exact search's maps "
         "where completeness decides them), 'faiss-4probes' ('faiss' probing 4 IVF cells, about 2x "
         "slower), 'exact' (exact search, far slower on a CPU) or 'reduced' (1 iteration per level, "
         f"coarsest 32 px: quick checks) (default {GPNN_CAM_GPNN}; docs/gpnn.md)",
