@@ -26,7 +26,9 @@ What each setting computes:
   pipeline.
 * ``candidates="cells"`` (:meth:`PatchIndex.search_normalised`): every key of a query's probed cells is
   a candidate, and m_j is the minimum over the queries of the variation that probe key j's cell, both
-  taken in the same scan of the cells (twice: the minima, then the scores). On a flat index that is
+  taken from the same block of distances (a block holds every query of a variation that meets its keys;
+  where one variation's queries of a cell exceed a block, the cell is scanned twice: the minima, then
+  the scores). On a flat index that is
   GPNN's exact score in the index's space (without PCA: the exact search, up to float32 rounding); on an
   IVF index m_j is again an upper bound, missing only the queries that are nearest to j but probe other
   cells.
@@ -37,6 +39,7 @@ fold uses, as the authors' does.
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Iterator
 
@@ -221,29 +224,30 @@ class PatchIndex:
                 yield slice(start, start + rows), slice(first, last)
             first_cell, start = cell + 1, start + rows
 
+    def _distances(
+        self, rows: torch.Tensor, row_cells: torch.Tensor, where: slice, keys: slice
+    ) -> torch.Tensor:
+        """||k||^2 - 2 q.k of the rows ``rows[where]`` (their cells ``row_cells[where]``) against the keys
+        at positions ``keys`` in cell order: (rows, keys), inf where row and key lie in different cells."""
+        block = torch.addmm(self._sorted_norms[keys], rows[where], self._sorted_keys[keys].T, alpha=-2)
+        key_cells = self._key_cells[keys]
+        if key_cells[0] != key_cells[-1]:
+            block.masked_fill_(row_cells[where, None] != key_cells, math.inf)
+        return block
+
     def _blocks(
         self, rows: torch.Tensor, counts: list[int]
     ) -> Iterator[tuple[slice, slice, torch.Tensor | None]]:
         """Blocks of the rows of a group of cells against the group's keys: (rows, key positions in cell
-        order, ||k||^2 - 2 q.k (rows, keys) with inf where row and key lie in different cells, or None
-        for a group without keys), at most about :data:`BLOCK_ENTRIES` entries each."""
-        row_cells = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts))
+        order, :meth:`_distances` or None for a group without keys), at most about
+        :data:`BLOCK_ENTRIES` entries each."""
+        row_cells = _row_cells(counts)
         for group_rows, keys in self._groups(counts):
             if keys.stop == keys.start:  # cells k-means left without keys
                 yield group_rows, keys, None
                 continue
-            step = BLOCK_ENTRIES // (keys.stop - keys.start) + 1
-            norms, sorted_keys, key_cells = (
-                self._sorted_norms[keys],
-                self._sorted_keys[keys],
-                self._key_cells[keys],
-            )
-            for lo in range(group_rows.start, group_rows.stop, step):
-                where = slice(lo, min(lo + step, group_rows.stop))
-                block = torch.addmm(norms, rows[where], sorted_keys.T, alpha=-2)
-                if key_cells[0] != key_cells[-1]:
-                    block.masked_fill_(row_cells[where, None] != key_cells, math.inf)
-                yield where, keys, block
+            for where in _split(group_rows, BLOCK_ENTRIES // (keys.stop - keys.start) + 1):
+                yield where, keys, self._distances(rows, row_cells, where, keys)
 
     def _scan_cells(self, projected: np.ndarray, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """IVF search: each query against the keys of its ``nprobe`` nearest cells, the queries of a cell
@@ -300,23 +304,26 @@ class PatchIndex:
         n_queries, probes = len(projected), self.nprobe
         order, rows, counts = self._probed(projected)
         image = order // probes // (n_queries // batch)
+        row_cells = _row_cells(counts)
+        starts = _segment_starts(image, row_cells)
         norms = rows.pow(2).sum(1, keepdim=True)
-        column_min = torch.full((batch, len(self._cell_keys)), math.inf)  # keys in cell order
-        for where, keys, block in self._blocks(rows, counts):
-            if block is not None:
-                block += norms[where]
-                mins = torch.full((batch, block.shape[1]), math.inf)
-                mins.scatter_reduce_(0, image[where, None].expand_as(block), block, "amin")
-                torch.minimum(column_min[:, keys], mins, out=column_min[:, keys])
-        column_min[column_min.isinf()] = 0  # keys no query probes: only masked entries meet them
-        scale = 1 / (column_min.clamp_min_(0) + alpha * dims)
         score = torch.full((len(rows),), math.inf)
         distances, positions = torch.full((len(rows),), math.inf), torch.full((len(rows),), -1)
-        for where, keys, block in self._blocks(rows, counts):
-            if block is not None:
-                block += norms[where]
-                block_score = block * scale[:, keys].index_select(0, image[where])
-                score[where], best = block_score.min(1)
+        for group_rows, keys in self._groups(counts):
+            if keys.stop == keys.start:  # cells k-means left without keys: the exhaustive search below
+                continue
+            step = BLOCK_ENTRIES // (keys.stop - keys.start) + 1
+            blocks, column_min = _split(group_rows, step, starts), None
+            if blocks is None:  # an image's rows in one cell exceed a block: the column minima first
+                blocks = _split(group_rows, step)
+                column_min = torch.full((batch, keys.stop - keys.start), math.inf)
+                for where in blocks:
+                    block = self._distances(rows, row_cells, where, keys).add_(norms[where])
+                    torch.minimum(column_min, _column_min(block, image[where], batch), out=column_min)
+            for where in blocks:
+                block = self._distances(rows, row_cells, where, keys).add_(norms[where])
+                minima = _column_min(block, image[where], batch) if column_min is None else column_min
+                score[where], best = _scores(block, image[where], minima, alpha * dims).min(1)
                 distances[where] = block.gather(1, best[:, None])[:, 0]
                 positions[where] = torch.where(score[where].isinf(), -1, best + keys.start)
         for values in (score, distances, positions):
@@ -336,6 +343,60 @@ class PatchIndex:
         finds it (what the IVF search approximates) -> (squared distances (M,), key indices (M,) long)."""
         nearest = torch.cdist(torch.from_numpy(projected), self.projected_keys).min(1)
         return nearest.values.pow(2), nearest.indices
+
+
+def _row_cells(counts: list[int]) -> torch.Tensor:
+    """The cell of each row of a scan, from the rows per cell."""
+    return torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts))
+
+
+def _segment_starts(image: torch.Tensor, row_cells: torch.Tensor) -> list[int]:
+    """The rows where a run of rows of one image in one cell begins (the first row included)."""
+    new = torch.ones(len(image), dtype=torch.bool)
+    new[1:] = (image[1:] != image[:-1]) | (row_cells[1:] != row_cells[:-1])
+    return new.nonzero()[:, 0].tolist()
+
+
+def _split(rows: slice, step: int, starts: list[int] | None = None) -> list[slice] | None:
+    """``rows`` in consecutive ranges of at most ``step`` rows; with ``starts`` (sorted rows where a
+    segment begins, ``rows.start`` among them) ranges that begin only where a segment does, or None where
+    one segment is longer than ``step``."""
+    cuts = [rows.start]
+    while cuts[-1] + step < rows.stop:
+        end = cuts[-1] + step
+        if starts is not None:
+            end = starts[bisect.bisect_right(starts, end) - 1]
+            if end <= cuts[-1]:
+                return None
+        cuts.append(end)
+    return [slice(a, b) for a, b in zip(cuts, [*cuts[1:], rows.stop])]
+
+
+def _one_image(images: torch.Tensor) -> bool:
+    return bool((images == images[0]).all())
+
+
+def _column_min(block: torch.Tensor, images: torch.Tensor, batch: int) -> torch.Tensor:
+    """Each column's least entry over the rows of each image: (batch, keys) from a block (rows, keys)
+    whose rows belong to the images ``images`` (rows,)."""
+    minima = torch.full((batch, block.shape[1]), math.inf)
+    if _one_image(images):
+        minima[images[0]] = block.amin(0)
+        return minima
+    return minima.scatter_reduce_(0, images[:, None].expand_as(block), block, "amin")
+
+
+def _scores(
+    block: torch.Tensor, images: torch.Tensor, column_min: torch.Tensor, offset: float
+) -> torch.Tensor:
+    """GPNN's normalised scores D / (offset + m) of a block of D (rows, keys), m the least D of the key
+    over the rows of the same image, from ``column_min`` (batch, keys); a key no row of the image meets
+    (its column all inf) gets m = 0, so that only inf entries meet a finite scale."""
+    minima = torch.where(column_min.isinf(), 0, column_min).clamp_min_(0)
+    scale = 1 / (minima + offset)
+    if _one_image(images):
+        return block * scale[images[0]]
+    return block * scale.index_select(0, images)
 
 
 def rerank(

@@ -215,6 +215,46 @@ def test_grouped_cells_scan_as_cells_one_at_a_time(
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("block_entries", [320 * 400, 320 * 40, 16 * 40])
+def test_normalised_search_in_small_blocks_as_in_one(
+    cat: torch.Tensor, block_entries: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Blocks cut where an image's rows of a cell begin (one scan) or, where those rows alone exceed a
+    block, anywhere (the column minima first) find what one block of every row finds."""
+    images, keys = _image_pair(cat)  # 320 queries per image, 320 keys
+    indexes = [
+        PatchIndex(keys, pca_dims=12),
+        PatchIndex(keys, pca_dims=12, index="ivf", nlist=4),
+        PatchIndex(keys, pca_dims=12, index="ivf", nlist=4, nprobe=2),
+    ]
+    whole = [index.search_normalised(images, 5, 0.005) for index in indexes]
+    monkeypatch.setattr(faiss_nn, "BLOCK_ENTRIES", block_entries)
+    for index, (distances, found) in zip(indexes, whole):
+        small_distances, small_found = index.search_normalised(images, 5, 0.005)
+        assert (small_found == found).double().mean() > 0.999
+        torch.testing.assert_close(small_distances, distances, rtol=1e-4, atol=1e-6)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    lengths=st.lists(st.integers(1, 30), min_size=1, max_size=12),
+    offset=st.integers(0, 5),
+    step=st.integers(1, 40),
+)
+def test_split_cuts_only_where_segments_begin(lengths: list[int], offset: int, step: int) -> None:
+    starts = np.cumsum([offset, *lengths[:-1]]).tolist()
+    rows = slice(offset, offset + sum(lengths))
+    plain, at_starts = faiss_nn._split(rows, step), faiss_nn._split(rows, step, starts)
+    for ranges in (plain, at_starts):
+        if ranges is not None:
+            assert ranges[0].start == rows.start and ranges[-1].stop == rows.stop
+            assert all(a.stop == b.start for a, b in zip(ranges, ranges[1:]))
+            assert all(0 < r.stop - r.start <= step for r in ranges)
+    assert (at_starts is None) == (max(lengths) > step)
+    if at_starts is not None:
+        assert all(r.start in starts for r in at_starts)
+
+
 def test_ivf_min_keys_makes_small_key_sets_flat() -> None:
     keys = torch.rand(100, 6)
     assert not PatchIndex(keys, index="ivf", nlist=8, ivf_min_keys=101).is_ivf
