@@ -45,8 +45,8 @@ _FAISS = {"search": "faiss", "pca_dims": 30, "index": "ivf", "candidates": 4, "e
 #: keys (the coarse levels: 40 px and below for 224 px images) and each variation leaving a level once at
 #: most 5 % of its field changes: maps whose ranks match the exact search's up to seed noise on the four
 #: photographs of docs/gpnn_results.md; ``faiss``, the same with 4 candidates of the probed cell re-ranked
-#: by the completeness score instead and IVF at every level (the former default: 1.7x faster at 64 px,
-#: but not the exact search's map where the completeness term decides it); ``faiss-4probes``,
+#: by the completeness score instead and IVF at every level (the former default: 1.56x faster on the
+#: 64 px digits, but not the exact search's map where the completeness term decides it); ``faiss-4probes``,
 #: ``faiss`` probing 4 IVF cells (about 2x the time); ``exact``, the exact search, every iteration;
 #: ``reduced``, a cut-down GPNN for quick checks (1 iteration per level, coarsest side 32, 5x5 patches).
 GPNN_CAM_GPNNS: dict[str, dict[str, Any]] = {
