@@ -28,10 +28,9 @@ What each setting computes:
   a candidate, and m_j is the minimum over the queries of the variation that probe key j's cell, both
   taken from the same block of distances (a block holds every query of a variation that meets its keys;
   where one variation's queries of a cell exceed a block, the cell is scanned twice: the minima, then
-  the scores). On a flat index that is
-  GPNN's exact score in the index's space (without PCA: the exact search, up to float32 rounding); on an
-  IVF index m_j is again an upper bound, missing only the queries that are nearest to j but probe other
-  cells.
+  the scores). On a flat index that is GPNN's exact score in the index's space (without PCA: the exact
+  search, up to float32 rounding); on an IVF index m_j is again an upper bound, missing only the queries
+  that are nearest to j but probe other cells.
 
 Either way the D returned for the chosen key is the search's estimate, which GPNN's distance-weighted
 fold uses, as the authors' does.
