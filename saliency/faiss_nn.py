@@ -318,11 +318,14 @@ class PatchIndex:
                 column_min = torch.full((batch, keys.stop - keys.start), math.inf)
                 for where in blocks:
                     block = self._distances(rows, row_cells, where, keys).add_(norms[where])
-                    torch.minimum(column_min, _column_min(block, image[where], batch), out=column_min)
+                    minima = _column_min(block, image[where], batch, _single_image(image[where]))
+                    torch.minimum(column_min, minima, out=column_min)
             for where in blocks:
                 block = self._distances(rows, row_cells, where, keys).add_(norms[where])
-                minima = _column_min(block, image[where], batch) if column_min is None else column_min
-                score[where], best = _scores(block, image[where], minima, alpha * dims).min(1)
+                images = image[where]
+                single = _single_image(images)
+                minima = _column_min(block, images, batch, single) if column_min is None else column_min
+                score[where], best = _scores(block, images, minima, alpha * dims, single).min(1)
                 distances[where] = block.gather(1, best[:, None])[:, 0]
                 positions[where] = torch.where(score[where].isinf(), -1, best + keys.start)
         for values in (score, distances, positions):
@@ -371,31 +374,37 @@ def _split(rows: slice, step: int, starts: list[int] | None = None) -> list[slic
     return [slice(a, b) for a, b in zip(cuts, [*cuts[1:], rows.stop])]
 
 
-def _one_image(images: torch.Tensor) -> bool:
-    return bool((images == images[0]).all())
+def _single_image(images: torch.Tensor) -> int | None:
+    """The image of a block's rows, ``images`` (rows,), where they all belong to one; else None."""
+    return int(images[0]) if bool((images == images[0]).all()) else None
 
 
-def _column_min(block: torch.Tensor, images: torch.Tensor, batch: int) -> torch.Tensor:
+def _column_min(block: torch.Tensor, images: torch.Tensor, batch: int, single: int | None) -> torch.Tensor:
     """Each column's least entry over the rows of each image: (batch, keys) from a block (rows, keys)
-    whose rows belong to the images ``images`` (rows,)."""
+    whose rows belong to the images ``images`` (rows,), all of them to ``single`` where not None."""
     minima = torch.full((batch, block.shape[1]), math.inf)
-    if _one_image(images):
-        minima[images[0]] = block.amin(0)
+    if single is not None:
+        minima[single] = block.amin(0)
         return minima
     return minima.scatter_reduce_(0, images[:, None].expand_as(block), block, "amin")
 
 
 def _scores(
-    block: torch.Tensor, images: torch.Tensor, column_min: torch.Tensor, offset: float
+    block: torch.Tensor,
+    images: torch.Tensor,
+    column_min: torch.Tensor,
+    offset: float,
+    single: int | None,
 ) -> torch.Tensor:
-    """GPNN's normalised scores D / (offset + m) of a block of D (rows, keys), m the least D of the key
-    over the rows of the same image, from ``column_min`` (batch, keys); a key no row of the image meets
-    (its column all inf) gets m = 0, so that only inf entries meet a finite scale."""
+    """GPNN's normalised scores D / (offset + m) of a block of D (rows, keys) whose rows belong to the
+    images ``images`` (all to ``single`` where not None), m the least D of the key over the rows of the
+    same image, from ``column_min`` (batch, keys); a key no row of the image meets (its column all inf)
+    gets m = 0, so that only inf entries meet a finite scale."""
+    if single is not None:
+        column_min = column_min[single]
     minima = torch.where(column_min.isinf(), 0, column_min).clamp_min_(0)
     scale = 1 / (minima + offset)
-    if _one_image(images):
-        return block * scale[images[0]]
-    return block * scale.index_select(0, images)
+    return block * (scale if single is not None else scale.index_select(0, images))
 
 
 def rerank(
