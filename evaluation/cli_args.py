@@ -27,7 +27,8 @@ PROG = "focused-attacks"
 #: Defaults of the options from the configs (as ``--help`` states them).
 GRID = defaults(ExperimentConfig)
 PAPER = defaults(PaperConfig)
-#: Digit images in the demo's grid (3 attacks x 13 cells: ~3 minutes on 2 CPU cores) and in reproduce.
+#: Digit images in the demo's grid (3 attacks x 13 cells: the attacks 2-3 minutes and GPNN-CAM's maps
+#: about 6 minutes on 2 CPU cores, benchmarks/README.md) and in reproduce.
 DEMO_N = 100
 REPRODUCE_DIGITS = 200
 #: The offline ImageNet model the demo and ``reproduce`` run under the CAMERAS paper protocol.
